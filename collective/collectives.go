@@ -1,0 +1,115 @@
+package collective
+
+import (
+	"context"
+
+	"github.com/ringo-ml/ringo/ring"
+)
+
+// AllReduce reduces buf element-wise across all ranks, in place: afterwards
+// every rank holds op(buf of rank 0, ..., buf of rank Size-1).
+func AllReduce[T Elem](ctx context.Context, c *Comm, buf []T, op Op) error {
+	red, err := reducer[T](op)
+	if err := c.begin(ctx, signature[T](kindAllReduce, op, len(buf), 0)); err != nil {
+		return err
+	}
+	if err != nil {
+		return c.end(err)
+	}
+	return c.end(ring.AllReduce(c.ring, buf, red))
+}
+
+// ReduceScatter reduces send element-wise across all ranks and leaves block
+// Rank of the result in recv: len(send) must be Size·len(recv). recv may be
+// exactly block Rank of send.
+func ReduceScatter[T Elem](ctx context.Context, c *Comm, send, recv []T, op Op) error {
+	red, err := reducer[T](op)
+	if err := c.begin(ctx, signature[T](kindReduceScatter, op, len(recv), 0)); err != nil {
+		return err
+	}
+	if err == nil && len(send) != c.size*len(recv) {
+		err = invalidf("ReduceScatter needs len(send) = Size·len(recv) = %d·%d, got len(send) = %d", c.size, len(recv), len(send))
+	}
+	if err == nil {
+		err = checkAlias(send, recv, c.rank, "ReduceScatter", "recv", "send")
+	}
+	if err != nil {
+		return c.end(err)
+	}
+	return c.end(ring.ReduceScatter(c.ring, send, recv, red))
+}
+
+// AllGather concatenates every rank's send into recv, in rank order:
+// len(recv) must be Size·len(send). send may be exactly block Rank of recv.
+func AllGather[T Elem](ctx context.Context, c *Comm, send, recv []T) error {
+	if err := c.begin(ctx, signature[T](kindAllGather, 0, len(send), 0)); err != nil {
+		return err
+	}
+	var err error
+	if len(recv) != c.size*len(send) {
+		err = invalidf("AllGather needs len(recv) = Size·len(send) = %d·%d, got len(recv) = %d", c.size, len(send), len(recv))
+	}
+	if err == nil {
+		err = checkAlias(recv, send, c.rank, "AllGather", "send", "recv")
+	}
+	if err != nil {
+		return c.end(err)
+	}
+	return c.end(ring.AllGather(c.ring, send, recv))
+}
+
+// Broadcast copies root's buf into buf on every rank.
+func Broadcast[T Elem](ctx context.Context, c *Comm, buf []T, root int) error {
+	if err := c.begin(ctx, signature[T](kindBroadcast, 0, len(buf), root)); err != nil {
+		return err
+	}
+	if root < 0 || root >= c.size {
+		return c.end(invalidf("Broadcast root %d is not a rank of a communicator of %d", root, c.size))
+	}
+	return c.end(ring.Broadcast(c.ring, buf, root))
+}
+
+// Barrier returns once every rank has called it.
+func Barrier(ctx context.Context, c *Comm) error {
+	if err := c.begin(ctx, signature[uint8](kindBarrier, 0, 0, 0)); err != nil {
+		return err
+	}
+	return c.end(c.dissemination())
+}
+
+// dissemination is the barrier of Hensgen, Finkel and Manber: in round k each
+// rank signals rank+2^k and waits for rank-2^k, so after ceil(log2 Size)
+// rounds every rank has heard, directly or not, from every other.
+func (c *Comm) dissemination() error {
+	for d := 1; d < c.size; d *= 2 {
+		to, from := c.links[(c.rank+d)%c.size], c.links[(c.rank-d+c.size)%c.size]
+		if err := from.Post(nil); err != nil {
+			return err
+		}
+		t, err := to.Send(nil)
+		if err != nil {
+			return err
+		}
+		if err := from.Wait(); err != nil {
+			return err
+		}
+		if err := to.Flush(t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkAlias accepts a block buffer that is disjoint from the full one or is
+// exactly block rank of it (the MPI_IN_PLACE convention); any other overlap
+// would corrupt the result.
+func checkAlias[T Elem](full, block []T, rank int, call, blockName, fullName string) error {
+	if len(full) == 0 || len(block) == 0 || !overlap(full, block) {
+		return nil
+	}
+	m := len(block)
+	if &full[rank*m] == &block[0] {
+		return nil
+	}
+	return invalidf("%s: %s overlaps %s other than as its block %d", call, blockName, fullName, rank)
+}

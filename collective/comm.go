@@ -1,0 +1,225 @@
+package collective
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ringo-ml/ringo/ring"
+	"github.com/ringo-ml/ringo/transport"
+)
+
+// DefaultTimeout bounds every call (and forming a communicator) unless
+// Config.Timeout says otherwise.
+const DefaultTimeout = 5 * time.Minute
+
+// closeGrace is how long Close waits for its goodbye to be written.
+const closeGrace = 2 * time.Second
+
+// Comm is one rank's membership of a communicator.
+type Comm struct {
+	rank, size int
+	id         uint32
+	timeout    time.Duration
+	log        *slog.Logger
+
+	links []*transport.Link // by peer rank; nil at this rank
+	ring  *ring.Ring
+	fail  *transport.Failure
+
+	mu     sync.Mutex // held for the whole of a call: one operation at a time
+	seq    uint64
+	cur    transport.Signature
+	timer  *time.Timer
+	closed bool
+
+	closeOnce sync.Once
+}
+
+// newComm wires a communicator over streams to every peer (nil at rank).
+func newComm(rank, size int, streams []transport.Stream, cfg Config) *Comm {
+	c := &Comm{
+		rank:    rank,
+		size:    size,
+		timeout: cfg.timeout(),
+		log:     cfg.logger().With("rank", rank),
+		links:   make([]*transport.Link, size),
+		timer:   time.NewTimer(time.Hour),
+	}
+	c.timer.Stop()
+	c.fail = transport.NewFailure(c.onFail)
+	for p, s := range streams {
+		if s != nil {
+			c.links[p] = transport.NewLink(p, transport.NewConn(s), c.fail, c.log)
+		}
+	}
+	var left, right ring.Link
+	if size > 1 {
+		left, right = c.links[(rank+size-1)%size], c.links[(rank+1)%size]
+	}
+	c.ring = ring.New(rank, size, left, right, ring.Options{
+		SegmentBytes: cfg.SegmentBytes, MinSegmentBytes: cfg.MinSegmentBytes, Depth: cfg.PipelineDepth,
+	})
+	return c
+}
+
+// Rank is this rank's index in the communicator.
+func (c *Comm) Rank() int { return c.rank }
+
+// Size is the number of ranks.
+func (c *Comm) Size() int { return c.size }
+
+// Err returns the error that aborted the communicator, or nil.
+func (c *Comm) Err() error {
+	if err := c.fail.Err(); err != nil {
+		return abortError(err)
+	}
+	return nil
+}
+
+// Abort fails the communicator on every rank with cause: every pending and
+// later call returns an error matching ErrAborted.
+func (c *Comm) Abort(cause error) {
+	if cause == nil {
+		cause = errors.New("no reason given")
+	}
+	c.fail.Fail(fmt.Errorf("rank %d called Abort: %w", c.rank, cause))
+}
+
+// Close ends the communicator: it says goodbye to the peers, closes every
+// connection and waits for every goroutine it started. A call still running
+// on another goroutine is aborted. Close is idempotent and returns nil.
+func (c *Comm) Close() error {
+	c.closeOnce.Do(func() {
+		if !c.mu.TryLock() {
+			c.fail.Fail(fmt.Errorf("%w: rank %d closed the communicator during a call", ErrClosed, c.rank))
+			c.mu.Lock()
+		}
+		c.closed = true
+		graceful := c.fail.Err() == nil
+		var wg sync.WaitGroup
+		for _, l := range c.links {
+			if l != nil {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					l.Shutdown(graceful, closeGrace)
+				}()
+			}
+		}
+		wg.Wait()
+		c.mu.Unlock()
+	})
+	return nil
+}
+
+// begin starts an operation: it takes the communicator, numbers the
+// operation and arms its links with its header, context and deadline.
+func (c *Comm) begin(ctx context.Context, sig transport.Signature) error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return fmt.Errorf("ringo: %s on rank %d: %w", describe(sig), c.rank, ErrClosed)
+	}
+	if err := c.fail.Err(); err != nil {
+		c.mu.Unlock()
+		return fmt.Errorf("ringo: %s on rank %d: %w", describe(sig), c.rank, abortError(err))
+	}
+	if err := ctx.Err(); err != nil {
+		// Nothing was sent: the call is simply not made.
+		c.mu.Unlock()
+		return fmt.Errorf("ringo: %s on rank %d: %w", describe(sig), c.rank, context.Cause(ctx))
+	}
+	c.seq++
+	c.cur = sig
+	var expire <-chan time.Time
+	if c.timeout > 0 {
+		c.timer.Reset(c.timeout)
+		expire = c.timer.C
+	}
+	hdr := transport.Header{Comm: c.id, Seq: c.seq, Sig: sig}
+	for _, l := range c.links {
+		if l != nil {
+			l.Begin(ctx, hdr, expire)
+		}
+	}
+	return nil
+}
+
+// end finishes the operation begin started. A failed operation aborts the
+// communicator: its peers are somewhere in the same operation and would
+// otherwise wait for this rank forever.
+func (c *Comm) end(err error) error {
+	c.timer.Stop()
+	for _, l := range c.links {
+		if l != nil {
+			l.End()
+		}
+	}
+	if err != nil {
+		err = c.opError(err)
+	}
+	c.mu.Unlock()
+	return err
+}
+
+// opError turns the error an operation stopped on into the error it returns,
+// aborting the communicator with a cause that names this rank and the call.
+func (c *Comm) opError(err error) error {
+	switch {
+	case errors.Is(err, ErrTimeout):
+		c.fail.Fail(fmt.Errorf("rank %d: %s op #%d: %w after %v", c.rank, describe(c.cur), c.seq, ErrTimeout, c.timeout))
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		c.fail.Fail(fmt.Errorf("rank %d abandoned %s op #%d: %w", c.rank, describe(c.cur), c.seq, err))
+	case errors.Is(err, ErrInvalid):
+		c.fail.Fail(fmt.Errorf("rank %d called %s at op #%d: %w", c.rank, describe(c.cur), c.seq, err))
+	default:
+		c.fail.Fail(err)
+	}
+	return fmt.Errorf("ringo: %s op #%d on rank %d: %w", describe(c.cur), c.seq, c.rank, abortError(c.explain(c.fail.Err())))
+}
+
+// explain rewrites transport errors in the words of the calls that caused them.
+func (c *Comm) explain(err error) error {
+	var mm *transport.MismatchError
+	if errors.As(err, &mm) {
+		g, w := mm.Got, mm.Want
+		if g.Seq == w.Seq && g.Sig == w.Sig {
+			return fmt.Errorf("%w: rank %d sent frame %d of %d bytes in %s op #%d; rank %d expected frame %d of %d bytes",
+				ErrMismatch, mm.Peer, g.Index, g.Len, describe(g.Sig), g.Seq, c.rank, w.Index, w.Len)
+		}
+		return fmt.Errorf("%w: rank %d called %s at op #%d; rank %d called %s at op #%d",
+			ErrMismatch, mm.Peer, describe(g.Sig), g.Seq, c.rank, describe(w.Sig), w.Seq)
+	}
+	var pe *transport.PeerError
+	if errors.As(err, &pe) && errors.Is(err, ErrPeerLost) {
+		return fmt.Errorf("rank %d lost rank %d: %w", c.rank, pe.Peer, err)
+	}
+	if errors.As(err, &pe) && errors.Is(err, transport.ErrPeerClosed) {
+		return fmt.Errorf("rank %d closed its communicator while rank %d still needed it: %w", pe.Peer, c.rank, err)
+	}
+	return err
+}
+
+// onFail runs once, when the communicator fails: it tells every peer why
+// (best effort, never waiting behind a stuck write) and closes the
+// connections so that nothing stays blocked on them.
+func (c *Comm) onFail(err error) {
+	err = c.explain(err)
+	reason := []byte(err.Error())
+	c.log.Warn("ringo: communicator aborted", "err", err)
+	hdr := transport.Header{Type: transport.Abort, Comm: c.id}
+	var remote *transport.RemoteAbortError
+	if errors.As(err, &remote) {
+		reason = []byte(remote.Reason) // pass the original reason on unchanged
+	}
+	for _, l := range c.links {
+		if l != nil {
+			l.Conn().TryWriteControl(&hdr, reason, 200*time.Millisecond)
+			_ = l.Conn().Close()
+		}
+	}
+}

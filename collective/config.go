@@ -1,0 +1,59 @@
+package collective
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Config describes one rank of a job.
+type Config struct {
+	Rank int // this rank, 0 <= Rank < Size
+	Size int // number of ranks
+
+	// Addr is the rendezvous address, host:port. Rank 0 serves it (listening
+	// on every interface at that port); the other ranks dial it, retrying
+	// until the context given to New expires, so ranks may start in any order.
+	Addr string
+	// Token is the job's shared secret. Every connection proves it holds the
+	// token (HMAC challenge-response); the token itself never crosses the wire.
+	// An empty token still works but admits anyone who knows the address.
+	Token string
+	// JobID names the job; connections from other jobs are refused.
+	JobID string
+	// Transport is "tcp" (the default).
+	Transport string
+	// Iface names the network interface whose address ranks advertise to
+	// each other. By default a rank advertises the address it reaches the
+	// rendezvous from.
+	Iface string
+
+	// Timeout bounds every call and the forming of the communicator; zero
+	// means DefaultTimeout, negative means no bound (a lost peer is still
+	// detected when its connection breaks).
+	Timeout time.Duration
+	// Logger receives warnings (refused strangers, aborts); nil means slog.Default().
+	Logger *slog.Logger
+
+	// SegmentBytes, MinSegmentBytes and PipelineDepth tune the ring pipeline;
+	// zero means the defaults of package ring.
+	SegmentBytes    int
+	MinSegmentBytes int
+	PipelineDepth   int
+}
+
+func (c Config) timeout() time.Duration {
+	switch {
+	case c.Timeout == 0:
+		return DefaultTimeout
+	case c.Timeout < 0:
+		return 0
+	}
+	return c.Timeout
+}
+
+func (c Config) logger() *slog.Logger {
+	if c.Logger != nil {
+		return c.Logger
+	}
+	return slog.Default()
+}

@@ -1,0 +1,17 @@
+// Package collective is ringo's public API: a communicator (Comm) of ranks,
+// and the collectives that move and reduce buffers across them.
+//
+//	comm, err := collective.Init(ctx) // from RINGO_*, torchrun, OpenMPI or Slurm env
+//	defer comm.Close()
+//	err = collective.AllReduce(ctx, comm, grads, collective.Avg)
+//
+// Calls on one Comm run one at a time, in the order they are made; every rank
+// must make the same calls in the same order. A rank whose call differs from
+// its peers' (kind, element type, count, root or op) makes the call fail on
+// every rank with an error naming both calls. Any failure (a lost peer, a
+// mismatch, a timeout, a cancelled context, an invalid argument) aborts the
+// communicator on every rank: the call and every later one return an error
+// that matches ErrAborted, and the Comm must be closed and formed again.
+//
+// Every rank ends every collective with bitwise-identical results.
+package collective

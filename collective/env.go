@@ -1,0 +1,120 @@
+package collective
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Init forms this process's rank of a job described by its environment (see
+// ConfigFromEnv) and connects it to every other rank.
+func Init(ctx context.Context) (*Comm, error) {
+	cfg, err := ConfigFromEnv()
+	if err != nil {
+		return nil, err
+	}
+	return New(ctx, cfg)
+}
+
+// ConfigFromEnv reads a Config from the environment that ringrun, torchrun,
+// OpenMPI's mpirun or Slurm's srun give a process:
+//
+//   - rank and world size: RINGO_RANK/RINGO_WORLD_SIZE, else torchrun's
+//     RANK/WORLD_SIZE, else OMPI_COMM_WORLD_RANK/OMPI_COMM_WORLD_SIZE, else
+//     PMI_RANK/PMI_SIZE (MPICH), else SLURM_PROCID/SLURM_NTASKS;
+//   - rendezvous: RINGO_ADDR (host:port), else MASTER_ADDR and MASTER_PORT
+//     (under a torchrun whose agent already serves its store on MASTER_PORT,
+//     TORCHELASTIC_USE_AGENT_STORE=True, ringo uses MASTER_PORT+1);
+//   - RINGO_TOKEN, RINGO_JOB_ID (else TORCHELASTIC_RUN_ID or SLURM_JOB_ID),
+//     RINGO_TRANSPORT, RINGO_IFACE, RINGO_TIMEOUT (a Go duration such as
+//     "90s", or seconds), RINGO_DEBUG (any value: debug logs on stderr).
+func ConfigFromEnv() (Config, error) {
+	return configFrom(os.Getenv)
+}
+
+func configFrom(getenv func(string) string) (Config, error) {
+	var cfg Config
+	pairs := [][2]string{
+		{"RINGO_RANK", "RINGO_WORLD_SIZE"},
+		{"RANK", "WORLD_SIZE"},
+		{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
+		{"PMI_RANK", "PMI_SIZE"},
+		{"SLURM_PROCID", "SLURM_NTASKS"},
+	}
+	found := false
+	for _, p := range pairs {
+		r, s := getenv(p[0]), getenv(p[1])
+		if r == "" && s == "" {
+			continue
+		}
+		if r == "" || s == "" {
+			return cfg, invalidf("%s and %s must be set together", p[0], p[1])
+		}
+		var err error
+		if cfg.Rank, err = parseInt(p[0], r); err != nil {
+			return cfg, err
+		}
+		if cfg.Size, err = parseInt(p[1], s); err != nil {
+			return cfg, err
+		}
+		found = true
+		break
+	}
+	if !found {
+		return cfg, invalidf("no rank in the environment: set RINGO_RANK and RINGO_WORLD_SIZE (or run under ringrun, torchrun, mpirun or srun)")
+	}
+	if cfg.Size < 1 || cfg.Rank < 0 || cfg.Rank >= cfg.Size {
+		return cfg, invalidf("rank %d is outside world size %d", cfg.Rank, cfg.Size)
+	}
+
+	cfg.Addr = getenv("RINGO_ADDR")
+	if cfg.Addr == "" {
+		host, port := getenv("MASTER_ADDR"), getenv("MASTER_PORT")
+		if host != "" && port != "" {
+			p, err := parseInt("MASTER_PORT", port)
+			if err != nil {
+				return cfg, err
+			}
+			if strings.EqualFold(getenv("TORCHELASTIC_USE_AGENT_STORE"), "true") {
+				p++ // the agent's TCPStore owns MASTER_PORT
+			}
+			cfg.Addr = net.JoinHostPort(host, strconv.Itoa(p))
+		}
+	}
+	if cfg.Addr == "" && cfg.Size > 1 {
+		return cfg, invalidf("no rendezvous address in the environment: set RINGO_ADDR=host:port (or MASTER_ADDR and MASTER_PORT)")
+	}
+	cfg.Token = getenv("RINGO_TOKEN")
+	cfg.JobID = firstSet(getenv, "RINGO_JOB_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")
+	cfg.Transport = getenv("RINGO_TRANSPORT")
+	cfg.Iface = getenv("RINGO_IFACE")
+	if t := getenv("RINGO_TIMEOUT"); t != "" {
+		d, err := time.ParseDuration(t)
+		if err != nil {
+			secs, serr := strconv.ParseFloat(t, 64)
+			if serr != nil {
+				return cfg, invalidf("RINGO_TIMEOUT=%q is neither a duration nor seconds", t)
+			}
+			d = time.Duration(secs * float64(time.Second))
+		}
+		cfg.Timeout = d
+	}
+	if getenv("RINGO_DEBUG") != "" {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return cfg, nil
+}
+
+func firstSet(getenv func(string) string, names ...string) string {
+	for _, n := range names {
+		if v := getenv(n); v != "" {
+			return v
+		}
+	}
+	return ""
+}
+

@@ -1,0 +1,34 @@
+package collective
+
+import (
+	"github.com/ringo-ml/ringo/transport"
+)
+
+// Local returns n ranks of one communicator in this process, connected by the
+// mem transport (in-process pipes with the same framing as TCP). It is meant
+// for tests, including users' own: run each rank in its own goroutine.
+func Local(n int) ([]*Comm, error) {
+	return LocalConfig(n, Config{})
+}
+
+// LocalConfig is Local with tuning from cfg (Rank, Size, Addr and Transport
+// are ignored).
+func LocalConfig(n int, cfg Config) ([]*Comm, error) {
+	if n < 1 {
+		return nil, invalidf("Local needs at least one rank, got %d", n)
+	}
+	streams := make([][]transport.Stream, n)
+	for i := range streams {
+		streams[i] = make([]transport.Stream, n)
+	}
+	for i := range n {
+		for j := i + 1; j < n; j++ {
+			streams[i][j], streams[j][i] = transport.Pipe()
+		}
+	}
+	comms := make([]*Comm, n)
+	for i := range n {
+		comms[i] = newComm(i, n, streams[i], cfg)
+	}
+	return comms, nil
+}

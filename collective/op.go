@@ -1,0 +1,106 @@
+package collective
+
+import (
+	"fmt"
+
+	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/ring"
+	"github.com/ringo-ml/ringo/transport"
+)
+
+// Elem is the set of element types collectives accept.
+type Elem interface {
+	kernel.Elem
+}
+
+// Op is a reduction.
+type Op uint8
+
+// The reductions. Avg is the Sum divided by the number of ranks, for float32
+// and float64. Min and Max on floats follow Go's min and max: NaN wins, and
+// -0 is below +0.
+const (
+	Sum Op = iota + 1
+	Prod
+	Min
+	Max
+	Avg
+)
+
+func (o Op) String() string {
+	switch o {
+	case Sum:
+		return "Sum"
+	case Prod:
+		return "Prod"
+	case Min:
+		return "Min"
+	case Max:
+		return "Max"
+	case Avg:
+		return "Avg"
+	}
+	return fmt.Sprintf("Op(%d)", uint8(o))
+}
+
+func reducer[T Elem](op Op) (ring.Reducer[T], error) {
+	kop := kernel.Sum
+	switch op {
+	case Sum, Avg:
+	case Prod:
+		kop = kernel.Prod
+	case Min:
+		kop = kernel.Min
+	case Max:
+		kop = kernel.Max
+	default:
+		return ring.Reducer[T]{}, invalidf("unknown reduction %v", op)
+	}
+	k, _ := kernel.For[T](kop)
+	red := ring.Reducer[T]{Kernel: k}
+	if op == Avg {
+		if red.Div = kernel.DivFunc[T](); red.Div == nil {
+			return red, invalidf("Avg is defined for float32 and float64, not %v", kernel.TypeOf[T]())
+		}
+	}
+	return red, nil
+}
+
+// kind names a collective on the wire.
+type kind uint8
+
+const (
+	kindAllReduce kind = iota + 1
+	kindReduceScatter
+	kindAllGather
+	kindBroadcast
+	kindBarrier
+)
+
+var kindNames = [...]string{"?", "AllReduce", "ReduceScatter", "AllGather", "Broadcast", "Barrier"}
+
+func (k kind) String() string {
+	if int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+func signature[T Elem](k kind, op Op, count int, root int) transport.Signature {
+	return transport.Signature{Kind: uint8(k), DType: uint8(kernel.TypeOf[T]()), Op: uint8(op), Root: int32(root), Count: uint64(count)}
+}
+
+// describe renders a signature the way the user wrote the call.
+func describe(s transport.Signature) string {
+	k := kind(s.Kind)
+	dt := kernel.DType(s.DType)
+	switch k {
+	case kindBarrier:
+		return "Barrier()"
+	case kindBroadcast:
+		return fmt.Sprintf("Broadcast(%v, count=%d, root=%d)", dt, s.Count, s.Root)
+	case kindAllGather:
+		return fmt.Sprintf("AllGather(%v, count=%d)", dt, s.Count)
+	}
+	return fmt.Sprintf("%v(%v, count=%d, %v)", k, dt, s.Count, Op(s.Op))
+}

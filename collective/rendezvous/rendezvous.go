@@ -1,0 +1,269 @@
+// Package rendezvous lets the ranks of a job find each other: one server (rank
+// 0, or a launcher) collects every rank's advertised address and, once all
+// have registered, sends each rank the full table. Every connection to it is
+// authenticated with the job token like any peer connection.
+package rendezvous
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/ringo-ml/ringo/transport"
+)
+
+// maxMessage bounds a rendezvous message (a registration or the table).
+const maxMessage = 1 << 20
+
+// handshakeTimeout bounds one connection's handshake, so a stranger that
+// connects and says nothing cannot hold the server.
+const handshakeTimeout = 10 * time.Second
+
+type registration struct {
+	Rank int    `json:"rank"`
+	Addr string `json:"addr"`
+}
+
+type reply struct {
+	Addrs []string `json:"addrs,omitempty"`
+	Error string   `json:"error,omitempty"`
+}
+
+// Serve accepts the ranks of one job on ln until all id.Size ranks have
+// registered, sends each of them the table of addresses, and returns. It
+// refuses (and logs) connections without the token. It returns early with
+// ctx's error. ln is not closed.
+func Serve(ctx context.Context, ln net.Listener, id transport.Identity, log *slog.Logger) error {
+	if log == nil {
+		log = slog.Default()
+	}
+	id.Rank, id.Purpose = -1, transport.PurposeRendezvous
+	var (
+		mu      sync.Mutex
+		conns   = make(map[int]net.Conn)      // registered ranks
+		open    = make(map[net.Conn]struct{}) // every accepted connection
+		addrs   = make([]string, id.Size)
+		full    = make(chan struct{})
+		wg      sync.WaitGroup
+		stopped = make(chan struct{})
+	)
+	defer func() {
+		close(stopped)
+		mu.Lock()
+		for c := range open {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	}()
+	// Accept returns only on a connection or an error; closing ln's deadline
+	// is how cancellation reaches it.
+	stopAccept := context.AfterFunc(ctx, func() { setDeadline(ln, time.Now()) })
+	defer stopAccept()
+	go func() {
+		select {
+		case <-full:
+			setDeadline(ln, time.Now())
+		case <-stopped:
+		}
+	}()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			select {
+			case <-full:
+				return broadcast(conns, addrs)
+			default:
+			}
+			if ctx.Err() != nil {
+				return fmt.Errorf("rendezvous: %w", context.Cause(ctx))
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// A deadline set after all registered but before Accept noticed.
+				continue
+			}
+			return fmt.Errorf("rendezvous: accept: %w", err)
+		}
+		mu.Lock()
+		open[conn] = struct{}{}
+		mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rank, err := register(conn, id, func(rank int, addr string) error {
+				mu.Lock()
+				defer mu.Unlock()
+				if _, dup := conns[rank]; dup {
+					return fmt.Errorf("rank %d is already registered", rank)
+				}
+				conns[rank] = conn
+				addrs[rank] = addr
+				if len(conns) == id.Size {
+					close(full)
+				}
+				return nil
+			})
+			if err != nil {
+				log.Warn("ringo rendezvous: refused a connection", "from", conn.RemoteAddr().String(), "err", err)
+				_ = conn.Close()
+				return
+			}
+			log.Debug("ringo rendezvous: rank registered", "rank", rank, "from", conn.RemoteAddr().String())
+		}()
+	}
+}
+
+func setDeadline(ln net.Listener, t time.Time) {
+	if d, ok := ln.(interface{ SetDeadline(time.Time) error }); ok {
+		_ = d.SetDeadline(t)
+	}
+}
+
+func register(conn net.Conn, id transport.Identity, add func(rank int, addr string) error) (int, error) {
+	deadline := time.Now().Add(handshakeTimeout)
+	_, err := transport.ServerHandshake(conn, id, deadline, func(h transport.Hello) error {
+		if h.Size != id.Size {
+			return fmt.Errorf("rank %d says the world size is %d, the rendezvous expects %d", h.Rank, h.Size, id.Size)
+		}
+		if h.Rank < 0 || h.Rank >= id.Size {
+			return fmt.Errorf("rank %d is out of range for world size %d", h.Rank, id.Size)
+		}
+		return nil
+	})
+	if err != nil {
+		return -1, err
+	}
+	_ = conn.SetDeadline(deadline)
+	var reg registration
+	if err := readMessage(conn, &reg); err != nil {
+		return -1, err
+	}
+	_ = conn.SetDeadline(time.Time{})
+	if reg.Rank < 0 || reg.Rank >= id.Size {
+		return -1, fmt.Errorf("registration for rank %d out of range", reg.Rank)
+	}
+	if err := add(reg.Rank, reg.Addr); err != nil {
+		_ = writeMessage(conn, reply{Error: err.Error()})
+		return -1, err
+	}
+	return reg.Rank, nil
+}
+
+func broadcast(conns map[int]net.Conn, addrs []string) error {
+	var first error
+	for rank, c := range conns {
+		_ = c.SetDeadline(time.Now().Add(handshakeTimeout))
+		if err := writeMessage(c, reply{Addrs: addrs}); err != nil && first == nil {
+			first = fmt.Errorf("rendezvous: sending the table to rank %d: %w", rank, err)
+		}
+	}
+	return first
+}
+
+// Join registers this rank (id.Rank) with the rendezvous at addr and returns
+// the address of every rank. advertise is called with the local address of
+// the connection to the rendezvous and returns the address this rank
+// publishes. Join retries while the server is not up yet, until ctx is done;
+// a failed authentication is final.
+func Join(ctx context.Context, addr string, id transport.Identity, advertise func(local net.Addr) (string, error)) ([]string, error) {
+	id.Purpose = transport.PurposeRendezvous
+	backoff := 20 * time.Millisecond
+	for {
+		addrs, err := joinOnce(ctx, addr, id, advertise)
+		if err == nil {
+			return addrs, nil
+		}
+		var final *finalError
+		if errors.As(err, &final) || errors.Is(err, transport.ErrAuth) || errors.Is(err, transport.ErrProtocol) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("rendezvous at %s: %w (last attempt: %w)", addr, context.Cause(ctx), err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 500*time.Millisecond)
+	}
+}
+
+// finalError is a refusal that retrying cannot fix.
+type finalError struct{ err error }
+
+func (e *finalError) Error() string { return e.err.Error() }
+func (e *finalError) Unwrap() error { return e.err }
+
+func joinOnce(ctx context.Context, addr string, id transport.Identity, advertise func(net.Addr) (string, error)) ([]string, error) {
+	conn, err := transport.DialTCP(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
+	defer stop()
+	deadline := time.Now().Add(handshakeTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	if _, err := transport.ClientHandshake(conn, id, deadline); err != nil {
+		return nil, fmt.Errorf("rendezvous at %s: %w", addr, err)
+	}
+	self, err := advertise(conn.LocalAddr())
+	if err != nil {
+		return nil, &finalError{err}
+	}
+	if err := writeMessage(conn, registration{Rank: id.Rank, Addr: self}); err != nil {
+		return nil, err
+	}
+	var r reply
+	// The table comes when the last rank registers: wait for it as long as ctx allows.
+	if err := readMessage(conn, &r); err != nil {
+		if ctx.Err() != nil {
+			return nil, context.Cause(ctx)
+		}
+		return nil, fmt.Errorf("rendezvous at %s: waiting for the other ranks: %w", addr, err)
+	}
+	if r.Error != "" {
+		return nil, &finalError{fmt.Errorf("rendezvous at %s refused rank %d: %s", addr, id.Rank, r.Error)}
+	}
+	if len(r.Addrs) != id.Size {
+		return nil, &finalError{fmt.Errorf("rendezvous at %s sent %d addresses for %d ranks", addr, len(r.Addrs), id.Size)}
+	}
+	return r.Addrs, nil
+}
+
+func writeMessage(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	msg := binary.BigEndian.AppendUint32(make([]byte, 0, 4+len(b)), uint32(len(b)))
+	_, err = w.Write(append(msg, b...))
+	return err
+}
+
+func readMessage(r io.Reader, v any) error {
+	var n [4]byte
+	if _, err := io.ReadFull(r, n[:]); err != nil {
+		return err
+	}
+	size := binary.BigEndian.Uint32(n[:])
+	if size > maxMessage {
+		return fmt.Errorf("%w: rendezvous message of %d bytes", transport.ErrProtocol, size)
+	}
+	b := make([]byte, size)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%w: rendezvous message: %w", transport.ErrProtocol, err)
+	}
+	return nil
+}

@@ -1,0 +1,153 @@
+// Package ring runs the ring schedules: reduce-scatter, allgather, and
+// allreduce as the one followed by the other, plus a pipelined chain
+// broadcast along the ring.
+//
+// The vector is cut into one chunk per rank, each chunk into pieces of at most
+// Options.SegmentBytes. Pieces are processed in rounds of Options.Depth pieces
+// per chunk: while the rank reduces piece k of a step, the reader of the left
+// link is already receiving piece k+1, and the right link's sender is writing
+// the pieces reduced before. Every rank runs the same schedule, so the order of
+// frames on a link is known to both of its ends.
+//
+// The package sees its neighbours only through the Link interface: it never
+// touches a socket and knows nothing of signatures or failures.
+package ring
+
+import (
+	"fmt"
+	"unsafe"
+
+	"github.com/ringo-ml/ringo/internal/kernel"
+)
+
+// Link is a connection to one neighbour, as the schedules use it.
+type Link interface {
+	// Post asks for the next frame from the peer to be received into dst.
+	Post(dst []byte) error
+	// Wait waits for the oldest posted receive.
+	Wait() error
+	// Send queues src as the next frame; src must stay unchanged until
+	// Flush(ticket) returns.
+	Send(src []byte) (ticket uint64, err error)
+	// Flush waits until every frame up to ticket has been written.
+	Flush(ticket uint64) error
+}
+
+// Options tune the pipeline.
+type Options struct {
+	// SegmentBytes is the largest piece sent in one frame.
+	SegmentBytes int
+	// MinSegmentBytes is the smallest piece worth its own frame; smaller
+	// chunks travel whole.
+	MinSegmentBytes int
+	// Depth is how many pieces of a step are in flight at once.
+	Depth int
+}
+
+// DefaultOptions are measured on loopback TCP and the mem transport (see
+// BenchmarkSegmentSize in package collective).
+var DefaultOptions = Options{SegmentBytes: 256 << 10, MinSegmentBytes: 16 << 10, Depth: 4}
+
+func (o Options) normalized() Options {
+	d := DefaultOptions
+	if o.SegmentBytes <= 0 {
+		o.SegmentBytes = d.SegmentBytes
+	}
+	if o.MinSegmentBytes <= 0 {
+		o.MinSegmentBytes = d.MinSegmentBytes
+	}
+	if o.MinSegmentBytes > o.SegmentBytes {
+		o.MinSegmentBytes = o.SegmentBytes
+	}
+	if o.Depth <= 0 {
+		o.Depth = d.Depth
+	}
+	o.Depth = min(o.Depth, 16)
+	o.SegmentBytes = (o.SegmentBytes + 7) &^ 7
+	return o
+}
+
+// Ring is one rank's place in a ring, with the scratch space its schedules
+// reuse from call to call. Its methods must not run concurrently.
+type Ring struct {
+	rank, size  int
+	left, right Link
+	opt         Options
+
+	recvSlots [][]byte // Depth slots the left neighbour's partial sums land in
+	sendSlots [][]byte // 2·Depth slots of reduced pieces waiting to be sent
+	tickets   []uint64 // per send slot: the send that must finish before reuse
+}
+
+// New returns the ring of rank among size ranks, receiving from left and
+// sending to right (the same link when size is 2).
+func New(rank, size int, left, right Link, opt Options) *Ring {
+	return &Ring{rank: rank, size: size, left: left, right: right, opt: opt.normalized()}
+}
+
+// Reducer is the reduction a schedule applies.
+type Reducer[T kernel.Elem] struct {
+	Kernel *kernel.Kernel[T]
+	// Div, if set, divides each final value by the world size (Avg).
+	Div func(dst []T, n int)
+}
+
+func (r *Ring) scratch() {
+	if r.recvSlots != nil {
+		return
+	}
+	d, seg := r.opt.Depth, r.opt.SegmentBytes
+	words := make([]uint64, 3*d*seg/8) // uint64 backing keeps every slot 8-byte aligned
+	all := unsafe.Slice((*byte)(unsafe.Pointer(&words[0])), 3*d*seg)
+	r.recvSlots = make([][]byte, d)
+	r.sendSlots = make([][]byte, 2*d)
+	r.tickets = make([]uint64, 2*d)
+	for i := range r.recvSlots {
+		r.recvSlots[i] = all[i*seg : (i+1)*seg : (i+1)*seg]
+	}
+	for i := range r.sendSlots {
+		off := (d + i) * seg
+		r.sendSlots[i] = all[off : off+seg : off+seg]
+	}
+}
+
+// AllReduce reduces buf across the ring in place: reduce-scatter, then
+// allgather. Every rank ends with bitwise-identical values, because each
+// chunk is reduced on one rank only and then copied around.
+func AllReduce[T kernel.Elem](r *Ring, buf []T, red Reducer[T]) error {
+	if r.size == 1 {
+		return nil
+	}
+	s := newSchedule[T](r, len(buf), 0, true, true)
+	return run(r, &s, buf, buf, red)
+}
+
+// ReduceScatter reduces send (size blocks of len(recv)) and leaves block rank
+// of the result in recv. recv may be exactly send's block rank.
+func ReduceScatter[T kernel.Elem](r *Ring, send, recv []T, red Reducer[T]) error {
+	m := len(recv)
+	if len(send) != r.size*m {
+		return fmt.Errorf("ring: reduce-scatter of %d elements into %d-element blocks on %d ranks", len(send), m, r.size)
+	}
+	if r.size == 1 {
+		copy(recv, send)
+		return nil
+	}
+	s := newSchedule[T](r, len(send), m, true, false)
+	return run(r, &s, send, recv, red)
+}
+
+// AllGather fills recv (size blocks of len(send)) with every rank's send, in
+// rank order. send may be exactly recv's block rank.
+func AllGather[T kernel.Elem](r *Ring, send, recv []T) error {
+	m := len(send)
+	if len(recv) != r.size*m {
+		return fmt.Errorf("ring: allgather of %d-element blocks into %d elements on %d ranks", m, len(recv), r.size)
+	}
+	copy(recv[r.rank*m:(r.rank+1)*m], send)
+	if r.size == 1 {
+		return nil
+	}
+	s := newSchedule[T](r, len(recv), m, false, true)
+	return run(r, &s, recv, recv, Reducer[T]{})
+}

@@ -1,0 +1,104 @@
+package transport
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// Stream is the byte stream a Conn frames: a net.Conn, or a stream of another
+// transport that can time out writes.
+type Stream interface {
+	io.ReadWriteCloser
+	SetDeadline(t time.Time) error
+	SetWriteDeadline(t time.Time) error
+}
+
+// readBufferSize is small on purpose: it lets a header and a small payload
+// arrive in one read, while a large payload is read straight into the
+// destination (bufio reads directly once its buffer is drained).
+const readBufferSize = 4096
+
+// Conn writes and reads frames on a Stream. Writes are serialised by a mutex so
+// that frames never interleave; reads are meant for one goroutine.
+type Conn struct {
+	s Stream
+	r *bufio.Reader
+
+	wmu  sync.Mutex
+	whdr [HeaderSize]byte
+	iov  [2][]byte
+	bufs net.Buffers
+
+	rhdr [HeaderSize]byte
+}
+
+// NewConn frames s.
+func NewConn(s Stream) *Conn {
+	return &Conn{s: s, r: bufio.NewReaderSize(s, readBufferSize)}
+}
+
+// WriteFrame writes h followed by payload with one vectored write. It sets
+// h.Len from len(payload).
+func (c *Conn) WriteFrame(h *Header, payload []byte) error {
+	if len(payload) > MaxPayload {
+		return fmt.Errorf("transport: payload of %d bytes exceeds the frame limit %d", len(payload), MaxPayload)
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.writeLocked(h, payload)
+}
+
+func (c *Conn) writeLocked(h *Header, payload []byte) error {
+	h.Len = uint32(len(payload))
+	h.Encode(&c.whdr)
+	if len(payload) == 0 {
+		_, err := c.s.Write(c.whdr[:])
+		return err
+	}
+	c.iov[0], c.iov[1] = c.whdr[:], payload
+	c.bufs = c.iov[:]
+	_, err := c.bufs.WriteTo(c.s)
+	c.iov[1] = nil // do not keep the caller's buffer alive
+	return err
+}
+
+// TryWriteControl writes a control frame if no other write is in progress,
+// giving up after timeout. It reports whether the frame was written. It is
+// for best-effort notices (abort) that must never wait behind a stuck write.
+func (c *Conn) TryWriteControl(h *Header, payload []byte, timeout time.Duration) bool {
+	if len(payload) > maxControlPayload {
+		payload = payload[:maxControlPayload]
+	}
+	if !c.wmu.TryLock() {
+		return false
+	}
+	defer c.wmu.Unlock()
+	_ = c.s.SetWriteDeadline(time.Now().Add(timeout))
+	err := c.writeLocked(h, payload)
+	_ = c.s.SetWriteDeadline(time.Time{})
+	return err == nil
+}
+
+// ReadHeader reads and validates the next frame header.
+func (c *Conn) ReadHeader(h *Header) error {
+	if _, err := io.ReadFull(c.r, c.rhdr[:]); err != nil {
+		return err
+	}
+	return h.Decode(&c.rhdr)
+}
+
+// ReadPayload reads exactly len(dst) payload bytes into dst.
+func (c *Conn) ReadPayload(dst []byte) error {
+	_, err := io.ReadFull(c.r, dst)
+	return err
+}
+
+// Close closes the underlying stream, unblocking any reader and writer.
+func (c *Conn) Close() error { return c.s.Close() }
+
+// Stream returns the underlying stream.
+func (c *Conn) Stream() Stream { return c.s }

@@ -1,0 +1,10 @@
+// Package transport carries ringo's frames between two ranks: a byte stream
+// (TCP, or an in-process pipe for the mem transport), an authenticated
+// handshake at connection start, a fixed frame header that names the
+// communicator, operation and signature of every payload, and a Link that
+// sends queued frames in order and receives payloads straight into buffers
+// the caller posted in advance.
+//
+// Nothing above this package touches a socket; nothing in it knows what a
+// collective does with the bytes.
+package transport

@@ -1,0 +1,363 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync/atomic"
+	"time"
+)
+
+// ErrTimeout: an operation outlived its deadline.
+var ErrTimeout = errors.New("operation timed out")
+
+// LinkDepth bounds the frames a Link holds queued for sending and the
+// receives posted ahead. Schedules must keep fewer in flight per link.
+const LinkDepth = 64
+
+// Link is one communicator's connection to one peer rank. A sender goroutine
+// writes queued frames in order; a reader goroutine reads each data frame's
+// header, checks it against the receive posted for it and only then reads the
+// payload straight into the posted buffer. Any broken connection, mismatched
+// frame or abort notice fails the shared Failure, which wakes every waiter.
+//
+// Post, Wait, Send and Flush belong to one goroutine at a time: the one
+// running the communicator's current operation, between Begin and its end.
+type Link struct {
+	peer int
+	conn *Conn
+	fail *Failure
+	log  *slog.Logger
+
+	sendq   chan outFrame
+	sent    atomic.Uint64
+	sentSig chan struct{}
+	queued  uint64
+
+	posts chan inFrame
+	recvd chan struct{}
+
+	stop       chan struct{} // closed by Shutdown
+	dead       chan struct{} // closed when the reader has exited
+	deadErr    error         // why the reader exited; written before dead is closed
+	readerDone chan struct{}
+	senderDone chan struct{}
+	closing    atomic.Bool
+	peerBye    atomic.Bool
+
+	// The operation in progress.
+	hdr       Header
+	sendIndex uint32
+	recvIndex uint32
+	ctx       context.Context
+	expire    <-chan time.Time
+}
+
+type outFrame struct {
+	hdr     Header
+	payload []byte
+}
+
+type inFrame struct {
+	want Header
+	dst  []byte
+}
+
+// NewLink starts the goroutines of a link to rank peer over conn. They end when
+// Shutdown is called or the failure is recorded.
+func NewLink(peer int, conn *Conn, fail *Failure, log *slog.Logger) *Link {
+	if log == nil {
+		log = slog.Default()
+	}
+	l := &Link{
+		peer:       peer,
+		conn:       conn,
+		fail:       fail,
+		log:        log,
+		sendq:      make(chan outFrame, LinkDepth),
+		sentSig:    make(chan struct{}, 1),
+		posts:      make(chan inFrame, LinkDepth),
+		recvd:      make(chan struct{}, LinkDepth),
+		stop:       make(chan struct{}),
+		dead:       make(chan struct{}),
+		readerDone: make(chan struct{}),
+		senderDone: make(chan struct{}),
+		ctx:        context.Background(),
+	}
+	go l.sender()
+	go l.reader()
+	return l
+}
+
+// Peer is the rank at the other end.
+func (l *Link) Peer() int { return l.peer }
+
+// Conn is the framed connection (for control frames).
+func (l *Link) Conn() *Conn { return l.conn }
+
+// Begin starts a new operation: frames sent carry hdr (with Type Data and a
+// fresh Index), and receives expect the same. Waits give up when ctx is done,
+// when expire fires, or when the communicator fails.
+func (l *Link) Begin(ctx context.Context, hdr Header, expire <-chan time.Time) {
+	hdr.Type = Data
+	l.hdr = hdr
+	l.sendIndex, l.recvIndex = 0, 0
+	l.ctx, l.expire = ctx, expire
+}
+
+// End drops the references Begin took.
+func (l *Link) End() {
+	l.ctx, l.expire = context.Background(), nil
+}
+
+// Send queues src as the next data frame and returns its ticket for Flush.
+// src must not change until Flush(ticket) returns.
+func (l *Link) Send(src []byte) (uint64, error) {
+	h := l.hdr
+	h.Index = l.sendIndex
+	h.Len = uint32(len(src))
+	l.sendIndex++
+	select {
+	case l.sendq <- outFrame{hdr: h, payload: src}:
+		l.queued++
+		return l.queued, nil
+	case <-l.fail.Done():
+		return 0, l.fail.Err()
+	case <-l.ctx.Done():
+		return 0, context.Cause(l.ctx)
+	case <-l.expire:
+		return 0, ErrTimeout
+	}
+}
+
+// Flush waits until every frame up to ticket has been written.
+func (l *Link) Flush(ticket uint64) error {
+	for l.sent.Load() < ticket {
+		select {
+		case <-l.sentSig:
+		case <-l.fail.Done():
+			return l.fail.Err()
+		case <-l.ctx.Done():
+			return context.Cause(l.ctx)
+		case <-l.expire:
+			return ErrTimeout
+		}
+	}
+	return nil
+}
+
+// FlushAll waits until every queued frame has been written.
+func (l *Link) FlushAll() error { return l.Flush(l.queued) }
+
+// Post asks for the next data frame from the peer to be received into dst; the
+// frame must carry exactly len(dst) bytes and the current operation's header.
+func (l *Link) Post(dst []byte) error {
+	want := l.hdr
+	want.Index = l.recvIndex
+	want.Len = uint32(len(dst))
+	l.recvIndex++
+	select {
+	case l.posts <- inFrame{want: want, dst: dst}:
+		return nil
+	case <-l.dead:
+		return l.deadError()
+	case <-l.fail.Done():
+		return l.fail.Err()
+	case <-l.ctx.Done():
+		return context.Cause(l.ctx)
+	case <-l.expire:
+		return ErrTimeout
+	}
+}
+
+// Wait waits for the oldest posted receive to complete.
+func (l *Link) Wait() error {
+	select {
+	case <-l.recvd:
+		return nil
+	default:
+	}
+	select {
+	case <-l.recvd:
+		return nil
+	case <-l.dead:
+		select {
+		case <-l.recvd:
+			return nil
+		default:
+		}
+		return l.deadError()
+	case <-l.fail.Done():
+		return l.fail.Err()
+	case <-l.ctx.Done():
+		return context.Cause(l.ctx)
+	case <-l.expire:
+		return ErrTimeout
+	}
+}
+
+func (l *Link) deadError() error {
+	if err := l.fail.Err(); err != nil {
+		return err
+	}
+	return l.deadErr
+}
+
+// Shutdown ends the link: with bye it first tells the peer (unless the peer
+// already said bye, or the communicator failed), waiting at most grace for
+// the notice to be written. It closes the connection and waits for both
+// goroutines.
+func (l *Link) Shutdown(bye bool, grace time.Duration) {
+	if !l.closing.CompareAndSwap(false, true) {
+		<-l.readerDone
+		<-l.senderDone
+		return
+	}
+	if bye && !l.peerBye.Load() && l.fail.Err() == nil {
+		select {
+		case l.sendq <- outFrame{hdr: Header{Type: Bye}}:
+		default:
+		}
+	}
+	close(l.stop)
+	t := time.NewTimer(grace)
+	select {
+	case <-l.senderDone:
+	case <-t.C:
+	}
+	t.Stop()
+	_ = l.conn.Close()
+	<-l.senderDone
+	<-l.readerDone
+}
+
+// sender writes queued frames in order. On Shutdown it drains what was queued
+// before stop (the bye notice last) and exits.
+func (l *Link) sender() {
+	defer close(l.senderDone)
+	for {
+		select {
+		case f := <-l.sendq:
+			if !l.write(&f) {
+				return
+			}
+			continue
+		case <-l.fail.Done():
+			return
+		case <-l.stop:
+		}
+		// Stopping: write what is still queued, then leave.
+		for {
+			select {
+			case f := <-l.sendq:
+				if !l.write(&f) {
+					return
+				}
+			default:
+				return
+			}
+		}
+	}
+}
+
+func (l *Link) write(f *outFrame) bool {
+	err := l.conn.WriteFrame(&f.hdr, f.payload)
+	f.payload = nil
+	if err != nil {
+		if !l.closing.Load() {
+			l.fail.Fail(&PeerError{Peer: l.peer, Err: fmt.Errorf("%w: write: %w", ErrPeerLost, err)})
+		}
+		return false
+	}
+	if f.hdr.Type == Bye {
+		return false
+	}
+	l.sent.Add(1)
+	select {
+	case l.sentSig <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+func (l *Link) reader() {
+	defer close(l.readerDone)
+	var h Header
+	for {
+		if err := l.conn.ReadHeader(&h); err != nil {
+			l.die(l.readError(err), !l.closing.Load())
+			return
+		}
+		switch h.Type {
+		case Data:
+			var in inFrame
+			select {
+			case in = <-l.posts:
+			case <-l.stop:
+				l.die(ErrPeerClosed, false)
+				return
+			case <-l.fail.Done():
+				l.die(l.fail.Err(), false)
+				return
+			}
+			if !sameFrame(&h, &in.want) {
+				err := &MismatchError{Peer: l.peer, Got: h, Want: in.want}
+				l.die(err, true)
+				return
+			}
+			if err := l.conn.ReadPayload(in.dst); err != nil {
+				l.die(l.readError(err), !l.closing.Load())
+				return
+			}
+			l.recvd <- struct{}{}
+		case Abort:
+			reason := make([]byte, h.Len)
+			if err := l.conn.ReadPayload(reason); err != nil {
+				l.die(l.readError(err), !l.closing.Load())
+				return
+			}
+			l.die(&RemoteAbortError{Peer: l.peer, Reason: string(reason)}, true)
+			return
+		case Bye:
+			l.peerBye.Store(true)
+			l.die(&PeerError{Peer: l.peer, Err: ErrPeerClosed}, false)
+			return
+		}
+	}
+}
+
+func (l *Link) die(err error, failComm bool) {
+	l.deadErr = err
+	close(l.dead)
+	if failComm {
+		l.fail.Fail(err)
+	}
+}
+
+func (l *Link) readError(err error) error {
+	if errors.Is(err, ErrProtocol) {
+		return &PeerError{Peer: l.peer, Err: err}
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
+		return &PeerError{Peer: l.peer, Err: fmt.Errorf("%w: connection closed (%w)", ErrPeerLost, err)}
+	}
+	return &PeerError{Peer: l.peer, Err: fmt.Errorf("%w: %w", ErrPeerLost, err)}
+}
+
+// sameFrame compares everything but the frame type, which the reader checked.
+func sameFrame(got, want *Header) bool {
+	return got.Comm == want.Comm && got.Seq == want.Seq && got.Sig == want.Sig &&
+		got.Index == want.Index && got.Len == want.Len
+}
+
+// PeerError says which rank a link failure is about.
+type PeerError struct {
+	Peer int
+	Err  error
+}
+
+func (e *PeerError) Error() string { return fmt.Sprintf("rank %d: %v", e.Peer, e.Err) }
+func (e *PeerError) Unwrap() error { return e.Err }
