@@ -117,4 +117,3 @@ func firstSet(getenv func(string) string, names ...string) string {
 	}
 	return ""
 }
-

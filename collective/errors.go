@@ -32,8 +32,10 @@ type AbortError struct {
 	Cause error
 }
 
-func (e *AbortError) Error() string          { return fmt.Sprintf("%v: %v", ErrAborted, e.Cause) }
-func (e *AbortError) Unwrap() error          { return e.Cause }
-func (e *AbortError) Is(target error) bool   { return target == ErrAborted }
-func abortError(cause error) *AbortError     { return &AbortError{Cause: cause} }
-func invalidf(format string, a ...any) error { return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, a...)...) }
+func (e *AbortError) Error() string        { return fmt.Sprintf("%v: %v", ErrAborted, e.Cause) }
+func (e *AbortError) Unwrap() error        { return e.Cause }
+func (e *AbortError) Is(target error) bool { return target == ErrAborted }
+func abortError(cause error) *AbortError   { return &AbortError{Cause: cause} }
+func invalidf(format string, a ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, a...)...)
+}
