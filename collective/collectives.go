@@ -66,7 +66,18 @@ func Broadcast[T Elem](ctx context.Context, c *Comm, buf []T, root int) error {
 	if root < 0 || root >= c.size {
 		return c.end(invalidf("Broadcast root %d is not a rank of a communicator of %d", root, c.size))
 	}
-	return c.end(ring.Broadcast(c.ring, buf, root))
+	lastRank := (root + c.size - 1) % c.size
+	var ackFrom, ackTo ring.Link
+	if c.size > 1 {
+		ackFrom, ackTo = c.links[lastRank], c.links[root] // nil at the ranks that do not use them
+		if c.rank != root {
+			ackFrom = nil
+		}
+		if c.rank != lastRank {
+			ackTo = nil
+		}
+	}
+	return c.end(ring.Broadcast(c.ring, buf, root, ackFrom, ackTo))
 }
 
 // Barrier returns once every rank has called it.

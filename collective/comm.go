@@ -19,6 +19,12 @@ const DefaultTimeout = 5 * time.Minute
 // closeGrace is how long Close waits for its goodbye to be written.
 const closeGrace = 2 * time.Second
 
+// abortGrace is how long an aborted communicator keeps its connections open
+// after sending its abort notices, so that a notice is read before the EOF
+// of a connection closed right behind it. Calls return at once regardless;
+// Close closes at once.
+const abortGrace = time.Second
+
 // Comm is one rank's membership of a communicator.
 type Comm struct {
 	rank, size int
@@ -36,7 +42,9 @@ type Comm struct {
 	timer  *time.Timer
 	closed bool
 
-	closeOnce sync.Once
+	closeOnce  sync.Once
+	abortClose *time.Timer // closes the connections abortGrace after an abort
+	abortMu    sync.Mutex
 }
 
 // newComm wires a communicator over streams to every peer (nil at rank).
@@ -75,7 +83,7 @@ func (c *Comm) Size() int { return c.size }
 // Err returns the error that aborted the communicator, or nil.
 func (c *Comm) Err() error {
 	if err := c.fail.Err(); err != nil {
-		return abortError(err)
+		return abortError(c.explain(err))
 	}
 	return nil
 }
@@ -100,6 +108,11 @@ func (c *Comm) Close() error {
 		}
 		c.closed = true
 		graceful := c.fail.Err() == nil
+		c.abortMu.Lock()
+		if c.abortClose != nil {
+			c.abortClose.Stop()
+		}
+		c.abortMu.Unlock()
 		var wg sync.WaitGroup
 		for _, l := range c.links {
 			if l != nil {
@@ -124,9 +137,9 @@ func (c *Comm) begin(ctx context.Context, sig transport.Signature) error {
 		c.mu.Unlock()
 		return fmt.Errorf("ringo: %s on rank %d: %w", describe(sig), c.rank, ErrClosed)
 	}
-	if err := c.fail.Err(); err != nil {
+	if err := c.Err(); err != nil {
 		c.mu.Unlock()
-		return fmt.Errorf("ringo: %s on rank %d: %w", describe(sig), c.rank, abortError(err))
+		return fmt.Errorf("ringo: %s on rank %d: %w", describe(sig), c.rank, err)
 	}
 	if err := ctx.Err(); err != nil {
 		// Nothing was sent: the call is simply not made.
@@ -179,7 +192,7 @@ func (c *Comm) opError(err error) error {
 	default:
 		c.fail.Fail(err)
 	}
-	return fmt.Errorf("ringo: %s op #%d on rank %d: %w", describe(c.cur), c.seq, c.rank, abortError(c.explain(c.fail.Err())))
+	return fmt.Errorf("ringo: %s op #%d on rank %d: %w", describe(c.cur), c.seq, c.rank, c.Err())
 }
 
 // explain rewrites transport errors in the words of the calls that caused them.
@@ -193,6 +206,10 @@ func (c *Comm) explain(err error) error {
 		}
 		return fmt.Errorf("%w: rank %d called %s at op #%d; rank %d called %s at op #%d",
 			ErrMismatch, mm.Peer, describe(g.Sig), g.Seq, c.rank, describe(w.Sig), w.Seq)
+	}
+	var ra *transport.RemoteAbortError
+	if errors.As(err, &ra) {
+		return remoteAbort{ra}
 	}
 	var pe *transport.PeerError
 	if errors.As(err, &pe) && errors.Is(err, ErrPeerLost) {
@@ -209,17 +226,26 @@ func (c *Comm) explain(err error) error {
 // connections so that nothing stays blocked on them.
 func (c *Comm) onFail(err error) {
 	err = c.explain(err)
-	reason := []byte(err.Error())
 	c.log.Warn("ringo: communicator aborted", "err", err)
 	hdr := transport.Header{Type: transport.Abort, Comm: c.id}
+	reason := append([]byte{abortCode(err)}, err.Error()...)
 	var remote *transport.RemoteAbortError
 	if errors.As(err, &remote) {
-		reason = []byte(remote.Reason) // pass the original reason on unchanged
+		// Pass the original reason on unchanged: it already names its rank.
+		reason = append([]byte{remote.Code}, remote.Reason...)
 	}
 	for _, l := range c.links {
 		if l != nil {
 			l.Conn().TryWriteControl(&hdr, reason, 200*time.Millisecond)
-			_ = l.Conn().Close()
 		}
 	}
+	c.abortMu.Lock()
+	c.abortClose = time.AfterFunc(abortGrace, func() {
+		for _, l := range c.links {
+			if l != nil {
+				_ = l.Conn().Close()
+			}
+		}
+	})
+	c.abortMu.Unlock()
 }

@@ -7,8 +7,11 @@
 //
 // Calls on one Comm run one at a time, in the order they are made; every rank
 // must make the same calls in the same order. A rank whose call differs from
-// its peers' (kind, element type, count, root or op) makes the call fail on
-// every rank with an error naming both calls. Any failure (a lost peer, a
+// its peers' (kind, element type, count, root or op) makes the call fail with
+// an error naming both calls: at once on the ranks that exchange data with
+// it, and on the others either at once or, if their own neighbours agreed
+// with them and their call completed, on their next call. The check rides on
+// the frames themselves and costs no extra message. Any failure (a lost peer, a
 // mismatch, a timeout, a cancelled context, an invalid argument) aborts the
 // communicator on every rank: the call and every later one return an error
 // that matches ErrAborted, and the Comm must be closed and formed again.

@@ -9,7 +9,12 @@ import (
 // Broadcast copies root's buf to every rank along the ring: root sends to
 // root+1, which forwards to root+2, and so on, piece by piece so that every
 // link is busy at once. Its time is about (size-2+pieces)·piece time.
-func Broadcast[T kernel.Elem](r *Ring, buf []T, root int) error {
+//
+// The last rank of the chain then sends the root an empty acknowledgement, so
+// that the root too receives a frame of this call and a rank that wrongly
+// believes itself the root is found out before its call returns.
+// ackFrom and ackTo are the links from the last rank to the root and back.
+func Broadcast[T kernel.Elem](r *Ring, buf []T, root int, ackFrom, ackTo Link) error {
 	if r.size == 1 {
 		return nil
 	}
@@ -23,6 +28,9 @@ func Broadcast[T kernel.Elem](r *Ring, buf []T, root int) error {
 
 	var last uint64
 	if pos == 0 {
+		if err := ackFrom.Post(nil); err != nil {
+			return err
+		}
 		for i := range pieces {
 			t, err := r.right.Send(kernel.Bytes(piece(i)))
 			if err != nil {
@@ -30,7 +38,10 @@ func Broadcast[T kernel.Elem](r *Ring, buf []T, root int) error {
 			}
 			last = t
 		}
-		return r.right.Flush(last)
+		if err := r.right.Flush(last); err != nil {
+			return err
+		}
+		return ackFrom.Wait()
 	}
 	forward := pos != r.size-1
 	for i := range min(pieces, r.opt.Depth) {
@@ -54,6 +65,13 @@ func Broadcast[T kernel.Elem](r *Ring, buf []T, root int) error {
 				return err
 			}
 		}
+	}
+	if !forward {
+		t, err := ackTo.Send(nil)
+		if err != nil {
+			return err
+		}
+		return ackTo.Flush(t)
 	}
 	return r.right.Flush(last)
 }

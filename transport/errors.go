@@ -35,14 +35,17 @@ func (e *MismatchError) Error() string {
 
 func (e *MismatchError) Unwrap() error { return ErrMismatch }
 
-// RemoteAbortError carries the reason a peer gave in its abort frame.
+// RemoteAbortError carries the reason a peer gave in its abort frame. Code is
+// an error class chosen by the layer above (the first payload byte), so that
+// the class of a failure survives the trip to every rank.
 type RemoteAbortError struct {
 	Peer   int
+	Code   byte
 	Reason string
 }
 
 func (e *RemoteAbortError) Error() string {
-	return fmt.Sprintf("rank %d aborted: %s", e.Peer, e.Reason)
+	return fmt.Sprintf("%s (reported by rank %d)", e.Reason, e.Peer)
 }
 
 func (e *RemoteAbortError) Unwrap() error { return ErrRemoteAbort }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -48,6 +49,12 @@ type Link struct {
 	closing    atomic.Bool
 	peerBye    atomic.Bool
 
+	// cur is the operation in progress (or the last one), for the reader to
+	// check frames nobody has posted a receive for yet; begun wakes it.
+	curMu sync.Mutex
+	cur   Header
+	begun chan struct{}
+
 	// The operation in progress.
 	hdr       Header
 	sendIndex uint32
@@ -85,6 +92,7 @@ func NewLink(peer int, conn *Conn, fail *Failure, log *slog.Logger) *Link {
 		dead:       make(chan struct{}),
 		readerDone: make(chan struct{}),
 		senderDone: make(chan struct{}),
+		begun:      make(chan struct{}, 1),
 		ctx:        context.Background(),
 	}
 	go l.sender()
@@ -106,6 +114,13 @@ func (l *Link) Begin(ctx context.Context, hdr Header, expire <-chan time.Time) {
 	l.hdr = hdr
 	l.sendIndex, l.recvIndex = 0, 0
 	l.ctx, l.expire = ctx, expire
+	l.curMu.Lock()
+	l.cur = hdr
+	l.curMu.Unlock()
+	select {
+	case l.begun <- struct{}{}:
+	default:
+	}
 }
 
 // End drops the references Begin took.
@@ -293,14 +308,10 @@ func (l *Link) reader() {
 		}
 		switch h.Type {
 		case Data:
-			var in inFrame
-			select {
-			case in = <-l.posts:
-			case <-l.stop:
-				l.die(ErrPeerClosed, false)
-				return
-			case <-l.fail.Done():
-				l.die(l.fail.Err(), false)
+			in, err := l.awaitPost(&h)
+			if err != nil {
+				var mm *MismatchError
+				l.die(err, errors.As(err, &mm))
 				return
 			}
 			if !sameFrame(&h, &in.want) {
@@ -319,12 +330,46 @@ func (l *Link) reader() {
 				l.die(l.readError(err), !l.closing.Load())
 				return
 			}
-			l.die(&RemoteAbortError{Peer: l.peer, Reason: string(reason)}, true)
+			e := &RemoteAbortError{Peer: l.peer}
+			if len(reason) > 0 {
+				e.Code, e.Reason = reason[0], string(reason[1:])
+			}
+			l.die(e, true)
 			return
 		case Bye:
 			l.peerBye.Store(true)
 			l.die(&PeerError{Peer: l.peer, Err: ErrPeerClosed}, false)
 			return
+		}
+	}
+}
+
+// awaitPost returns the receive posted for the data frame h. While there is
+// none, it checks h against the operation this rank is running: a frame of
+// the same operation number with another signature, or of an operation this
+// rank has already finished, is a mismatch found at once, not when a receive
+// that may never come is posted.
+func (l *Link) awaitPost(h *Header) (inFrame, error) {
+	for {
+		select {
+		case in := <-l.posts:
+			return in, nil
+		default:
+		}
+		l.curMu.Lock()
+		cur := l.cur
+		l.curMu.Unlock()
+		if cur.Seq != 0 && (h.Seq < cur.Seq || h.Seq == cur.Seq && h.Sig != cur.Sig || h.Comm != cur.Comm) {
+			return inFrame{}, &MismatchError{Peer: l.peer, Got: *h, Want: cur}
+		}
+		select {
+		case in := <-l.posts:
+			return in, nil
+		case <-l.begun:
+		case <-l.stop:
+			return inFrame{}, ErrPeerClosed
+		case <-l.fail.Done():
+			return inFrame{}, l.fail.Err()
 		}
 	}
 }

@@ -1,0 +1,277 @@
+package collective_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ringo-ml/ringo/collective"
+)
+
+// freeAddr returns a loopback address with a port nobody listens on.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	return addr
+}
+
+// formTCP forms an n-rank communicator over loopback TCP, each rank in its own
+// goroutine; rank 0, which serves the rendezvous, is started last.
+func formTCP(t testing.TB, n int, cfg collective.Config) []*collective.Comm {
+	t.Helper()
+	cfg.Addr, cfg.Size = freeAddr(t), n
+	if cfg.Timeout == 0 {
+		cfg.Timeout = testTimeout
+	}
+	comms := make([]*collective.Comm, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for r := n - 1; r >= 0; r-- {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := cfg
+			c.Rank = r
+			comms[r], errs[r] = collective.New(ctx, c)
+		}()
+	}
+	wg.Wait()
+	t.Cleanup(func() { closeAll(comms) })
+	requireAllOK(t, errs)
+	return comms
+}
+
+func TestTCPAllReduceReduceScatterAllGather(t *testing.T) {
+	for _, n := range []int{1, 2, 3, 4} {
+		comms := formTCP(t, n, collective.Config{Token: "s3cret", JobID: "test"})
+		for _, count := range []int{0, 1, n + 1, 1009, 300_007} {
+			results := make([][]float32, n)
+			requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+				results[r] = inputs[float32](r, count, collective.Sum)
+				return collective.AllReduce(ctx, c, results[r], collective.Sum)
+			}))
+			for i := range count {
+				require.Equal(t, reference[float32](n, i, collective.Sum), results[0][i], "n=%d count=%d i=%d", n, count, i)
+			}
+			requireIdentical(t, results)
+		}
+		const m = 4099
+		requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+			send := inputs[int64](r, n*m, collective.Max)
+			recv := make([]int64, m)
+			if err := collective.ReduceScatter(ctx, c, send, recv, collective.Max); err != nil {
+				return err
+			}
+			for j := range m {
+				if want := reference[int64](n, r*m+j, collective.Max); recv[j] != want {
+					return fmt.Errorf("rank %d: reduce-scatter element %d = %d, want %d", r, j, recv[j], want)
+				}
+			}
+			all := make([]int64, n*m)
+			if err := collective.AllGather(ctx, c, recv, all); err != nil {
+				return err
+			}
+			for i := range all {
+				if want := reference[int64](n, i, collective.Max); all[i] != want {
+					return fmt.Errorf("rank %d: allgather element %d = %d, want %d", r, i, all[i], want)
+				}
+			}
+			buf := make([]uint8, 77)
+			if r == n-1 {
+				for i := range buf {
+					buf[i] = uint8(i)
+				}
+			}
+			if err := collective.Broadcast(ctx, c, buf, n-1); err != nil {
+				return err
+			}
+			for i := range buf {
+				if buf[i] != uint8(i) {
+					return fmt.Errorf("rank %d: broadcast element %d = %d", r, i, buf[i])
+				}
+			}
+			return collective.Barrier(ctx, c)
+		}))
+	}
+}
+
+func TestTCPWrongTokenIsRefusedAtTheHandshake(t *testing.T) {
+	addr := freeAddr(t)
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	var err0, err1 error
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		c, err := collective.New(cctx, collective.Config{Rank: 0, Size: 2, Addr: addr, Token: "right"})
+		if c != nil {
+			c.Close()
+		}
+		err0 = err
+	}()
+	go func() {
+		defer wg.Done()
+		c, err := collective.New(cctx, collective.Config{Rank: 1, Size: 2, Addr: addr, Token: "wrong"})
+		if c != nil {
+			c.Close()
+		}
+		err1 = err
+	}()
+	wg.Wait()
+	require.Error(t, err1)
+	assert.ErrorIs(t, err1, collective.ErrAuth)
+	assert.Contains(t, err1.Error(), "token")
+	// Rank 0 never hears from a rank 1 that holds the token.
+	require.Error(t, err0)
+	assert.ErrorIs(t, err0, context.DeadlineExceeded)
+}
+
+func TestTCPStrangerOnTheRendezvousPortIsIgnored(t *testing.T) {
+	addr := freeAddr(t)
+	var wg sync.WaitGroup
+	comms := make([]*collective.Comm, 2)
+	errs := make([]error, 2)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		comms[0], errs[0] = collective.New(ctx, collective.Config{Rank: 0, Size: 2, Addr: addr, Token: "t", Timeout: testTimeout})
+	}()
+	// A stranger connects first and speaks HTTP; rank 1 joins after it.
+	var conn net.Conn
+	require.Eventually(t, func() bool {
+		var err error
+		conn, err = net.Dial("tcp", addr)
+		return err == nil
+	}, 10*time.Second, 5*time.Millisecond)
+	_, _ = conn.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	comms[1], errs[1] = collective.New(ctx, collective.Config{Rank: 1, Size: 2, Addr: addr, Token: "t", Timeout: testTimeout})
+	wg.Wait()
+	_ = conn.Close()
+	t.Cleanup(func() { closeAll(comms) })
+	requireAllOK(t, errs)
+	requireAllOK(t, each(comms, func(r int, c *collective.Comm) error { return collective.Barrier(ctx, c) }))
+}
+
+// TestProcessesFormAJobFromTheEnvironment runs every rank as its own OS
+// process (this test binary, re-executed) configured only by environment
+// variables, as a launcher would start them.
+func TestProcessesFormAJobFromTheEnvironment(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 4 processes")
+	}
+	const n = 4
+	addr := freeAddr(t)
+	host, port, _ := net.SplitHostPort(addr)
+	cmds := make([]*exec.Cmd, n)
+	outs := make([]*lockedBuffer, n)
+	for r := range n {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), childEnv+"=1", "RINGO_TOKEN=proc-token", "RINGO_TIMEOUT=60s")
+		if r%2 == 0 { // half the ranks speak ringo's variables, half torchrun's
+			cmd.Env = append(cmd.Env, "RINGO_RANK="+strconv.Itoa(r), "RINGO_WORLD_SIZE="+strconv.Itoa(n), "RINGO_ADDR="+addr)
+		} else {
+			cmd.Env = append(cmd.Env, "RANK="+strconv.Itoa(r), "WORLD_SIZE="+strconv.Itoa(n), "MASTER_ADDR="+host, "MASTER_PORT="+port)
+		}
+		outs[r] = &lockedBuffer{}
+		cmd.Stdout, cmd.Stderr = outs[r], outs[r]
+		require.NoError(t, cmd.Start())
+		cmds[r] = cmd
+	}
+	done := make(chan error, n)
+	for r := range n {
+		go func() {
+			err := cmds[r].Wait()
+			if err != nil {
+				err = fmt.Errorf("rank %d: %w\n%s", r, err, outs[r].String())
+			}
+			done <- err
+		}()
+	}
+	timeout := time.After(90 * time.Second)
+	for range n {
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-timeout:
+			for _, c := range cmds {
+				_ = c.Process.Kill()
+			}
+			t.Fatal("ranks did not finish within 90 s")
+		}
+	}
+	for r := range n {
+		assert.Contains(t, outs[r].String(), fmt.Sprintf("rank %d of %d ok", r, n))
+	}
+}
+
+const childEnv = "RINGO_TEST_CHILD"
+
+// runChild is the body of a re-executed rank; it reports whether this process
+// is one.
+func runChild() bool {
+	if os.Getenv(childEnv) != "1" {
+		return false
+	}
+	if err := childMain(); err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+	return true
+}
+
+func childMain() error {
+	c, err := collective.Init(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	n, r := c.Size(), c.Rank()
+	for _, count := range []int{0, 1, 3, 1031, 262_147} {
+		buf := inputs[float32](r, count, collective.Sum)
+		if err := collective.AllReduce(ctx, c, buf, collective.Sum); err != nil {
+			return err
+		}
+		for i := range buf {
+			if want := reference[float32](n, i, collective.Sum); buf[i] != want {
+				return fmt.Errorf("count %d: element %d = %v, want %v", count, i, buf[i], want)
+			}
+		}
+	}
+	if err := collective.Barrier(ctx, c); err != nil {
+		return err
+	}
+	fmt.Printf("rank %d of %d ok\n", r, n)
+	return nil
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf = append(b.buf, p...)
+	return len(p), nil
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return string(b.buf)
+}
