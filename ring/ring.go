@@ -119,7 +119,7 @@ func AllReduce[T kernel.Elem](r *Ring, buf []T, red Reducer[T]) error {
 		return nil
 	}
 	s := newSchedule[T](r, len(buf), 0, true, true)
-	return run(r, &s, buf, buf, red)
+	return run(r, s, buf, buf, red)
 }
 
 // ReduceScatter reduces send (size blocks of len(recv)) and leaves block rank
@@ -134,7 +134,7 @@ func ReduceScatter[T kernel.Elem](r *Ring, send, recv []T, red Reducer[T]) error
 		return nil
 	}
 	s := newSchedule[T](r, len(send), m, true, false)
-	return run(r, &s, send, recv, red)
+	return run(r, s, send, recv, red)
 }
 
 // AllGather fills recv (size blocks of len(send)) with every rank's send, in
@@ -149,5 +149,5 @@ func AllGather[T kernel.Elem](r *Ring, send, recv []T) error {
 		return nil
 	}
 	s := newSchedule[T](r, len(recv), m, false, true)
-	return run(r, &s, recv, recv, Reducer[T]{})
+	return run(r, s, recv, recv, Reducer[T]{})
 }

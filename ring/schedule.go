@@ -90,7 +90,8 @@ func (s *schedule) recvChunk(t int) int { return s.sendChunk(t + 1) }
 
 // run executes the schedule: own is the input vector (n elements), out the
 // output (the vector, or for reduce-scatter the rank's block).
-func run[T kernel.Elem](r *Ring, s *schedule, own, out []T, red Reducer[T]) error {
+func run[T kernel.Elem](r *Ring, sched schedule, own, out []T, red Reducer[T]) error {
+	s := &sched
 	if s.n == 0 {
 		return r.exchangeEmpty()
 	}
@@ -98,7 +99,7 @@ func run[T kernel.Elem](r *Ring, s *schedule, own, out []T, red Reducer[T]) erro
 	// Only an in-place allreduce receives into a region it sent from at step
 	// 0 (chunk rank-1); a pure allgather never receives into its own block.
 	guarded := s.rs && s.ag && overlaps(own, out)
-	x := runner[T]{r: r, s: s, own: own, out: out, red: red, guarded: guarded}
+	x := runner[T]{r: r, s: sched, own: own, out: out, red: red, guarded: guarded}
 	for i := range r.tickets {
 		r.tickets[i] = 0
 	}
@@ -142,7 +143,7 @@ func run[T kernel.Elem](r *Ring, s *schedule, own, out []T, red Reducer[T]) erro
 // runner holds the state of one schedule run.
 type runner[T kernel.Elem] struct {
 	r        *Ring
-	s        *schedule
+	s        schedule
 	own, out []T
 	red      Reducer[T]
 	guarded  bool   // own and out share memory: allgather receives must wait for step-0 sends
@@ -153,7 +154,7 @@ type runner[T kernel.Elem] struct {
 // startRound queues step 0 of round q: the rank's own pieces, sent as they
 // are ("send", or for a pure allgather the gathered block).
 func (x *runner[T]) startRound(q int) error {
-	s := x.s
+	s := &x.s
 	c := s.sendChunk(0)
 	src := x.own
 	if !s.rs {
@@ -181,7 +182,7 @@ func (x *runner[T]) send(p []T) error {
 // post asks for piece k of step t of round q: into a receive slot during
 // reduce-scatter, straight into out during allgather.
 func (x *runner[T]) post(q, t, k int) error {
-	s := x.s
+	s := &x.s
 	lo, hi := s.piece(s.recvChunk(t), q, k)
 	if lo == hi {
 		return nil
@@ -201,7 +202,7 @@ func (x *runner[T]) post(q, t, k int) error {
 
 // consume completes piece k of step t of round q and forwards it.
 func (x *runner[T]) consume(q, t, k int) error {
-	s := x.s
+	s := &x.s
 	c := s.recvChunk(t)
 	lo, hi := s.piece(c, q, k)
 	if lo == hi {

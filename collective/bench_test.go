@@ -1,0 +1,129 @@
+package collective_test
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ringo-ml/ringo/collective"
+)
+
+// driver runs the same AllReduce on every rank, rank 0 on the calling
+// goroutine and the others on goroutines that wait for a signal, so that one
+// call of run is one collective and allocates nothing of its own.
+type driver struct {
+	comms []*collective.Comm
+	bufs  [][]float32
+	start []chan struct{}
+	done  chan error
+	stop  chan struct{}
+}
+
+func newDriver(t testing.TB, comms []*collective.Comm, count int) *driver {
+	d := &driver{comms: comms, done: make(chan error, len(comms)), stop: make(chan struct{})}
+	d.bufs = make([][]float32, len(comms))
+	d.start = make([]chan struct{}, len(comms))
+	for r := range comms {
+		d.bufs[r] = make([]float32, count)
+		d.start[r] = make(chan struct{})
+	}
+	for r := 1; r < len(comms); r++ {
+		go func() {
+			for {
+				select {
+				case <-d.start[r]:
+					d.done <- collective.AllReduce(ctx, comms[r], d.bufs[r], collective.Sum)
+				case <-d.stop:
+					return
+				}
+			}
+		}()
+	}
+	t.Cleanup(func() { close(d.stop) })
+	return d
+}
+
+func (d *driver) run() error {
+	for r := 1; r < len(d.comms); r++ {
+		d.start[r] <- struct{}{}
+	}
+	err := collective.AllReduce(ctx, d.comms[0], d.bufs[0], collective.Sum)
+	for r := 1; r < len(d.comms); r++ {
+		if e := <-d.done; err == nil {
+			err = e
+		}
+	}
+	return err
+}
+
+func TestAllReduceSteadyStateAllocatesNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	for _, tr := range []string{"mem", "tcp"} {
+		for _, count := range []int{1, 16 << 10, 1 << 20} {
+			t.Run(fmt.Sprintf("%s/%d", tr, count), func(t *testing.T) {
+				comms := formComms(t, tr, 3, collective.Config{})
+				d := newDriver(t, comms, count)
+				for range 3 {
+					require.NoError(t, d.run()) // warm up: scratch buffers, iovecs
+				}
+				var err error
+				allocs := testing.AllocsPerRun(20, func() {
+					if e := d.run(); e != nil {
+						err = e
+					}
+				})
+				require.NoError(t, err)
+				require.Zero(t, allocs, "allocations per AllReduce across all ranks")
+			})
+		}
+	}
+}
+
+func formComms(t testing.TB, transport string, n int, cfg collective.Config) []*collective.Comm {
+	if transport == "tcp" {
+		return formTCP(t, n, cfg)
+	}
+	return local(t, n, cfg)
+}
+
+var benchSizes = []struct {
+	name  string
+	bytes int
+}{
+	{"4B", 4}, {"64KiB", 64 << 10}, {"1MiB", 1 << 20}, {"16MiB", 16 << 20}, {"64MiB", 64 << 20},
+}
+
+// BenchmarkAllReduce measures float32 Sum AllReduce in one process, ranks on
+// goroutines, over the mem transport and over TCP loopback. MB/s is the
+// per-rank buffer size over time (algbw); busbw-GB/s follows nccl-tests:
+// algbw·2(n-1)/n.
+//
+//	go test -run='^$' -bench=AllReduce -benchmem ./collective/
+func BenchmarkAllReduce(b *testing.B) {
+	for _, tr := range []string{"mem", "tcp"} {
+		for _, n := range []int{2, 4} {
+			b.Run(fmt.Sprintf("%s/ranks=%d", tr, n), func(b *testing.B) {
+				comms := formComms(b, tr, n, collective.Config{})
+				for _, size := range benchSizes {
+					b.Run(size.name, func(b *testing.B) {
+						d := newDriver(b, comms, size.bytes/4)
+						require.NoError(b, d.run())
+						b.SetBytes(int64(size.bytes))
+						b.ReportAllocs()
+						b.ResetTimer()
+						for range b.N {
+							if err := d.run(); err != nil {
+								b.Fatal(err)
+							}
+						}
+						algbw := float64(size.bytes) * float64(b.N) / b.Elapsed().Seconds()
+						b.ReportMetric(algbw*2*float64(n-1)/float64(n)/1e9, "busbw-GB/s")
+					})
+				}
+			})
+		}
+	}
+}
