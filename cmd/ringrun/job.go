@@ -1,0 +1,481 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// drainTimeout bounds how long ringrun reads a rank's output after every
+// rank has exited: a process that escaped its process group and still holds
+// the pipe does not keep ringrun waiting.
+const drainTimeout = 2 * time.Second
+
+// runner runs a job, restarting it after failures if asked.
+type runner struct {
+	o       *options
+	out     *output
+	ps      []placement
+	sigs    <-chan os.Signal
+	workDir string
+	files   [][2]*os.File // --output-dir: per rank, stdout and stderr
+	start   time.Time
+}
+
+// rankProc is one started rank of one attempt.
+type rankProc struct {
+	p      placement
+	cmd    *exec.Cmd
+	stdin  *os.File    // token pipe of an agent rank; closed when it exits or is stopped
+	pipes  [2]*os.File // read ends of stdout and stderr
+	exited bool
+}
+
+type exitEvent struct {
+	idx   int
+	state *os.ProcessState
+}
+
+// outcome is how an attempt ended.
+type outcome struct {
+	ok          bool
+	why         string    // the first failure, for the restart message
+	code        int       // ringrun's exit code
+	interrupted os.Signal // ringrun was told to stop
+}
+
+func (r *runner) run() int {
+	if r.o.outputDir != "" {
+		if err := r.openFiles(); err != nil {
+			r.out.info("%v", err)
+			return 1
+		}
+		defer r.closeFiles()
+	}
+	for restarts := 0; ; restarts++ {
+		res := r.attempt(restarts)
+		switch {
+		case res.ok:
+			return 0
+		case res.interrupted != nil:
+			return res.code
+		case restarts >= r.o.maxRestarts:
+			if r.o.maxRestarts > 0 {
+				r.out.info("giving up after %d restarts", restarts)
+			}
+			return res.code
+		}
+		r.out.info("restarting the job (restart %d of %d) after: %s", restarts+1, r.o.maxRestarts, res.why)
+		for _, f := range r.files {
+			for _, file := range f {
+				fmt.Fprintf(file, "--- ringrun: restart %d ---\n", restarts+1)
+			}
+		}
+	}
+}
+
+func (r *runner) openFiles() error {
+	if err := os.MkdirAll(r.o.outputDir, 0o755); err != nil {
+		return fmt.Errorf("--output-dir: %w", err)
+	}
+	r.files = make([][2]*os.File, len(r.ps))
+	for i := range r.ps {
+		for s, name := range []string{"stdout", "stderr"} {
+			f, err := os.Create(filepath.Join(r.o.outputDir, fmt.Sprintf("rank.%d.%s", i, name)))
+			if err != nil {
+				return fmt.Errorf("--output-dir: %w", err)
+			}
+			r.files[i][s] = f
+		}
+	}
+	return nil
+}
+
+func (r *runner) closeFiles() {
+	for _, f := range r.files {
+		for _, file := range f {
+			if file != nil {
+				_ = file.Close()
+			}
+		}
+	}
+}
+
+// attempt runs the job once: it starts every rank, waits for all of them,
+// and stops them all at the first failure or at a signal.
+func (r *runner) attempt(restarts int) outcome {
+	j, err := newJobEnv(r.o, r.ps, restarts)
+	if err != nil {
+		r.out.info("%v", err)
+		return outcome{why: err.Error(), code: 1}
+	}
+	n := len(r.ps)
+	procs := make([]*rankProc, 0, n)
+	exits := make(chan exitEvent, n)
+	var readers sync.WaitGroup
+	var (
+		res      outcome
+		stopping bool
+		stopSig  = syscall.SIGTERM
+	)
+	fail := func(why string, code int) {
+		if !stopping {
+			res.why, res.code = why, code
+			stopping = true
+		}
+	}
+
+	for _, p := range r.ps {
+		select {
+		case s := <-r.sigs:
+			res.interrupted, res.code = s, 128+signum(s)
+			if s == os.Interrupt {
+				stopSig = syscall.SIGINT
+			}
+			r.out.info("%s: stopping the job", signalName(s))
+			stopping = true
+		default:
+		}
+		if stopping {
+			break
+		}
+		rp, err := r.startRank(j, p, exits, &readers)
+		if err != nil {
+			why := fmt.Sprintf("rank %d%s could not be started: %v", p.rank, onHost(p), err)
+			r.out.info("%s", why)
+			fail(why, 127)
+			break
+		}
+		procs = append(procs, rp)
+	}
+	if !stopping && !r.o.quiet {
+		r.out.info("started %s%s (job %s, rendezvous %s)", plural(n, "rank"), r.hostSummary(), j.jobID, j.addr)
+	}
+
+	var killTimer <-chan time.Time
+	stop := func(sig syscall.Signal) {
+		for _, rp := range procs {
+			_ = syscall.Kill(-rp.cmd.Process.Pid, sig)
+			if rp.stdin != nil {
+				_ = rp.stdin.Close() // a remote rank's watchdog stops it
+				rp.stdin = nil
+			}
+		}
+	}
+	running := len(procs)
+	if stopping && running > 0 {
+		stop(stopSig)
+		killTimer = time.After(r.o.grace)
+	}
+	var tick <-chan time.Time
+	if r.out.tty {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		tick = t.C
+	}
+	r.showStatus(running, n, restarts, stopping)
+	for running > 0 {
+		select {
+		case e := <-exits:
+			running--
+			rp := procs[e.idx]
+			rp.exited = true
+			if rp.stdin != nil {
+				_ = rp.stdin.Close()
+				rp.stdin = nil
+			}
+			if e.state.Success() {
+				break
+			}
+			how, code := describeExit(e.state, rp.p.host != "" && !isLocalHost(rp.p.host))
+			if stopping {
+				if !r.o.quiet && res.interrupted == nil && !stoppedBy(e.state, stopSig) {
+					r.out.info("rank %d%s %s while the job was stopping", rp.p.rank, onHost(rp.p), how)
+				}
+				break
+			}
+			why := fmt.Sprintf("rank %d%s (pid %d) %s", rp.p.rank, onHost(rp.p), rp.cmd.Process.Pid, how)
+			if code == 255 && rp.p.host != "" && !isLocalHost(rp.p.host) {
+				why += " (the agent " + r.o.agent[0] + " may have failed to reach the host)"
+			}
+			r.out.info("%s", why)
+			fail(why, code)
+			if running > 0 {
+				r.out.info("stopping the other %s (%s, SIGKILL after %v)", plural(running, "rank"), signalName(stopSig), r.o.grace)
+				stop(stopSig)
+				killTimer = time.After(r.o.grace)
+			}
+		case s := <-r.sigs:
+			if stopping {
+				r.out.info("%s again: killing every rank", signalName(s))
+				stop(syscall.SIGKILL)
+				break
+			}
+			res.interrupted, res.code = s, 128+signum(s)
+			if s == os.Interrupt {
+				stopSig = syscall.SIGINT
+			}
+			stopping = true
+			r.out.info("%s: stopping %s (%s, SIGKILL after %v)", signalName(s), plural(running, "rank"), signalName(stopSig), r.o.grace)
+			stop(stopSig)
+			killTimer = time.After(r.o.grace)
+		case <-killTimer:
+			var left []string
+			for _, rp := range procs {
+				if !rp.exited {
+					left = append(left, strconv.Itoa(rp.p.rank))
+				}
+			}
+			noun := "ranks"
+			if len(left) == 1 {
+				noun = "rank"
+			}
+			r.out.info("%s %s did not exit within %v: sending SIGKILL", noun, strings.Join(left, ","), r.o.grace)
+			stop(syscall.SIGKILL)
+		case <-tick:
+		}
+		r.showStatus(running, n, restarts, stopping)
+	}
+	// Whatever the ranks left behind in their process groups goes too.
+	stop(syscall.SIGKILL)
+	waitGroupsGone(procs, drainTimeout)
+	r.drain(procs, &readers)
+	r.out.setStatus("")
+	if !stopping {
+		res.ok = true
+		if !r.o.quiet {
+			r.out.info("%s exited 0 (%s)", plural(n, "rank"), time.Since(r.start).Round(time.Millisecond))
+		}
+	}
+	return res
+}
+
+// startRank starts rank p with its output read into r.out.
+func (r *runner) startRank(j jobEnv, p placement, exits chan<- exitEvent, readers *sync.WaitGroup) (*rankProc, error) {
+	cmd, token := rankCommand(r.o, j, p, r.workDir)
+	rp := &rankProc{p: p, cmd: cmd}
+	var childEnds []*os.File
+	defer func() {
+		for _, f := range childEnds {
+			_ = f.Close()
+		}
+	}()
+	for s := range 2 {
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			rp.closePipes()
+			return nil, err
+		}
+		rp.pipes[s] = pr
+		childEnds = append(childEnds, pw)
+	}
+	cmd.Stdout, cmd.Stderr = childEnds[0], childEnds[1]
+	if token {
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			rp.closePipes()
+			return nil, err
+		}
+		childEnds = append(childEnds, pr)
+		cmd.Stdin, rp.stdin = pr, pw
+	}
+	if err := cmd.Start(); err != nil {
+		rp.closePipes()
+		return nil, err
+	}
+	if token {
+		// 65 bytes into an empty pipe: never blocks. An agent that died
+		// already makes this fail, and its exit is reported.
+		_, _ = io.WriteString(rp.stdin, j.token+"\n")
+	}
+	prefix := rankPrefix(p.rank)
+	for s, w := range []io.Writer{r.out.stdout, r.out.stderr} {
+		var file io.Writer
+		if r.files != nil {
+			file = r.files[p.rank][s]
+		}
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			r.out.copyLines(rp.pipes[s], w, prefix, file)
+		}()
+	}
+	idx := p.rank
+	go func() {
+		_ = cmd.Wait() // the state says how it ended
+		exits <- exitEvent{idx: idx, state: cmd.ProcessState}
+	}()
+	return rp, nil
+}
+
+func (rp *rankProc) closePipes() {
+	for _, f := range rp.pipes {
+		if f != nil {
+			_ = f.Close()
+		}
+	}
+	if rp.stdin != nil {
+		_ = rp.stdin.Close()
+	}
+}
+
+// drain waits for the ranks' output to end, at most drainTimeout once all
+// ranks have exited, then closes the pipes.
+func (r *runner) drain(procs []*rankProc, readers *sync.WaitGroup) {
+	done := make(chan struct{})
+	go func() {
+		readers.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(drainTimeout):
+		r.out.info("a rank's children still hold its output open: no longer reading it")
+	}
+	for _, rp := range procs {
+		rp.closePipes()
+	}
+	<-done
+}
+
+func (r *runner) showStatus(running, n, restarts int, stopping bool) {
+	if !r.out.tty {
+		return
+	}
+	s := fmt.Sprintf("ringrun: %d/%d ranks running · %s", running, n, formatElapsed(time.Since(r.start)))
+	if r.o.maxRestarts > 0 {
+		s += fmt.Sprintf(" · restart %d/%d", restarts, r.o.maxRestarts)
+	}
+	if stopping {
+		s += " · stopping"
+	}
+	r.out.setStatus(s)
+}
+
+func formatElapsed(d time.Duration) string {
+	s := int(d.Seconds())
+	if s >= 3600 {
+		return fmt.Sprintf("%d:%02d:%02d", s/3600, s/60%60, s%60)
+	}
+	return fmt.Sprintf("%d:%02d", s/60, s%60)
+}
+
+func (r *runner) hostSummary() string {
+	hosts := map[string]bool{}
+	for _, p := range r.ps {
+		hosts[p.host] = true
+	}
+	if len(hosts) == 1 && hosts[""] {
+		return ""
+	}
+	return " on " + plural(len(hosts), "host")
+}
+
+// plural is "1 rank", "3 ranks".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
+}
+
+func onHost(p placement) string {
+	if p.host == "" {
+		return ""
+	}
+	return " on " + p.host
+}
+
+// waitGroupsGone waits, at most timeout, until the process groups of procs
+// are empty: every process in them has exited and been reaped. Every rank
+// has been reaped already, so what ringrun reaps here are the processes the
+// ranks left behind, which became ringrun's children (it is their
+// subreaper, see main) when their parents died.
+func waitGroupsGone(procs []*rankProc, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for _, rp := range procs {
+		pgid := rp.cmd.Process.Pid
+		for {
+			for {
+				var ws syscall.WaitStatus
+				if pid, err := syscall.Wait4(-pgid, &ws, syscall.WNOHANG, nil); pid <= 0 || err != nil {
+					break
+				}
+			}
+			if syscall.Kill(-pgid, 0) != nil || time.Now().After(deadline) {
+				break
+			}
+			<-t.C
+		}
+	}
+}
+
+// describeExit says how a process ended, and the exit code ringrun takes
+// from it: its own, or 128+signal.
+func describeExit(st *os.ProcessState, agent bool) (string, int) {
+	ws, ok := st.Sys().(syscall.WaitStatus)
+	if !ok {
+		return st.String(), 1
+	}
+	if code := ws.ExitStatus(); agent && code > 128 && code < 160 {
+		// The remote wrapper (and ssh) report a signal as 128+N.
+		return fmt.Sprintf("was killed by signal %s (exit code %d through the agent)", signalName(syscall.Signal(code-128)), code), code
+	}
+	if ws.Signaled() {
+		how := "was killed by signal " + signalName(ws.Signal())
+		if ws.CoreDump() {
+			how += " (core dumped)"
+		}
+		return how, 128 + int(ws.Signal())
+	}
+	return fmt.Sprintf("exited with code %d", ws.ExitStatus()), ws.ExitStatus()
+}
+
+// stoppedBy tells whether st is the death ringrun asked for (sig or SIGKILL).
+func stoppedBy(st *os.ProcessState, sig syscall.Signal) bool {
+	ws, ok := st.Sys().(syscall.WaitStatus)
+	if !ok {
+		return false
+	}
+	if ws.Signaled() {
+		return ws.Signal() == sig || ws.Signal() == syscall.SIGKILL
+	}
+	// A shell (the remote wrapper, ssh) reports a signal as 128+N.
+	code := ws.ExitStatus()
+	return code == 128+int(sig) || code == 128+int(syscall.SIGKILL)
+}
+
+var signalNames = map[syscall.Signal]string{
+	syscall.SIGABRT: "SIGABRT", syscall.SIGALRM: "SIGALRM", syscall.SIGBUS: "SIGBUS",
+	syscall.SIGFPE: "SIGFPE", syscall.SIGHUP: "SIGHUP", syscall.SIGILL: "SIGILL",
+	syscall.SIGINT: "SIGINT", syscall.SIGKILL: "SIGKILL", syscall.SIGPIPE: "SIGPIPE",
+	syscall.SIGQUIT: "SIGQUIT", syscall.SIGSEGV: "SIGSEGV", syscall.SIGTERM: "SIGTERM",
+	syscall.SIGTRAP: "SIGTRAP", syscall.SIGUSR1: "SIGUSR1", syscall.SIGUSR2: "SIGUSR2",
+	syscall.SIGXCPU: "SIGXCPU", syscall.SIGXFSZ: "SIGXFSZ", syscall.SIGSYS: "SIGSYS",
+}
+
+func signalName(s os.Signal) string {
+	if sig, ok := s.(syscall.Signal); ok {
+		if name, ok := signalNames[sig]; ok {
+			return name
+		}
+		return fmt.Sprintf("signal %d (%v)", int(sig), sig)
+	}
+	return s.String()
+}
+
+func signum(s os.Signal) int {
+	if sig, ok := s.(syscall.Signal); ok {
+		return int(sig)
+	}
+	return 1
+}

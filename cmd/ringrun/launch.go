@@ -1,0 +1,244 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// jobEnv is what every rank of one attempt shares.
+type jobEnv struct {
+	size     int
+	addr     string // rendezvous host:port
+	token    string
+	jobID    string
+	restarts int // RINGO_RESTART_COUNT
+}
+
+// newJobEnv makes a fresh token, job id and (unless --port) rendezvous port
+// for one attempt: ranks of an earlier attempt cannot join a later one.
+func newJobEnv(o *options, ps []placement, restarts int) (jobEnv, error) {
+	host, err := rendezvousHost(o, ps)
+	if err != nil {
+		return jobEnv{}, err
+	}
+	port := o.port
+	if port == 0 {
+		if port, err = freePort(); err != nil {
+			return jobEnv{}, err
+		}
+	}
+	return jobEnv{
+		size:     len(ps),
+		addr:     net.JoinHostPort(host, strconv.Itoa(port)),
+		token:    randomHex(32),
+		jobID:    "ringrun-" + randomHex(6) + "-" + strconv.Itoa(restarts),
+		restarts: restarts,
+	}, nil
+}
+
+// rendezvousHost is the address ranks dial to reach rank 0.
+func rendezvousHost(o *options, ps []placement) (string, error) {
+	if o.addr != "" {
+		return o.addr, nil
+	}
+	local0 := ps[0].host == "" || isLocalHost(ps[0].host)
+	switch {
+	case local0 && o.iface != "":
+		return ifaceAddr(o.iface)
+	case local0 && allLocal(ps):
+		return "127.0.0.1", nil
+	case local0:
+		return os.Hostname()
+	}
+	return ps[0].host, nil
+}
+
+func allLocal(ps []placement) bool {
+	for _, p := range ps {
+		if p.host != "" && !isLocalHost(p.host) {
+			return false
+		}
+	}
+	return true
+}
+
+// freePort is a TCP port nobody listens on here now. Rank 0 will listen on
+// it on every interface; on another host it is only likely to be free
+// (--port chooses one).
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", ":0")
+	if err != nil {
+		return 0, fmt.Errorf("choosing a rendezvous port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // never fails (crypto/rand panics rather than return an error)
+	return hex.EncodeToString(b)
+}
+
+// rankEnv is the environment ringrun sets for rank p, besides the token.
+func rankEnv(o *options, j jobEnv, p placement) []string {
+	env := []string{
+		"RINGO_RANK=" + strconv.Itoa(p.rank),
+		"RINGO_WORLD_SIZE=" + strconv.Itoa(j.size),
+		"RINGO_LOCAL_RANK=" + strconv.Itoa(p.localRank),
+		"RINGO_LOCAL_WORLD_SIZE=" + strconv.Itoa(p.localSize),
+		"RINGO_ADDR=" + j.addr,
+		"RINGO_JOB_ID=" + j.jobID,
+		"RINGO_RESTART_COUNT=" + strconv.Itoa(j.restarts),
+	}
+	if o.transport != "" {
+		env = append(env, "RINGO_TRANSPORT="+o.transport)
+	}
+	if o.iface != "" {
+		env = append(env, "RINGO_IFACE="+o.iface)
+	}
+	if o.timeout != "" {
+		env = append(env, "RINGO_TIMEOUT="+o.timeout)
+	}
+	return env
+}
+
+// userEnv is what -x asks for: NAME=VALUE, or NAME with ringrun's value
+// (NAME unset in ringrun is left unset).
+func userEnv(vars []envVar) []string {
+	var env []string
+	for _, v := range vars {
+		switch {
+		case !v.forward:
+			env = append(env, v.name+"="+v.value)
+		default:
+			if val, ok := os.LookupEnv(v.name); ok {
+				env = append(env, v.name+"="+val)
+			}
+		}
+	}
+	return env
+}
+
+// forwardedRingoEnv is ringrun's own RINGO_* settings (RINGO_DEBUG,
+// RINGO_ALGO, ...) that a remote rank would otherwise not see. The ones
+// ringrun sets per job are left out.
+func forwardedRingoEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, "RINGO_") {
+			continue
+		}
+		switch name {
+		case "RINGO_RANK", "RINGO_WORLD_SIZE", "RINGO_LOCAL_RANK", "RINGO_LOCAL_WORLD_SIZE",
+			"RINGO_ADDR", "RINGO_TOKEN", "RINGO_JOB_ID", "RINGO_RESTART_COUNT":
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+// remoteWrapper runs on the rank's host as sh -c WRAPPER ringrun-rank DIR
+// GRACE PROGRAM ARGS... It enters DIR if it exists (as mpirun does), reads
+// the job token from the first line of its standard input (so the token
+// never appears on a command line), and runs the program with the rest of
+// that input watched: when it closes (ringrun or the agent's connection
+// died, or ringrun stops the job), the program gets SIGTERM and, GRACE
+// seconds later, SIGKILL. The wrapper forwards
+// SIGHUP/SIGINT/SIGTERM to the program and exits with the program's exit
+// code, or 128+N if signal N killed it (as a shell does; ssh passes that
+// on, where it would turn a remote signal into its own code 255). No single
+// quotes, so it can be shell-quoted trivially.
+const remoteWrapper = `cd "$1" 2>/dev/null; g=$2; shift 2
+IFS= read -r RINGO_TOKEN || { echo "ringrun: no job token on standard input" >&2; exit 127; }
+export RINGO_TOKEN
+exec 3<&0
+"$@" 0</dev/null 3<&- &
+p=$!
+( while IFS= read -r _; do :; done; kill -TERM $p; sleep $g; kill -KILL $p ) <&3 >/dev/null 2>&1 &
+w=$!
+exec 3<&-
+t=0
+trap 't=1; kill -TERM $p 2>/dev/null' HUP INT TERM
+while :; do t=0; s=0; wait $p 2>/dev/null || s=$?; [ $t = 1 ] || break; done
+trap - HUP INT TERM
+kill $w 2>/dev/null
+exit $s`
+
+// rankCommand builds the process of rank p: the program itself on this
+// machine, or the agent running the wrapper on p's host. stdinToken tells
+// whether the token is to be written to the process's standard input.
+func rankCommand(o *options, j jobEnv, p placement, workDir string) (cmd *exec.Cmd, stdinToken bool) {
+	if p.host == "" || isLocalHost(p.host) {
+		cmd = exec.Command(o.program[0], o.program[1:]...)
+		env := append(os.Environ(), rankEnv(o, j, p)...)
+		env = append(env, userEnv(o.env)...)
+		cmd.Env = append(env, "RINGO_TOKEN="+j.token)
+	} else {
+		remote := []string{"env"}
+		remote = append(remote, forwardedRingoEnv()...)
+		remote = append(remote, userEnv(o.env)...)
+		remote = append(remote, rankEnv(o, j, p)...)
+		grace := strconv.Itoa(int((o.grace + time.Second - 1) / time.Second))
+		remote = append(remote, "sh", "-c", remoteWrapper, "ringrun-rank", workDir, grace)
+		remote = append(remote, o.program...)
+		argv := append(append([]string{}, o.agent[1:]...), p.host)
+		if o.agentQuote {
+			argv = append(argv, shellJoin(remote))
+		} else {
+			argv = append(argv, remote...)
+		}
+		cmd = exec.Command(o.agent[0], argv...)
+		// The agent runs with ringrun's environment, without the token.
+		cmd.Env = withoutVar(os.Environ(), "RINGO_TOKEN")
+		stdinToken = true
+	}
+	// Its own process group, so that stopping a rank stops its children
+	// too, and a Ctrl-C at the terminal reaches ringrun only (which then
+	// stops every rank in order). If ringrun dies without stopping it, the
+	// kernel kills it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	return cmd, stdinToken
+}
+
+func withoutVar(env []string, name string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, name+"=") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// shellJoin quotes words for a POSIX shell (the remote end of ssh).
+func shellJoin(words []string) string {
+	var b strings.Builder
+	for i, w := range words {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(shellQuote(w))
+	}
+	return b.String()
+}
+
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r == '_' || r == '-' || r == '.' || r == '/' || r == '=' || r == ':' || r == ',' || r == '+' || r == '@' ||
+			'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9')
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
