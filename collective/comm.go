@@ -174,6 +174,13 @@ func (c *Comm) end(err error) error {
 	}
 	if err != nil {
 		err = c.opError(err)
+		// The call's buffers go back to the caller: make sure no link is
+		// still reading into them or writing from them.
+		for _, l := range c.links {
+			if l != nil {
+				l.Quiesce()
+			}
+		}
 	}
 	c.mu.Unlock()
 	return err

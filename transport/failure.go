@@ -1,6 +1,9 @@
 package transport
 
-import "sync"
+import (
+	"errors"
+	"sync"
+)
 
 // Failure is the shared fate of one communicator's links: the first error
 // reported wins, every waiter on Done wakes, and onFail runs once.
@@ -19,6 +22,9 @@ func NewFailure(onFail func(error)) *Failure {
 
 // Fail records err if no error was recorded yet and reports whether it did.
 func (f *Failure) Fail(err error) bool {
+	if err == nil {
+		err = errors.New("failed without a reason")
+	}
 	first := false
 	f.once.Do(func() {
 		first = true

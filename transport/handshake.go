@@ -201,6 +201,11 @@ func ClientHandshake(s Stream, id Identity, deadline time.Time) (Hello, error) {
 	}
 	want := mac(id.Token, "ringo server proof", ownBytes, peerBytes[:helloSize])
 	if !hmac.Equal(want, peerBytes[helloSize:]) {
+		// Answer with a proof that cannot be right (random bytes, never one
+		// made with our token), so the server too learns the tokens differ.
+		junk := make([]byte, macSize)
+		_, _ = rand.Read(junk)
+		_, _ = s.Write(junk)
 		return peer.public(), fmt.Errorf("%w: the peer (rank %d) could not prove it holds the job token (is the token the same on every rank?)", ErrAuth, peer.rank)
 	}
 	if _, err := s.Write(mac(id.Token, "ringo client proof", ownBytes, peerBytes[:helloSize])); err != nil {
@@ -224,7 +229,15 @@ func ServerHandshake(s Stream, id Identity, deadline time.Time, accept func(Hell
 	_ = s.SetDeadline(deadline)
 	defer s.SetDeadline(time.Time{})
 	peerBytes := make([]byte, helloSize)
-	if _, err := io.ReadFull(s, peerBytes); err != nil {
+	// The magic first: a stranger speaking another protocol is turned away
+	// after 8 bytes, not held until a full hello or the deadline.
+	if _, err := io.ReadFull(s, peerBytes[:len(helloMagic)]); err != nil {
+		return Hello{}, fmt.Errorf("transport: handshake: read hello: %w", err)
+	}
+	if !bytes.Equal(peerBytes[:len(helloMagic)], helloMagic[:]) {
+		return Hello{}, fmt.Errorf("%w: not a ringo handshake (first bytes %q)", ErrProtocol, peerBytes[:len(helloMagic)])
+	}
+	if _, err := io.ReadFull(s, peerBytes[len(helloMagic):]); err != nil {
 		return Hello{}, fmt.Errorf("transport: handshake: read hello: %w", err)
 	}
 	peer, err := decodeHello(peerBytes)

@@ -40,6 +40,9 @@ type Link struct {
 
 	posts chan inFrame
 	recvd chan struct{}
+	// payloadMu is held by the reader from taking a posted receive until its
+	// payload is in: Quiesce uses it to know no buffer is being written.
+	payloadMu sync.Mutex
 
 	stop       chan struct{} // closed by Shutdown
 	dead       chan struct{} // closed when the reader has exited
@@ -131,6 +134,9 @@ func (l *Link) End() {
 // Send queues src as the next data frame and returns its ticket for Flush.
 // src must not change until Flush(ticket) returns.
 func (l *Link) Send(src []byte) (uint64, error) {
+	if len(src) > MaxPayload {
+		return 0, fmt.Errorf("transport: a frame of %d bytes exceeds the limit of %d", len(src), MaxPayload)
+	}
 	h := l.hdr
 	h.Index = l.sendIndex
 	h.Len = uint32(len(src))
@@ -170,6 +176,9 @@ func (l *Link) FlushAll() error { return l.Flush(l.queued) }
 // Post asks for the next data frame from the peer to be received into dst; the
 // frame must carry exactly len(dst) bytes and the current operation's header.
 func (l *Link) Post(dst []byte) error {
+	if len(dst) > MaxPayload {
+		return fmt.Errorf("transport: a receive of %d bytes exceeds the frame limit of %d", len(dst), MaxPayload)
+	}
 	want := l.hdr
 	want.Index = l.recvIndex
 	want.Len = uint32(len(dst))
@@ -221,6 +230,48 @@ func (l *Link) deadError() error {
 	return l.deadErr
 }
 
+// quiesceWait is how long Quiesce lets a frame in progress finish before it
+// closes the connection under it.
+const quiesceWait = 100 * time.Millisecond
+
+// Quiesce returns once neither of the link's goroutines touches a buffer the
+// caller handed it, after the communicator failed: the reader takes no more
+// posts and the sender writes no more frames, and a frame half read or half
+// written is given quiesceWait to finish before the connection is closed.
+// After it, the buffers of the failed operation are the caller's again.
+func (l *Link) Quiesce() {
+	idle := func() bool {
+		if !l.payloadMu.TryLock() {
+			return false
+		}
+		l.payloadMu.Unlock()
+		if !l.conn.wmu.TryLock() {
+			return false
+		}
+		l.conn.wmu.Unlock()
+		return true
+	}
+	if idle() {
+		return
+	}
+	t := time.NewTimer(quiesceWait)
+	defer t.Stop()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !idle() {
+		select {
+		case <-tick.C:
+		case <-t.C:
+			_ = l.conn.Close() // unblocks the read or write in progress
+			l.payloadMu.Lock()
+			l.payloadMu.Unlock()
+			l.conn.wmu.Lock()
+			l.conn.wmu.Unlock()
+			return
+		}
+	}
+}
+
 // Shutdown ends the link: with bye it first tells the peer (unless the peer
 // already said bye, or the communicator failed), waiting at most grace for
 // the notice to be written. It closes the connection and waits for both
@@ -256,7 +307,7 @@ func (l *Link) sender() {
 	for {
 		select {
 		case f := <-l.sendq:
-			if !l.write(&f) {
+			if l.fail.Err() != nil || !l.write(&f) {
 				return
 			}
 			continue
@@ -308,22 +359,34 @@ func (l *Link) reader() {
 		}
 		switch h.Type {
 		case Data:
+			l.payloadMu.Lock() // released once the payload is in (or refused)
 			in, err := l.awaitPost(&h)
 			if err != nil {
+				l.payloadMu.Unlock()
 				var mm *MismatchError
 				l.die(err, errors.As(err, &mm))
 				return
 			}
 			if !sameFrame(&h, &in.want) {
-				err := &MismatchError{Peer: l.peer, Got: h, Want: in.want}
-				l.die(err, true)
+				l.payloadMu.Unlock()
+				l.die(&MismatchError{Peer: l.peer, Got: h, Want: in.want}, true)
 				return
 			}
-			if err := l.conn.ReadPayload(in.dst); err != nil {
+			err = l.conn.ReadPayload(in.dst)
+			l.payloadMu.Unlock()
+			if err != nil {
 				l.die(l.readError(err), !l.closing.Load())
 				return
 			}
-			l.recvd <- struct{}{}
+			select {
+			case l.recvd <- struct{}{}:
+			case <-l.stop:
+				l.die(ErrPeerClosed, false)
+				return
+			case <-l.fail.Done():
+				l.die(l.fail.Err(), false)
+				return
+			}
 		case Abort:
 			reason := make([]byte, h.Len)
 			if err := l.conn.ReadPayload(reason); err != nil {
@@ -351,6 +414,11 @@ func (l *Link) reader() {
 // that may never come is posted.
 func (l *Link) awaitPost(h *Header) (inFrame, error) {
 	for {
+		// A failed link takes no more posts: their buffers belong to calls
+		// that have returned, or are about to, with an error.
+		if err := l.fail.Err(); err != nil {
+			return inFrame{}, err
+		}
 		select {
 		case in := <-l.posts:
 			return in, nil
@@ -364,6 +432,9 @@ func (l *Link) awaitPost(h *Header) (inFrame, error) {
 		}
 		select {
 		case in := <-l.posts:
+			if err := l.fail.Err(); err != nil {
+				return inFrame{}, err
+			}
 			return in, nil
 		case <-l.begun:
 		case <-l.stop:
@@ -375,11 +446,11 @@ func (l *Link) awaitPost(h *Header) (inFrame, error) {
 }
 
 func (l *Link) die(err error, failComm bool) {
+	if failComm {
+		l.fail.Fail(err) // first, so that whoever wakes on dead sees the failure
+	}
 	l.deadErr = err
 	close(l.dead)
-	if failComm {
-		l.fail.Fail(err)
-	}
 }
 
 func (l *Link) readError(err error) error {
