@@ -11,9 +11,14 @@ type Config struct {
 	Size int // number of ranks
 
 	// Addr is the rendezvous address, host:port. Rank 0 serves it (listening
-	// on every interface at that port); the other ranks dial it, retrying
-	// until the context given to New expires, so ranks may start in any order.
+	// on every interface at that port), unless ExternalRendezvous; the ranks
+	// dial it, retrying until the context given to New expires, so ranks
+	// (and an external server) may start in any order.
 	Addr string
+	// ExternalRendezvous says that the rendezvous at Addr is served by
+	// someone else, e.g. a launcher (ringrun): no rank serves it, and every
+	// rank, rank 0 included, only joins.
+	ExternalRendezvous bool
 	// Token is the job's shared secret. Every connection proves it holds the
 	// token (HMAC challenge-response); the token itself never crosses the wire.
 	// An empty token still works but admits anyone who knows the address.

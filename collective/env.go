@@ -29,6 +29,8 @@ func Init(ctx context.Context) (*Comm, error) {
 //   - rendezvous: RINGO_ADDR (host:port), else MASTER_ADDR and MASTER_PORT
 //     (under a torchrun whose agent already serves its store on MASTER_PORT,
 //     TORCHELASTIC_USE_AGENT_STORE=True, ringo uses MASTER_PORT+1);
+//     RINGO_RENDEZVOUS_EXTERNAL=1 (or true) when a launcher such as ringrun
+//     serves it, so that rank 0 does not (Config.ExternalRendezvous);
 //   - RINGO_TOKEN, RINGO_JOB_ID (else TORCHELASTIC_RUN_ID or SLURM_JOB_ID),
 //     RINGO_TRANSPORT, RINGO_IFACE, RINGO_TIMEOUT (a Go duration such as
 //     "90s", or seconds), RINGO_DEBUG (any value: debug logs on stderr).
@@ -87,6 +89,13 @@ func configFrom(getenv func(string) string) (Config, error) {
 	}
 	if cfg.Addr == "" && cfg.Size > 1 {
 		return cfg, invalidf("no rendezvous address in the environment: set RINGO_ADDR=host:port (or MASTER_ADDR and MASTER_PORT)")
+	}
+	if v := getenv("RINGO_RENDEZVOUS_EXTERNAL"); v != "" {
+		ext, err := strconv.ParseBool(v)
+		if err != nil {
+			return cfg, invalidf("RINGO_RENDEZVOUS_EXTERNAL=%q: want 1 or true (0 or false)", v)
+		}
+		cfg.ExternalRendezvous = ext
 	}
 	cfg.Token = getenv("RINGO_TOKEN")
 	cfg.JobID = firstSet(getenv, "RINGO_JOB_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")

@@ -1,11 +1,18 @@
 package collective
 
 import (
+	"context"
+	"slices"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/ringo-ml/ringo/collective/rendezvous"
+	"github.com/ringo-ml/ringo/transport"
 )
 
 func envOf(kv ...string) func(string) string {
@@ -32,6 +39,12 @@ func TestConfigFromEnvironment(t *testing.T) {
 			Config{Rank: 3, Size: 8, Addr: "h:2"}},
 		{"slurm", envOf("SLURM_PROCID", "5", "SLURM_NTASKS", "6", "RINGO_ADDR", "h:3", "SLURM_JOB_ID", "99", "RINGO_TIMEOUT", "2.5"),
 			Config{Rank: 5, Size: 6, Addr: "h:3", JobID: "99", Timeout: 2500 * time.Millisecond}},
+		{"external rendezvous", envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "3", "RINGO_ADDR", "127.0.0.1:4", "RINGO_RENDEZVOUS_EXTERNAL", "1"),
+			Config{Rank: 0, Size: 3, Addr: "127.0.0.1:4", ExternalRendezvous: true}},
+		{"external rendezvous, true", envOf("OMPI_COMM_WORLD_RANK", "1", "OMPI_COMM_WORLD_SIZE", "3", "RINGO_ADDR", "h:4", "RINGO_RENDEZVOUS_EXTERNAL", "true"),
+			Config{Rank: 1, Size: 3, Addr: "h:4", ExternalRendezvous: true}},
+		{"rank 0 serves", envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "3", "RINGO_ADDR", "h:4", "RINGO_RENDEZVOUS_EXTERNAL", "0"),
+			Config{Rank: 0, Size: 3, Addr: "h:4"}},
 		{"ringo wins over torchrun", envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "1", "RANK", "3", "WORLD_SIZE", "4"),
 			Config{Rank: 0, Size: 1}},
 	}
@@ -53,10 +66,83 @@ func TestConfigFromEnvironmentErrors(t *testing.T) {
 		"no address":      envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "2"),
 		"bad timeout":     envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "1", "RINGO_TIMEOUT", "soon"),
 		"bad master port": envOf("RANK", "0", "WORLD_SIZE", "2", "MASTER_ADDR", "m", "MASTER_PORT", "x"),
+		"bad external":    envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "2", "RINGO_ADDR", "h:1", "RINGO_RENDEZVOUS_EXTERNAL", "launcher"),
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := configFrom(env)
 			require.ErrorIs(t, err, ErrInvalid)
 		})
+	}
+}
+
+// Under a launcher that serves the rendezvous itself
+// (RINGO_RENDEZVOUS_EXTERNAL=1), rank 0 only joins like every other rank.
+func TestExternalRendezvous(t *testing.T) {
+	const n = 3
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	ln, err := transport.ListenTCP(ctx, "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	id := transport.Identity{Token: []byte("s3cret"), Job: "ext", Size: n}
+	var (
+		mu         sync.Mutex
+		registered []int
+	)
+	served := make(chan error, 1)
+	go func() {
+		served <- rendezvous.ServeWith(ctx, ln, id, rendezvous.ServeOptions{OnRegister: func(rank int, _ string) {
+			mu.Lock()
+			registered = append(registered, rank)
+			mu.Unlock()
+		}})
+	}()
+
+	comms := make([]*Comm, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for r := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cfg, err := configFrom(envOf("RINGO_RANK", strconv.Itoa(r), "RINGO_WORLD_SIZE", strconv.Itoa(n),
+				"RINGO_ADDR", ln.Addr().String(), "RINGO_TOKEN", "s3cret", "RINGO_JOB_ID", "ext",
+				"RINGO_RENDEZVOUS_EXTERNAL", "1"))
+			if err == nil {
+				comms[r], err = New(ctx, cfg)
+			}
+			errs[r] = err
+		}()
+	}
+	wg.Wait()
+	defer func() {
+		for _, c := range comms {
+			if c != nil {
+				_ = c.Close()
+			}
+		}
+	}()
+	for r, err := range errs {
+		require.NoError(t, err, "rank %d", r) // rank 0 serving too would have found the port taken
+	}
+	require.NoError(t, <-served)
+	mu.Lock()
+	slices.Sort(registered)
+	assert.Equal(t, []int{0, 1, 2}, registered, "every rank joined the external rendezvous")
+	mu.Unlock()
+
+	bufs := make([][]int32, n)
+	for r := range n {
+		bufs[r] = []int32{int32(r), 10}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[r] = AllReduce(ctx, comms[r], bufs[r], Sum)
+		}()
+	}
+	wg.Wait()
+	for r := range n {
+		require.NoError(t, errs[r], "rank %d", r)
+		assert.Equal(t, []int32{0 + 1 + 2, 10 * n}, bufs[r], "rank %d", r)
 	}
 }

@@ -14,9 +14,10 @@ import (
 )
 
 // New forms one rank of a communicator over the network: rank 0 serves the
-// rendezvous at cfg.Addr, every rank registers there the address it listens
-// on for peers, and then every pair of ranks connects (the higher rank dials
-// the lower) and authenticates with cfg.Token. New returns once this rank is
+// rendezvous at cfg.Addr (unless cfg.ExternalRendezvous: then a launcher
+// does), every rank registers there the address it listens on for peers,
+// and then every pair of ranks connects (the higher rank dials the lower)
+// and authenticates with cfg.Token. New returns once this rank is
 // connected to every other, or when ctx (bounded by cfg.Timeout) ends.
 func New(ctx context.Context, cfg Config) (*Comm, error) {
 	if cfg.Size < 1 || cfg.Rank < 0 || cfg.Rank >= cfg.Size {
@@ -44,7 +45,7 @@ func New(ctx context.Context, cfg Config) (*Comm, error) {
 	log := cfg.logger().With("rank", cfg.Rank)
 
 	var serveErr chan error
-	if cfg.Rank == 0 {
+	if cfg.Rank == 0 && !cfg.ExternalRendezvous {
 		_, port, err := net.SplitHostPort(cfg.Addr)
 		if err != nil {
 			return nil, invalidf("rendezvous address %q: %v", cfg.Addr, err)

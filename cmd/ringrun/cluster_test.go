@@ -78,6 +78,15 @@ func netnsRun(t *testing.T, script, prefix string, args ...string) string {
 	return string(out)
 }
 
+// ringrunOnHost0 runs ringrun inside the testbed's host 0: ringrun serves
+// the rendezvous, and the bridge has no address in the root namespace, so
+// the hosts can reach ringrun only there (at 10.77.0.1). ip netns exec
+// execs ringrun, so the process the test signals is ringrun itself.
+func ringrunOnHost0(t *testing.T, prefix string, args ...string) *proc {
+	t.Helper()
+	return start(t, "ip", append([]string{"netns", "exec", prefix + "h0", ringrunBin}, args...)...)
+}
+
 func hostsFlag(prefix string, n int) string {
 	hs := make([]string, n)
 	for i := range hs {
@@ -87,11 +96,12 @@ func hostsFlag(prefix string, n int) string {
 }
 
 // A 4-host AllReduce over veth links on a bridge, each host in its own
-// network namespace, started through ringrun --agent "ip netns exec".
+// network namespace, started through ringrun --agent "ip netns exec" (run
+// on host 0, where it serves the rendezvous).
 func TestNetnsCluster(t *testing.T) {
 	t.Parallel()
 	script, prefix := testbed(t, 4, "--rate", "1gbit")
-	p := ringrun(t, "--hosts", hostsFlag(prefix, 4), "--agent", "ip netns exec", "--addr", "10.77.0.1", "--timeout", "30s",
+	p := ringrunOnHost0(t, prefix, "--hosts", hostsFlag(prefix, 4), "--agent", "ip netns exec", "--addr", "10.77.0.1", "--timeout", "30s",
 		"--", ringcheckBn)
 	require.Equal(t, 0, p.wait(60*time.Second), "stdout:\n%s\nstderr:\n%s", p.out(), p.err())
 	for r := range 4 {
@@ -101,7 +111,7 @@ func TestNetnsCluster(t *testing.T) {
 
 	// Stopping a job in the namespaces leaves nothing there; the token
 	// reached the ranks on no command line.
-	p = ringrun(t, "--hosts", hostsFlag(prefix, 4), "--agent", "ip netns exec", "--addr", "10.77.0.1", "--", ringcheckBn, "-hang")
+	p = ringrunOnHost0(t, prefix, "--hosts", hostsFlag(prefix, 4), "--agent", "ip netns exec", "--addr", "10.77.0.1", "--", ringcheckBn, "-hang")
 	pids := p.pids(4, 30*time.Second)
 	requireTokenHidden(t, pids)
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
@@ -116,18 +126,19 @@ func TestNetnsCluster(t *testing.T) {
 	}
 
 	// With host 3's link cut, the job cannot form: the ranks time out,
-	// ringrun reports the failure and stops the rest.
+	// ringrun reports the failure, the rank that never joined, and stops the rest.
 	netnsRun(t, script, prefix, "cut", "3")
 	assert.Regexp(t, fmt.Sprintf(`(?m)^%sh3 .* link CUT`, prefix), netnsRun(t, script, prefix, "status"))
-	p = ringrun(t, "--hosts", hostsFlag(prefix, 4), "--agent", "ip netns exec", "--addr", "10.77.0.1", "--timeout", "2s",
+	p = ringrunOnHost0(t, prefix, "--hosts", hostsFlag(prefix, 4), "--agent", "ip netns exec", "--addr", "10.77.0.1", "--timeout", "2s",
 		"--", ringcheckBn, "-sizes", "1")
 	assert.NotEqual(t, 0, p.wait(60*time.Second))
 	assert.Regexp(t, `(?m)^\[\d\] rank \d of 4 FAILED: joining: `, p.err())
 	assert.Regexp(t, `(?m)^ringrun: rank \d on `+prefix+`h\d \(pid \d+\) exited with code 1$`, p.err())
+	assert.Contains(t, p.err(), "ringrun: rank 3 had not joined the rendezvous\n")
 
 	// Restored, it works again.
 	netnsRun(t, script, prefix, "restore", "3")
-	p = ringrun(t, "--hosts", hostsFlag(prefix, 4), "--agent", "ip netns exec", "--addr", "10.77.0.1", "--timeout", "30s",
+	p = ringrunOnHost0(t, prefix, "--hosts", hostsFlag(prefix, 4), "--agent", "ip netns exec", "--addr", "10.77.0.1", "--timeout", "30s",
 		"--", ringcheckBn, "-sizes", "1,1000", "-iters", "1")
 	require.Equal(t, 0, p.wait(60*time.Second), "stdout:\n%s\nstderr:\n%s", p.out(), p.err())
 

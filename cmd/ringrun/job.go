@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +14,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ringo-ml/ringo/collective/rendezvous"
+	"github.com/ringo-ml/ringo/transport"
 )
 
 // drainTimeout bounds how long ringrun reads a rank's output after every
@@ -111,12 +117,17 @@ func (r *runner) closeFiles() {
 // attempt runs the job once: it starts every rank, waits for all of them,
 // and stops them all at the first failure or at a signal.
 func (r *runner) attempt(restarts int) outcome {
-	j, err := newJobEnv(r.o, r.ps, restarts)
+	n := len(r.ps)
+	ln, addr, err := listenRendezvous(r.o, r.ps)
 	if err != nil {
 		r.out.info("%v", err)
 		return outcome{why: err.Error(), code: 1}
 	}
-	n := len(r.ps)
+	j := newJobEnv(addr, n, restarts)
+	rv := r.serveRendezvous(ln, j)
+	defer rv.stop()
+	joined := make([]bool, n)
+	njoined := 0
 	procs := make([]*rankProc, 0, n)
 	exits := make(chan exitEvent, n)
 	var readers sync.WaitGroup
@@ -180,9 +191,43 @@ func (r *runner) attempt(restarts int) outcome {
 		defer t.Stop()
 		tick = t.C
 	}
-	r.showStatus(running, n, restarts, stopping)
+	// notJoined says which ranks had not joined the rendezvous when the
+	// job failed, if others had (so the program does join).
+	notJoined := func() {
+		if njoined == 0 || njoined == n {
+			return
+		}
+		var missing []string
+		for rank, ok := range joined {
+			if !ok {
+				missing = append(missing, strconv.Itoa(rank))
+			}
+		}
+		noun := "ranks"
+		if len(missing) == 1 {
+			noun = "rank"
+		}
+		r.out.info("%s %s had not joined the rendezvous", noun, strings.Join(missing, ","))
+	}
+	r.showStatus(njoined, running, n, restarts, stopping)
 	for running > 0 {
 		select {
+		case rank := <-rv.joined:
+			if !joined[rank] {
+				joined[rank] = true
+				njoined++
+			}
+		case err := <-rv.failed:
+			if stopping {
+				break
+			}
+			why := fmt.Sprintf("the rendezvous failed: %v", err)
+			r.out.info("%s", why)
+			notJoined()
+			fail(why, 1)
+			r.out.info("stopping %s (%s, SIGKILL after %v)", plural(running, "rank"), signalName(stopSig), r.o.grace)
+			stop(stopSig)
+			killTimer = time.After(r.o.grace)
 		case e := <-exits:
 			running--
 			rp := procs[e.idx]
@@ -206,6 +251,7 @@ func (r *runner) attempt(restarts int) outcome {
 				why += " (the agent " + r.o.agent[0] + " may have failed to reach the host)"
 			}
 			r.out.info("%s", why)
+			notJoined()
 			fail(why, code)
 			if running > 0 {
 				r.out.info("stopping the other %s (%s, SIGKILL after %v)", plural(running, "rank"), signalName(stopSig), r.o.grace)
@@ -241,7 +287,7 @@ func (r *runner) attempt(restarts int) outcome {
 			stop(syscall.SIGKILL)
 		case <-tick:
 		}
-		r.showStatus(running, n, restarts, stopping)
+		r.showStatus(njoined, running, n, restarts, stopping)
 	}
 	// Whatever the ranks left behind in their process groups goes too.
 	stop(syscall.SIGKILL)
@@ -255,6 +301,74 @@ func (r *runner) attempt(restarts int) outcome {
 		}
 	}
 	return res
+}
+
+// rendezvousServer is the rendezvous ringrun serves for one attempt.
+type rendezvousServer struct {
+	joined chan int      // every rank that registers, once
+	failed chan error    // Serve's error, unless it succeeded or was stopped
+	cancel func()        // stops Serve
+	ended  chan struct{} // closed when Serve has returned and ln is closed
+}
+
+// serveRendezvous serves j's rendezvous on ln until every rank has joined
+// (and got the table of addresses) or stop is called; then it closes ln.
+func (r *runner) serveRendezvous(ln net.Listener, j jobEnv) *rendezvousServer {
+	ctx, cancel := context.WithCancel(context.Background())
+	rv := &rendezvousServer{
+		joined: make(chan int, j.size), // a rank registers at most once: never blocks
+		failed: make(chan error, 1),
+		cancel: cancel,
+		ended:  make(chan struct{}),
+	}
+	id := transport.Identity{Token: []byte(j.token), Job: j.jobID, Size: j.size}
+	opts := rendezvous.ServeOptions{
+		// Refused connections (strangers, a wrong token) are worth a line.
+		Log: slog.New(slog.NewTextHandler(infoWriter{r.out}, &slog.HandlerOptions{
+			Level: slog.LevelWarn,
+			ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+				if len(groups) == 0 && (a.Key == slog.TimeKey || a.Key == slog.LevelKey) {
+					return slog.Attr{}
+				}
+				return a
+			},
+		})),
+		OnRegister: func(rank int, _ string) { rv.joined <- rank },
+	}
+	go func() {
+		defer close(rv.ended)
+		err := rendezvous.ServeWith(ctx, ln, id, opts)
+		_ = ln.Close()
+		if err != nil && ctx.Err() == nil {
+			rv.failed <- err
+		}
+	}()
+	return rv
+}
+
+// stop stops serving, if Serve is still running, and waits until it has
+// returned.
+func (rv *rendezvousServer) stop() {
+	rv.cancel()
+	<-rv.ended
+}
+
+// infoWriter writes each Write, one record of a slog.TextHandler without
+// time and level, as one of ringrun's lines: msg="text" k=v becomes text k=v.
+type infoWriter struct{ out *output }
+
+func (w infoWriter) Write(p []byte) (int, error) {
+	line := strings.TrimRight(string(p), "\n")
+	if rest, ok := strings.CutPrefix(line, slog.MessageKey+"="); ok {
+		msg, tail, _ := strings.Cut(rest, " ")
+		if q, err := strconv.QuotedPrefix(rest); err == nil {
+			msg, _ = strconv.Unquote(q)
+			tail = strings.TrimPrefix(rest[len(q):], " ")
+		}
+		line = strings.TrimSuffix(msg+" "+tail, " ")
+	}
+	w.out.info("%s", line)
+	return len(p), nil
 }
 
 // startRank starts rank p with its output read into r.out.
@@ -345,18 +459,30 @@ func (r *runner) drain(procs []*rankProc, readers *sync.WaitGroup) {
 	<-done
 }
 
-func (r *runner) showStatus(running, n, restarts int, stopping bool) {
+func (r *runner) showStatus(joined, running, n, restarts int, stopping bool) {
 	if !r.out.tty {
 		return
 	}
-	s := fmt.Sprintf("ringrun: %d/%d ranks running · %s", running, n, formatElapsed(time.Since(r.start)))
+	r.out.setStatus(r.statusLine(joined, running, n, restarts, stopping, time.Since(r.start)))
+}
+
+// statusLine is the live status: while the ranks are joining the
+// rendezvous, how many have, then how many are running.
+func (r *runner) statusLine(joined, running, n, restarts int, stopping bool, elapsed time.Duration) string {
+	s := "ringrun: "
+	if n > 1 && joined < n { // a job of one rank needs no rendezvous
+		s += fmt.Sprintf("%d/%d ranks joined · %d/%d running", joined, n, running, n)
+	} else {
+		s += fmt.Sprintf("%d/%d ranks running", running, n)
+	}
+	s += " · " + formatElapsed(elapsed)
 	if r.o.maxRestarts > 0 {
 		s += fmt.Sprintf(" · restart %d/%d", restarts, r.o.maxRestarts)
 	}
 	if stopping {
 		s += " · stopping"
 	}
-	r.out.setStatus(s)
+	return s
 }
 
 func formatElapsed(d time.Duration) string {

@@ -16,49 +16,67 @@ import (
 // jobEnv is what every rank of one attempt shares.
 type jobEnv struct {
 	size     int
-	addr     string // rendezvous host:port
+	addr     string // rendezvous host:port, served by ringrun
 	token    string
 	jobID    string
 	restarts int // RINGO_RESTART_COUNT
 }
 
-// newJobEnv makes a fresh token, job id and (unless --port) rendezvous port
-// for one attempt: ranks of an earlier attempt cannot join a later one.
-func newJobEnv(o *options, ps []placement, restarts int) (jobEnv, error) {
-	host, err := rendezvousHost(o, ps)
-	if err != nil {
-		return jobEnv{}, err
-	}
-	port := o.port
-	if port == 0 {
-		if port, err = freePort(); err != nil {
-			return jobEnv{}, err
-		}
-	}
+// newJobEnv makes a fresh token and job id for one attempt, whose
+// rendezvous ringrun serves at addr: ranks of an earlier attempt cannot
+// join a later one.
+func newJobEnv(addr string, size, restarts int) jobEnv {
 	return jobEnv{
-		size:     len(ps),
-		addr:     net.JoinHostPort(host, strconv.Itoa(port)),
+		size:     size,
+		addr:     addr,
 		token:    randomHex(32),
 		jobID:    "ringrun-" + randomHex(6) + "-" + strconv.Itoa(restarts),
 		restarts: restarts,
-	}, nil
+	}
 }
 
-// rendezvousHost is the address ranks dial to reach rank 0.
+// listenRendezvous opens the listener ringrun serves one attempt's
+// rendezvous on, at --port (or any free port), and returns it with the
+// address the ranks dial. An IP address is listened on as it is; for a
+// host name, ringrun listens on every interface, since the ranks may
+// resolve it to any of this machine's addresses.
+func listenRendezvous(o *options, ps []placement) (net.Listener, string, error) {
+	host, err := rendezvousHost(o, ps)
+	if err != nil {
+		return nil, "", err
+	}
+	listenHost := host
+	if net.ParseIP(host) == nil {
+		listenHost = ""
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(listenHost, strconv.Itoa(o.port)))
+	if err != nil {
+		if o.addr != "" {
+			return nil, "", fmt.Errorf("serving the rendezvous: %w (ringrun serves it itself: --addr must be an address of this machine that every rank can reach)", err)
+		}
+		return nil, "", fmt.Errorf("serving the rendezvous: %w", err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	return ln, net.JoinHostPort(host, strconv.Itoa(port)), nil
+}
+
+// rendezvousHost is the address of this machine (where ringrun serves the
+// rendezvous) that the ranks dial: --addr, else --iface's address, else
+// 127.0.0.1 when every rank runs here, else this machine's name.
 func rendezvousHost(o *options, ps []placement) (string, error) {
-	if o.addr != "" {
-		return o.addr, nil
-	}
-	local0 := ps[0].host == "" || isLocalHost(ps[0].host)
 	switch {
-	case local0 && o.iface != "":
-		return ifaceAddr(o.iface)
-	case local0 && allLocal(ps):
+	case o.addr != "":
+		return o.addr, nil
+	case o.iface != "":
+		h, err := ifaceAddr(o.iface)
+		if err != nil {
+			return "", fmt.Errorf("%w (ringrun serves the rendezvous on this machine: --addr gives its address)", err)
+		}
+		return h, nil
+	case allLocal(ps):
 		return "127.0.0.1", nil
-	case local0:
-		return os.Hostname()
 	}
-	return ps[0].host, nil
+	return os.Hostname()
 }
 
 func allLocal(ps []placement) bool {
@@ -68,18 +86,6 @@ func allLocal(ps []placement) bool {
 		}
 	}
 	return true
-}
-
-// freePort is a TCP port nobody listens on here now. Rank 0 will listen on
-// it on every interface; on another host it is only likely to be free
-// (--port chooses one).
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", ":0")
-	if err != nil {
-		return 0, fmt.Errorf("choosing a rendezvous port: %w", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 func randomHex(n int) string {
@@ -96,6 +102,7 @@ func rankEnv(o *options, j jobEnv, p placement) []string {
 		"RINGO_LOCAL_RANK=" + strconv.Itoa(p.localRank),
 		"RINGO_LOCAL_WORLD_SIZE=" + strconv.Itoa(p.localSize),
 		"RINGO_ADDR=" + j.addr,
+		"RINGO_RENDEZVOUS_EXTERNAL=1", // ringrun serves it, not rank 0
 		"RINGO_JOB_ID=" + j.jobID,
 		"RINGO_RESTART_COUNT=" + strconv.Itoa(j.restarts),
 	}
@@ -140,7 +147,7 @@ func forwardedRingoEnv() []string {
 		}
 		switch name {
 		case "RINGO_RANK", "RINGO_WORLD_SIZE", "RINGO_LOCAL_RANK", "RINGO_LOCAL_WORLD_SIZE",
-			"RINGO_ADDR", "RINGO_TOKEN", "RINGO_JOB_ID", "RINGO_RESTART_COUNT":
+			"RINGO_ADDR", "RINGO_RENDEZVOUS_EXTERNAL", "RINGO_TOKEN", "RINGO_JOB_ID", "RINGO_RESTART_COUNT":
 			continue
 		}
 		env = append(env, kv)

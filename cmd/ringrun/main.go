@@ -7,10 +7,14 @@
 //
 // Every rank gets the RINGO_* environment collective.Init reads, with a fresh
 // random job token (passed in the environment, or on the agent's standard
-// input for other hosts; never on a command line). Rank 0 serves the
-// rendezvous at RINGO_ADDR. Output lines are prefixed with their rank. When a
-// rank fails, ringrun says which and how, stops the others and exits
-// non-zero; --max-restarts reruns the whole job. Run ringrun -h for the flags.
+// input for other hosts; never on a command line). ringrun is the job's
+// leader: it serves the rendezvous itself at RINGO_ADDR, an address of the
+// machine it runs on (--addr), and tells the ranks so
+// (RINGO_RENDEZVOUS_EXTERNAL=1): every rank, rank 0 included, only joins.
+// Its status line counts the ranks that have joined. Output lines are
+// prefixed with their rank. When a rank fails, ringrun says which and how,
+// stops the others and exits non-zero; --max-restarts reruns the whole job.
+// Run ringrun -h for the flags.
 package main
 
 import (

@@ -78,11 +78,13 @@ usage: ringrun [flags] [--] PROGRAM [ARGS...]
 
   ringrun -np 4 ./train                                      4 ranks on this machine
   ringrun --hosts node1:4,node2:4 --addr 10.0.0.1 -- ./train 8 ranks over ssh
-  ringrun --hosts ringo-h0:1,ringo-h1:1 --agent "ip netns exec" --addr 10.77.0.1 -- ./train
+  ip netns exec ringo-h0 ringrun --hosts ringo-h0:1,ringo-h1:1 --agent "ip netns exec" --addr 10.77.0.1 -- ./train
 
-Every rank gets RINGO_RANK, RINGO_WORLD_SIZE, RINGO_LOCAL_RANK,
-RINGO_LOCAL_WORLD_SIZE, RINGO_ADDR (the rendezvous, served by rank 0),
-RINGO_TOKEN (fresh for every run, never on a command line), RINGO_JOB_ID and
+ringrun serves the job's rendezvous itself, on this machine at --addr (the
+address ranks dial) and --port. Every rank gets RINGO_RANK,
+RINGO_WORLD_SIZE, RINGO_LOCAL_RANK, RINGO_LOCAL_WORLD_SIZE, RINGO_ADDR (the
+rendezvous), RINGO_RENDEZVOUS_EXTERNAL=1 (no rank serves it), RINGO_TOKEN
+(fresh for every run, never on a command line), RINGO_JOB_ID and
 RINGO_RESTART_COUNT. Ranks on other hosts are started as
 AGENT HOST env VARS... sh -c WRAPPER PROGRAM ARGS...; the wrapper reads the
 token from its standard input (so the agent must forward it: ssh does, use
@@ -114,8 +116,8 @@ func parseArgs(args []string, usageOut io.Writer) (*options, error) {
 	fs.StringVar(&agentQuote, "agent-quote", "auto", "pass the remote command as one shell-quoted string: yes, no, or auto (yes for ssh and rsh)")
 	fs.Var(envFlag{&o.env}, "x", "set `NAME=VALUE` in every rank, or forward NAME from ringrun's environment (repeatable)")
 	fs.StringVar(&o.iface, "iface", "", "network `interface` whose address ranks advertise (RINGO_IFACE)")
-	fs.StringVar(&o.addr, "addr", "", "`host` ranks dial for the rendezvous, rank 0's address (default 127.0.0.1 on one machine, else rank 0's host)")
-	fs.IntVar(&o.port, "port", 0, "rendezvous `port` (default: a port free on this machine)")
+	fs.StringVar(&o.addr, "addr", "", "`host` ranks dial for the rendezvous ringrun serves: an address of this machine (default 127.0.0.1 when every rank runs here, else --iface's address, else this machine's name)")
+	fs.IntVar(&o.port, "port", 0, "`port` ringrun serves the rendezvous on (default: any free port)")
 	fs.StringVar(&o.transport, "transport", "", "transport between ranks, tcp (RINGO_TRANSPORT)")
 	fs.StringVar(&o.timeout, "timeout", "", "`duration` bounding each collective call and forming the communicator (RINGO_TIMEOUT)")
 	fs.StringVar(&o.outputDir, "output-dir", "", "also write each rank's output to `dir`/rank.N.stdout and rank.N.stderr")

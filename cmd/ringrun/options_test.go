@@ -2,7 +2,10 @@ package main
 
 import (
 	"io"
+	"net"
+	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -118,7 +121,7 @@ func TestRankEnv(t *testing.T) {
 	env := rankEnv(o, j, placement{rank: 5, localRank: 1, localSize: 4, host: "b"})
 	assert.Equal(t, []string{
 		"RINGO_RANK=5", "RINGO_WORLD_SIZE=8", "RINGO_LOCAL_RANK=1", "RINGO_LOCAL_WORLD_SIZE=4",
-		"RINGO_ADDR=10.0.0.1:29500", "RINGO_JOB_ID=job-1", "RINGO_RESTART_COUNT=2",
+		"RINGO_ADDR=10.0.0.1:29500", "RINGO_RENDEZVOUS_EXTERNAL=1", "RINGO_JOB_ID=job-1", "RINGO_RESTART_COUNT=2",
 		"RINGO_TRANSPORT=tcp", "RINGO_IFACE=eth1", "RINGO_TIMEOUT=30s",
 	}, env)
 	for _, kv := range env {
@@ -152,11 +155,60 @@ func TestRendezvousHost(t *testing.T) {
 	assert.Equal(t, "127.0.0.1", h)
 	h, err = rendezvousHost(&options{}, place(2, []hostSlots{{"node7", 1}, {"node8", 1}}))
 	require.NoError(t, err)
-	assert.Equal(t, "node7", h, "rank 0's host")
+	name, err := os.Hostname()
+	require.NoError(t, err)
+	assert.Equal(t, name, h, "ringrun's host, which serves the rendezvous")
 	h, err = rendezvousHost(&options{addr: "10.1.2.3"}, place(2, []hostSlots{{"node7", 2}}))
 	require.NoError(t, err)
 	assert.Equal(t, "10.1.2.3", h)
 	h, err = rendezvousHost(&options{iface: "lo"}, place(2, nil))
 	require.NoError(t, err)
 	assert.Equal(t, "127.0.0.1", h)
+	_, err = rendezvousHost(&options{iface: "no-such-if0"}, place(2, []hostSlots{{"node7", 2}}))
+	assert.ErrorContains(t, err, "--addr")
+}
+
+func TestListenRendezvous(t *testing.T) {
+	// Port 0: any free port, and the ranks are told which.
+	ln, addr, err := listenRendezvous(&options{}, place(2, nil))
+	require.NoError(t, err)
+	defer ln.Close()
+	assert.Equal(t, ln.Addr().String(), addr)
+	host, port, err := net.SplitHostPort(addr)
+	require.NoError(t, err)
+	assert.Equal(t, "127.0.0.1", host)
+	assert.NotEqual(t, "0", port)
+
+	// --port: that port, again and again (one listener per attempt).
+	p, err := strconv.Atoi(port)
+	require.NoError(t, err)
+	require.NoError(t, ln.Close())
+	for range 2 {
+		ln, addr, err = listenRendezvous(&options{port: p, addr: "127.0.0.1"}, place(2, nil))
+		require.NoError(t, err)
+		assert.Equal(t, net.JoinHostPort("127.0.0.1", port), addr)
+		require.NoError(t, ln.Close())
+	}
+
+	// A host name is advertised as it is; ringrun listens on every interface.
+	ln, addr, err = listenRendezvous(&options{addr: "localhost"}, place(2, nil))
+	require.NoError(t, err)
+	defer ln.Close()
+	assert.Regexp(t, `^localhost:\d+$`, addr)
+	assert.True(t, ln.Addr().(*net.TCPAddr).IP.IsUnspecified(), "listening on %v", ln.Addr())
+
+	// --addr must be this machine's: ringrun cannot serve elsewhere.
+	_, _, err = listenRendezvous(&options{addr: "192.0.2.1"}, place(2, nil)) // TEST-NET-1: nobody's
+	assert.ErrorContains(t, err, "--addr must be an address of this machine")
+}
+
+func TestStatusText(t *testing.T) {
+	r := &runner{o: &options{}}
+	assert.Equal(t, "ringrun: 0/4 ranks joined · 4/4 running · 0:00", r.statusLine(0, 4, 4, 0, false, 0))
+	assert.Equal(t, "ringrun: 3/4 ranks joined · 4/4 running · 0:07", r.statusLine(3, 4, 4, 0, false, 7*time.Second))
+	assert.Equal(t, "ringrun: 4/4 ranks running · 1:05", r.statusLine(4, 4, 4, 0, false, 65*time.Second))
+	assert.Equal(t, "ringrun: 3/4 ranks running · 1:00:00 · stopping", r.statusLine(4, 3, 4, 0, true, time.Hour))
+	assert.Equal(t, "ringrun: 1/1 ranks running · 0:02", r.statusLine(0, 1, 1, 0, false, 2*time.Second), "one rank needs no rendezvous")
+	r.o.maxRestarts = 2
+	assert.Equal(t, "ringrun: 1/3 ranks joined · 2/3 running · 0:01 · restart 1/2 · stopping", r.statusLine(1, 2, 3, 1, true, time.Second))
 }

@@ -124,6 +124,23 @@ func TestStatusLine(t *testing.T) {
 	assert.Equal(t, "ringrun: note\n", stderr.String())
 }
 
+func TestInfoWriter(t *testing.T) {
+	var stderr bytes.Buffer
+	w := infoWriter{newOutput(io.Discard, &stderr, false)}
+	for _, in := range []string{
+		`msg="ringo rendezvous: refused a connection" from=127.0.0.1:5 err="protocol error: \"GET\""` + "\n",
+		"msg=plain k=v\n",
+		"msg=\"\"\n",
+		"other=1\n",
+	} {
+		n, err := w.Write([]byte(in))
+		require.NoError(t, err)
+		assert.Equal(t, len(in), n)
+	}
+	assert.Equal(t, `ringrun: ringo rendezvous: refused a connection from=127.0.0.1:5 err="protocol error: \"GET\""`+"\n"+
+		"ringrun: plain k=v\nringrun: \nringrun: other=1\n", stderr.String())
+}
+
 // TestRunInProcess runs ringrun's run() in the test process (so that the
 // race detector sees the launcher's own goroutines), with a terminal's
 // status line, --output-dir and a restart.
@@ -137,6 +154,10 @@ func TestRunInProcess(t *testing.T) {
 	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
 	assert.Contains(t, stderr.String(), "ranks running")
 	assert.Contains(t, stderr.String(), eraseLine)
+	// The status counts the ranks joining ringrun's rendezvous, then the
+	// ranks running.
+	assert.Contains(t, stderr.String(), "ringrun: 0/3 ranks joined · 3/3 running · ")
+	assert.Regexp(t, `ringrun: 3/3 ranks running · \d+:\d\d · restart 1/1`, stderr.String())
 	assert.Contains(t, stderr.String(), "ringrun: restarting the job (restart 1 of 1)")
 	b, err := os.ReadFile(filepath.Join(dir, "rank.2.stdout"))
 	require.NoError(t, err)

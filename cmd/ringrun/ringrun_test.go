@@ -1,7 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -128,11 +131,11 @@ func TestMaxRestarts(t *testing.T) {
 func TestEnvironment(t *testing.T) {
 	t.Parallel()
 	p := startEnv(t, []string{"RINGRUN_TEST_FORWARDED=from ringrun"}, ringrunBin, "-np", "2", "-x", "A=it's 1", "-x", "RINGRUN_TEST_FORWARDED", "--timeout", "7s", "--",
-		"sh", "-c", `echo "$RINGO_RANK/$RINGO_WORLD_SIZE local=$RINGO_LOCAL_RANK/$RINGO_LOCAL_WORLD_SIZE addr=$RINGO_ADDR job=$RINGO_JOB_ID restart=$RINGO_RESTART_COUNT timeout=$RINGO_TIMEOUT token=${#RINGO_TOKEN} A=$A F=$RINGRUN_TEST_FORWARDED"`)
+		"sh", "-c", `echo "$RINGO_RANK/$RINGO_WORLD_SIZE local=$RINGO_LOCAL_RANK/$RINGO_LOCAL_WORLD_SIZE addr=$RINGO_ADDR ext=$RINGO_RENDEZVOUS_EXTERNAL job=$RINGO_JOB_ID restart=$RINGO_RESTART_COUNT timeout=$RINGO_TIMEOUT token=${#RINGO_TOKEN} A=$A F=$RINGRUN_TEST_FORWARDED"`)
 	require.Equal(t, 0, p.wait(30*time.Second), p.err())
 	out := p.out()
 	for r := range 2 {
-		assert.Regexp(t, fmt.Sprintf(`(?m)^\[%d\] %d/2 local=%d/2 addr=127\.0\.0\.1:\d+ job=ringrun-[0-9a-f]+-0 restart=0 timeout=7s token=64 A=it's 1 F=from ringrun$`, r, r, r), out)
+		assert.Regexp(t, fmt.Sprintf(`(?m)^\[%d\] %d/2 local=%d/2 addr=127\.0\.0\.1:\d+ ext=1 job=ringrun-[0-9a-f]+-0 restart=0 timeout=7s token=64 A=it's 1 F=from ringrun$`, r, r, r), out)
 	}
 }
 
@@ -218,4 +221,66 @@ func TestLeftoversAreStopped(t *testing.T) {
 	assert.Equal(t, 0, p.wait(30*time.Second), p.err())
 	assert.Less(t, time.Since(start), drainTimeout, "ringrun waited for the leftovers' output")
 	requireGone(t, pids)
+}
+
+var startedLine = regexp.MustCompile(`^err: ringrun: started \d+ ranks \(job ringrun-[0-9a-f]+-\d+, rendezvous (127\.0\.0\.1:\d+)\)$`)
+
+func TestRingrunServesTheRendezvous(t *testing.T) {
+	t.Parallel()
+	// The ranks wait, before joining, until the test has played a stranger
+	// at ringrun's rendezvous: each reads a line from its own FIFO.
+	dir := t.TempDir()
+	for r := range 2 {
+		require.NoError(t, syscall.Mkfifo(filepath.Join(dir, fmt.Sprint("go.", r)), 0o600))
+	}
+	p := ringrun(t, "-np", "2", "--", "sh", "-c", `read x < "$0/go.$RINGO_RANK" && exec "$1" -sizes 1,33`, dir, ringcheckBn)
+	var addr string
+	for addr == "" {
+		select {
+		case l := <-p.lines:
+			if m := startedLine.FindStringSubmatch(l); m != nil {
+				addr = m[1]
+			}
+		case <-time.After(30 * time.Second):
+			require.FailNow(t, "no start line", p.err())
+		}
+	}
+
+	// ringrun, not rank 0, listens there: nothing has joined yet. It hangs
+	// up on a stranger at once.
+	conn, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.Write([]byte(strings.Repeat("GET / HTTP/1.1\r\n", 16)))
+	require.NoError(t, err)
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(30*time.Second)))
+	n, err := io.Copy(io.Discard, conn)
+	if err != nil {
+		require.ErrorIs(t, err, syscall.ECONNRESET)
+	}
+	assert.Zero(t, n)
+
+	// The ranks go on, join and succeed.
+	for r := range 2 {
+		opened := make(chan error, 1)
+		go func() { // opening a FIFO waits for its reader, the rank
+			f, err := os.OpenFile(filepath.Join(dir, fmt.Sprint("go.", r)), os.O_WRONLY, 0)
+			if err == nil {
+				_, err = f.WriteString("go\n")
+				err = errors.Join(err, f.Close())
+			}
+			opened <- err
+		}()
+		select {
+		case err := <-opened:
+			require.NoError(t, err)
+		case <-time.After(30 * time.Second):
+			require.FailNow(t, "rank did not read its FIFO", "rank %d\nstderr:\n%s", r, p.err())
+		}
+	}
+	require.Equal(t, 0, p.wait(60*time.Second), "stdout:\n%s\nstderr:\n%s", p.out(), p.err())
+	for r := range 2 {
+		assert.Contains(t, p.out(), fmt.Sprintf("[%d] rank %d of 2 ok\n", r, r))
+	}
+	assert.Regexp(t, `(?m)^ringrun: ringo rendezvous: refused a connection from=127\.0\.0\.1:\d+ err=".*not a ringo handshake`, p.err())
 }

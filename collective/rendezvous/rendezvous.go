@@ -36,11 +36,32 @@ type reply struct {
 	Error string   `json:"error,omitempty"`
 }
 
-// Serve accepts the ranks of one job on ln until all id.Size ranks have
-// registered, sends each of them the table of addresses, and returns. It
-// refuses (and logs) connections without the token. It returns early with
-// ctx's error. ln is not closed.
+// ServeOptions are the optional parts of ServeWith.
+type ServeOptions struct {
+	// Log receives refused connections (Warn) and registrations (Debug);
+	// nil means slog.Default().
+	Log *slog.Logger
+	// OnRegister, if not nil, is called once for every rank the server
+	// accepts, with the address that rank advertised, so that a launcher can
+	// show progress. Calls are never concurrent, and all have returned when
+	// Serve returns. A call holds up the other registrations: it must not
+	// block.
+	OnRegister func(rank int, addr string)
+}
+
+// Serve is ServeWith with only a logger.
 func Serve(ctx context.Context, ln net.Listener, id transport.Identity, log *slog.Logger) error {
+	return ServeWith(ctx, ln, id, ServeOptions{Log: log})
+}
+
+// ServeWith accepts the ranks of one job on ln until all id.Size ranks have
+// registered, sends each of them the table of addresses, and returns. It
+// refuses (and logs) connections without the token, from other jobs, for an
+// out-of-range or already registered rank, and strangers that do not speak
+// the protocol; none of them stops the others. It returns early with ctx's
+// error. ln is not closed, and may serve again.
+func ServeWith(ctx context.Context, ln net.Listener, id transport.Identity, opts ServeOptions) error {
+	log := opts.Log
 	if log == nil {
 		log = slog.Default()
 	}
@@ -54,25 +75,31 @@ func Serve(ctx context.Context, ln net.Listener, id transport.Identity, log *slo
 		wg      sync.WaitGroup
 		stopped = make(chan struct{})
 	)
+	// A deadline left on ln (by an earlier Serve) would end this one at once.
+	setDeadline(ln, time.Time{})
+	// Accept returns only on a connection or an error: a deadline in the
+	// past is how the end (all registered, or ctx done) reaches it.
+	watcherDone := make(chan struct{})
+	go func() {
+		defer close(watcherDone)
+		select {
+		case <-full:
+		case <-ctx.Done():
+		case <-stopped:
+			return
+		}
+		setDeadline(ln, time.Now())
+	}()
 	defer func() {
 		close(stopped)
+		<-watcherDone
+		setDeadline(ln, time.Time{}) // ln can serve again
 		mu.Lock()
 		for c := range open {
 			_ = c.Close()
 		}
 		mu.Unlock()
 		wg.Wait()
-	}()
-	// Accept returns only on a connection or an error; closing ln's deadline
-	// is how cancellation reaches it.
-	stopAccept := context.AfterFunc(ctx, func() { setDeadline(ln, time.Now()) })
-	defer stopAccept()
-	go func() {
-		select {
-		case <-full:
-			setDeadline(ln, time.Now())
-		case <-stopped:
-		}
 	}()
 	for {
 		conn, err := ln.Accept()
@@ -106,6 +133,9 @@ func Serve(ctx context.Context, ln net.Listener, id transport.Identity, log *slo
 				}
 				conns[rank] = conn
 				addrs[rank] = addr
+				if opts.OnRegister != nil {
+					opts.OnRegister(rank, addr)
+				}
 				if len(conns) == id.Size {
 					close(full)
 				}

@@ -1,0 +1,298 @@
+package rendezvous
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/ringo-ml/ringo/transport"
+)
+
+// TestMain checks that no test leaves a goroutine behind: Serve and Join
+// end every one they start.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// waitBound bounds every wait in these tests; nothing here should take
+// more than a fraction of it.
+const waitBound = 20 * time.Second
+
+func jobID(size int) transport.Identity {
+	return transport.Identity{Token: []byte("the job token"), Job: "job-7", Size: size}
+}
+
+// advertised is what rank r publishes in these tests (never dialled).
+func advertised(r int) string { return fmt.Sprintf("rank%d.test:%d", r, 7000+r) }
+
+// logBuffer collects what Serve logs.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// server is one ServeWith running on a loopback listener.
+type server struct {
+	addr       string
+	ln         net.Listener
+	cancel     context.CancelCauseFunc
+	done       chan error
+	registered chan [2]string // rank and address, in the order OnRegister saw them
+	log        *logBuffer
+}
+
+func startServer(t *testing.T, id transport.Identity) *server {
+	t.Helper()
+	ln, err := transport.ListenTCP(context.Background(), "127.0.0.1:0")
+	require.NoError(t, err)
+	return serveOn(t, ln, id)
+}
+
+func serveOn(t *testing.T, ln net.Listener, id transport.Identity) *server {
+	t.Helper()
+	ctx, cancel := context.WithCancelCause(context.Background())
+	s := &server{
+		addr:       ln.Addr().String(),
+		ln:         ln,
+		cancel:     cancel,
+		done:       make(chan error, 1),
+		registered: make(chan [2]string, 4*id.Size),
+		log:        &logBuffer{},
+	}
+	opts := ServeOptions{
+		Log: slog.New(slog.NewTextHandler(s.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		OnRegister: func(rank int, addr string) {
+			s.registered <- [2]string{fmt.Sprint(rank), addr}
+		},
+	}
+	go func() { s.done <- ServeWith(ctx, ln, id, opts) }()
+	t.Cleanup(func() {
+		cancel(errors.New("test over"))
+		<-s.done
+		_ = ln.Close()
+	})
+	return s
+}
+
+// wait returns Serve's result.
+func (s *server) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-s.done:
+		s.done <- err // for the cleanup
+		return err
+	case <-time.After(waitBound):
+		require.FailNow(t, "Serve did not return")
+		return nil
+	}
+}
+
+// nextRegistered returns what OnRegister was called with next.
+func (s *server) nextRegistered(t *testing.T) [2]string {
+	t.Helper()
+	select {
+	case r := <-s.registered:
+		return r
+	case <-time.After(waitBound):
+		require.FailNow(t, "no rank registered")
+		return [2]string{}
+	}
+}
+
+type joinResult struct {
+	addrs []string
+	err   error
+}
+
+// join starts rank's Join in the background (with id's token and job).
+func join(ctx context.Context, addr string, id transport.Identity, rank int) <-chan joinResult {
+	id.Rank = rank
+	res := make(chan joinResult, 1)
+	go func() {
+		addrs, err := Join(ctx, addr, id, func(local net.Addr) (string, error) {
+			if host, _, err := net.SplitHostPort(local.String()); err != nil || host != "127.0.0.1" {
+				return "", fmt.Errorf("joined from %v, not from loopback", local)
+			}
+			return advertised(rank), nil
+		})
+		res <- joinResult{addrs, err}
+	}()
+	return res
+}
+
+func result(t *testing.T, ch <-chan joinResult) joinResult {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(waitBound):
+		require.FailNow(t, "Join did not return")
+		return joinResult{}
+	}
+}
+
+func wantTable(n int) []string {
+	want := make([]string, n)
+	for r := range want {
+		want[r] = advertised(r)
+	}
+	return want
+}
+
+// joinAll joins ranks (of a job of id.Size) and checks that every one
+// gets the whole table, in rank order.
+func joinAll(t *testing.T, s *server, id transport.Identity, ranks ...int) {
+	t.Helper()
+	results := make([]<-chan joinResult, len(ranks))
+	for i, r := range ranks {
+		results[i] = join(t.Context(), s.addr, id, r)
+	}
+	for i, ch := range results {
+		res := result(t, ch)
+		require.NoError(t, res.err, "rank %d", ranks[i])
+		assert.Equal(t, wantTable(id.Size), res.addrs, "rank %d", ranks[i])
+	}
+}
+
+func TestAllRanksGetTheTable(t *testing.T) {
+	const n = 8
+	id := jobID(n)
+	s := startServer(t, id)
+	joinAll(t, s, id, 7, 0, 3, 5, 1, 6, 2, 4)
+	require.NoError(t, s.wait(t))
+
+	// OnRegister saw every rank once, with its address.
+	seen := map[string]string{}
+	for range n {
+		r := s.nextRegistered(t)
+		assert.NotContains(t, seen, r[0], "rank %s registered twice", r[0])
+		seen[r[0]] = r[1]
+	}
+	for r := range n {
+		assert.Equal(t, advertised(r), seen[fmt.Sprint(r)])
+	}
+	assert.Empty(t, s.registered)
+}
+
+func TestServeAgainOnTheSameListener(t *testing.T) {
+	ln, err := transport.ListenTCP(context.Background(), "127.0.0.1:0")
+	require.NoError(t, err)
+	for job := range 2 {
+		id := jobID(3)
+		id.Job = fmt.Sprint("job-", job)
+		s := serveOn(t, ln, id)
+		joinAll(t, s, id, 0, 1, 2)
+		require.NoError(t, s.wait(t), "job %d", job)
+	}
+}
+
+func TestWrongTokenIsRefused(t *testing.T) {
+	const n = 3
+	id := jobID(n)
+	s := startServer(t, id)
+
+	bad := id
+	bad.Token = []byte("not the job token")
+	res := result(t, join(t.Context(), s.addr, bad, 1))
+	require.ErrorIs(t, res.err, transport.ErrAuth)
+	assert.Nil(t, res.addrs)
+
+	// The impostor took nobody's place: the real ranks, rank 1 included, form.
+	joinAll(t, s, id, 0, 1, 2)
+	require.NoError(t, s.wait(t))
+	assert.Contains(t, s.log.String(), "refused a connection")
+}
+
+func TestDuplicateRankIsRefused(t *testing.T) {
+	const n = 3
+	id := jobID(n)
+	s := startServer(t, id)
+
+	first := join(t.Context(), s.addr, id, 1)
+	assert.Equal(t, [2]string{"1", advertised(1)}, s.nextRegistered(t))
+
+	dup := result(t, join(t.Context(), s.addr, id, 1))
+	require.Error(t, dup.err)
+	assert.Contains(t, dup.err.Error(), "refused rank 1: rank 1 is already registered")
+	assert.Nil(t, dup.addrs)
+
+	joinAll(t, s, id, 0, 2)
+	res := result(t, first)
+	require.NoError(t, res.err)
+	assert.Equal(t, wantTable(n), res.addrs)
+	require.NoError(t, s.wait(t))
+	assert.Len(t, s.registered, n-1, "the duplicate was not reported as registered")
+}
+
+func TestServeReturnsWhenCancelled(t *testing.T) {
+	id := jobID(3)
+	s := startServer(t, id)
+
+	ctx, cancelJoin := context.WithCancel(t.Context())
+	defer cancelJoin()
+	waiting := join(ctx, s.addr, id, 0)
+	s.nextRegistered(t)
+
+	stop := errors.New("the launcher stops the job")
+	s.cancel(stop)
+	err := s.wait(t)
+	require.ErrorIs(t, err, stop)
+	assert.Contains(t, err.Error(), "rendezvous: ")
+
+	// The registered rank lost its rendezvous: it keeps retrying (the
+	// server may come back) until its own context ends.
+	cancelJoin()
+	res := result(t, waiting)
+	require.ErrorIs(t, res.err, context.Canceled)
+}
+
+func TestStrangerIsIgnored(t *testing.T) {
+	const n = 2
+	id := jobID(n)
+	s := startServer(t, id)
+
+	// One stranger sends a long line of garbage, another connects and says
+	// nothing; neither holds up the job.
+	garbage, err := net.Dial("tcp", s.addr)
+	require.NoError(t, err)
+	defer garbage.Close()
+	silent, err := net.Dial("tcp", s.addr)
+	require.NoError(t, err)
+	defer silent.Close()
+	_, err = garbage.Write(bytes.Repeat([]byte("GET / HTTP/1.1\r\n"), 32))
+	require.NoError(t, err)
+	// The server hangs up on the garbage without answering it.
+	require.NoError(t, garbage.SetReadDeadline(time.Now().Add(waitBound)))
+	n0, err := io.Copy(io.Discard, garbage)
+	if err != nil { // a reset, as the server closed with garbage unread
+		require.ErrorIs(t, err, syscall.ECONNRESET, "the server hangs up at once")
+	}
+	assert.Zero(t, n0)
+
+	joinAll(t, s, id, 0, 1)
+	require.NoError(t, s.wait(t))
+	assert.Contains(t, s.log.String(), "refused a connection")
+	assert.Len(t, s.registered, n)
+}
