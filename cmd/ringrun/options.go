@@ -85,7 +85,9 @@ address ranks dial) and --port. Every rank gets RINGO_RANK,
 RINGO_WORLD_SIZE, RINGO_LOCAL_RANK, RINGO_LOCAL_WORLD_SIZE, RINGO_ADDR (the
 rendezvous), RINGO_RENDEZVOUS_EXTERNAL=1 (no rank serves it), RINGO_TOKEN
 (fresh for every run, never on a command line), RINGO_JOB_ID and
-RINGO_RESTART_COUNT. Ranks on other hosts are started as
+RINGO_RESTART_COUNT. Ranks on this machine also get GOMAXPROCS =
+max(1, CPUs / ranks here) unless you set it, so that ranks sharing cores do
+not starve each other with spinning runtime threads. Ranks on other hosts are started as
 AGENT HOST env VARS... sh -c WRAPPER PROGRAM ARGS...; the wrapper reads the
 token from its standard input (so the agent must forward it: ssh does, use
 "docker exec -i") and stops the program when that input closes.

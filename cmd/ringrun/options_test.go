@@ -212,3 +212,16 @@ func TestStatusText(t *testing.T) {
 	r.o.maxRestarts = 2
 	assert.Equal(t, "ringrun: 1/3 ranks joined · 2/3 running · 0:01 · restart 1/2 · stopping", r.statusLine(1, 2, 3, 1, true, time.Second))
 }
+
+func TestThreadsEnvSharesTheCPUs(t *testing.T) {
+	t.Setenv("GOMAXPROCS", "")
+	require.NoError(t, os.Unsetenv("GOMAXPROCS"))
+	o := &options{}
+	assert.Equal(t, []string{"GOMAXPROCS=1"}, threadsEnv(o, placement{localSize: 4}, 2))
+	assert.Equal(t, []string{"GOMAXPROCS=4"}, threadsEnv(o, placement{localSize: 2}, 8))
+	assert.Equal(t, []string{"GOMAXPROCS=3"}, threadsEnv(o, placement{localSize: 1}, 3))
+	o.env = []envVar{{name: "GOMAXPROCS", value: "2"}}
+	assert.Nil(t, threadsEnv(o, placement{localSize: 4}, 2), "-x GOMAXPROCS wins")
+	t.Setenv("GOMAXPROCS", "2")
+	assert.Nil(t, threadsEnv(&options{}, placement{localSize: 4}, 2), "the user's GOMAXPROCS wins")
+}
