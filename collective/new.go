@@ -91,32 +91,14 @@ func New(ctx context.Context, cfg Config) (*Comm, error) {
 	return newComm(cfg.Rank, cfg.Size, streams, cfg), nil
 }
 
-// advertiseHost picks the address peers should dial: iface's first address,
-// or else the address this host used to reach the rendezvous.
+// advertiseHost picks the address peers should dial: iface's address, or
+// else the address this host used to reach the rendezvous.
 func advertiseHost(iface string, local net.Addr) (string, error) {
 	if iface == "" {
 		host, _, err := net.SplitHostPort(local.String())
 		return host, err
 	}
-	ifi, err := net.InterfaceByName(iface)
-	if err != nil {
-		return "", fmt.Errorf("interface %q: %w", iface, err)
-	}
-	addrs, err := ifi.Addrs()
-	if err != nil {
-		return "", fmt.Errorf("interface %q: %w", iface, err)
-	}
-	for _, a := range addrs {
-		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil {
-			return ipn.IP.String(), nil
-		}
-	}
-	for _, a := range addrs {
-		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLinkLocalUnicast() {
-			return ipn.IP.String(), nil
-		}
-	}
-	return "", fmt.Errorf("interface %q has no usable address", iface)
+	return transport.InterfaceAddr(iface)
 }
 
 // connectMesh connects this rank to every other: it dials every lower rank

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"fmt"
 	"net"
 )
 
@@ -23,4 +24,29 @@ func DialTCP(ctx context.Context, addr string) (net.Conn, error) {
 func ListenTCP(ctx context.Context, addr string) (net.Listener, error) {
 	var lc net.ListenConfig
 	return lc.Listen(ctx, "tcp", addr)
+}
+
+// InterfaceAddr returns the address of the network interface named iface that
+// peers should dial: its first IPv4 address, else its first address that is
+// not link-local.
+func InterfaceAddr(iface string) (string, error) {
+	ifi, err := net.InterfaceByName(iface)
+	if err != nil {
+		return "", fmt.Errorf("interface %q: %w", iface, err)
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return "", fmt.Errorf("interface %q: %w", iface, err)
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil {
+			return ipn.IP.String(), nil
+		}
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLinkLocalUnicast() {
+			return ipn.IP.String(), nil
+		}
+	}
+	return "", fmt.Errorf("interface %q has no usable address", iface)
 }

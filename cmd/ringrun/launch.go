@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ringo-ml/ringo/transport"
 )
 
 // jobEnv is what every rank of one attempt shares.
@@ -69,7 +71,7 @@ func rendezvousHost(o *options, ps []placement) (string, error) {
 	case o.addr != "":
 		return o.addr, nil
 	case o.iface != "":
-		h, err := ifaceAddr(o.iface)
+		h, err := transport.InterfaceAddr(o.iface)
 		if err != nil {
 			return "", fmt.Errorf("%w (ringrun serves the rendezvous on this machine: --addr gives its address)", err)
 		}

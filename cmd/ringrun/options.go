@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -332,27 +331,4 @@ func isLocalHost(name string) bool {
 		}
 	}
 	return false
-}
-
-// ifaceAddr is the first IPv4 (else any non-link-local) address of iface.
-func ifaceAddr(iface string) (string, error) {
-	ifi, err := net.InterfaceByName(iface)
-	if err != nil {
-		return "", fmt.Errorf("--iface %s: %w", iface, err)
-	}
-	addrs, err := ifi.Addrs()
-	if err != nil {
-		return "", fmt.Errorf("--iface %s: %w", iface, err)
-	}
-	for _, a := range addrs {
-		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil {
-			return ipn.IP.String(), nil
-		}
-	}
-	for _, a := range addrs {
-		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLinkLocalUnicast() {
-			return ipn.IP.String(), nil
-		}
-	}
-	return "", fmt.Errorf("--iface %s has no usable address", iface)
 }
