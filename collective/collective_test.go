@@ -281,4 +281,10 @@ func TestManyCallsInSequence(t *testing.T) {
 		}
 		return nil
 	}))
+	// The flight recorder keeps the last 16 calls, in order.
+	st := comms[0].Status()
+	require.Len(t, st.Recent, 16)
+	for i, r := range st.Recent {
+		assert.Equal(t, st.Seq-uint64(15-i), r.Op)
+	}
 }

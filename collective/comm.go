@@ -40,7 +40,10 @@ type Comm struct {
 	seq    uint64
 	cur    transport.Signature
 	timer  *time.Timer
+	slow   *time.Timer // fires SlowWarning into a call: "who is missing"
+	slowAt time.Duration
 	closed bool
+	rec    recorder
 
 	closeOnce  sync.Once
 	abortClose *time.Timer // closes the connections abortGrace after an abort
@@ -56,12 +59,16 @@ func newComm(rank, size int, streams []transport.Stream, cfg Config) *Comm {
 		log:     cfg.logger().With("rank", rank),
 		links:   make([]*transport.Link, size),
 		timer:   time.NewTimer(time.Hour),
+		slow:    time.NewTimer(time.Hour),
+		slowAt:  cfg.slowWarning(),
 	}
 	c.timer.Stop()
+	c.slow.Stop()
+	linkOpt := transport.LinkOptions{Heartbeat: cfg.heartbeat(true), OnSlow: c.slowWait}
 	c.fail = transport.NewFailure(c.onFail)
 	for p, s := range streams {
 		if s != nil {
-			c.links[p] = transport.NewLink(p, transport.NewConn(s), c.fail, c.log)
+			c.links[p] = transport.NewLinkWith(p, transport.NewConn(s), c.fail, c.log, linkOpt)
 		}
 	}
 	var left, right ring.Link
@@ -148,18 +155,32 @@ func (c *Comm) begin(ctx context.Context, sig transport.Signature) error {
 	}
 	c.seq++
 	c.cur = sig
-	var expire <-chan time.Time
+	c.rec.begin(c.seq, sig, time.Now())
+	var expire, slow <-chan time.Time
 	if c.timeout > 0 {
 		c.timer.Reset(c.timeout)
 		expire = c.timer.C
 	}
+	if c.slowAt > 0 {
+		c.slow.Reset(c.slowAt)
+		slow = c.slow.C
+	}
 	hdr := transport.Header{Comm: c.id, Seq: c.seq, Sig: sig}
 	for _, l := range c.links {
 		if l != nil {
-			l.Begin(ctx, hdr, expire)
+			l.BeginOp(ctx, hdr, expire, slow)
 		}
 	}
 	return nil
+}
+
+// slowWait logs a call that has waited SlowWarning on one peer: the first
+// question about a stuck job is which rank it is waiting for.
+func (c *Comm) slowWait(peer int, what string) {
+	heard, op := c.links[peer].LastHeard()
+	c.log.Warn("ringo: call is waiting for a rank",
+		"call", describe(c.cur), "op", c.seq, "waiting_for_rank", peer, "to", what,
+		"after", c.slowAt, "rank_last_op", op, "rank_last_heard_ago", time.Since(heard).Round(time.Millisecond))
 }
 
 // end finishes the operation begin started. A failed operation aborts the
@@ -167,6 +188,8 @@ func (c *Comm) begin(ctx context.Context, sig transport.Signature) error {
 // otherwise wait for this rank forever.
 func (c *Comm) end(err error) error {
 	c.timer.Stop()
+	c.slow.Stop()
+	c.rec.end(c.seq, err != nil)
 	for _, l := range c.links {
 		if l != nil {
 			l.End()
@@ -233,7 +256,7 @@ func (c *Comm) explain(err error) error {
 // connections so that nothing stays blocked on them.
 func (c *Comm) onFail(err error) {
 	err = c.explain(err)
-	c.log.Warn("ringo: communicator aborted", "err", err)
+	c.log.Warn("ringo: communicator aborted", "err", err, "status", c.Status().String())
 	hdr := transport.Header{Type: transport.Abort, Comm: c.id}
 	reason := append([]byte{abortCode(err)}, err.Error()...)
 	var remote *transport.RemoteAbortError

@@ -26,6 +26,9 @@ func LocalConfig(n int, cfg Config) ([]*Comm, error) {
 			streams[i][j], streams[j][i] = transport.Pipe()
 		}
 	}
+	if cfg.Heartbeat == 0 {
+		cfg.Heartbeat = -1 // an in-process peer cannot vanish silently
+	}
 	comms := make([]*Comm, n)
 	for i := range n {
 		comms[i] = newComm(i, n, streams[i], cfg)

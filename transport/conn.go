@@ -14,6 +14,7 @@ import (
 type Stream interface {
 	io.ReadWriteCloser
 	SetDeadline(t time.Time) error
+	SetReadDeadline(t time.Time) error
 	SetWriteDeadline(t time.Time) error
 }
 
@@ -82,6 +83,9 @@ func (c *Conn) TryWriteControl(h *Header, payload []byte, timeout time.Duration)
 	_ = c.s.SetWriteDeadline(time.Time{})
 	return err == nil
 }
+
+// SetReadDeadline bounds the reads that follow (zero: no bound).
+func (c *Conn) SetReadDeadline(t time.Time) error { return c.s.SetReadDeadline(t) }
 
 // ReadHeader reads and validates the next frame header.
 func (c *Conn) ReadHeader(h *Header) error {

@@ -31,7 +31,10 @@ const (
 	Abort
 	// Bye says the sender closed its communicator normally.
 	Bye
-	maxFrameType = Bye
+	// Heartbeat says the sender is alive; a link sends one when it has sent
+	// nothing else for a while.
+	Heartbeat
+	maxFrameType = Heartbeat
 )
 
 func (t FrameType) String() string {
@@ -42,6 +45,8 @@ func (t FrameType) String() string {
 		return "abort"
 	case Bye:
 		return "bye"
+	case Heartbeat:
+		return "heartbeat"
 	}
 	return fmt.Sprintf("frame(%d)", uint8(t))
 }

@@ -80,7 +80,7 @@ func TestHeaderDecodeRejects(t *testing.T) {
 		{"version 2", func(b *[HeaderSize]byte) { b[2] = 2 }, "version"},
 		{"version 255", func(b *[HeaderSize]byte) { b[2] = 255 }, "version"},
 		{"type 0", func(b *[HeaderSize]byte) { b[3] = 0 }, "frame type"},
-		{"type after bye", func(b *[HeaderSize]byte) { b[3] = byte(Bye) + 1 }, "frame type"},
+		{"type after the last", func(b *[HeaderSize]byte) { b[3] = byte(maxFrameType) + 1 }, "frame type"},
 		{"type 255", func(b *[HeaderSize]byte) { b[3] = 255 }, "frame type"},
 		{"reserved byte 1", func(b *[HeaderSize]byte) { b[19] = 1 }, "reserved"},
 		{"reserved byte 255", func(b *[HeaderSize]byte) { b[19] = 255 }, "reserved"},

@@ -421,6 +421,7 @@ func (s *scriptedStream) Write(p []byte) (int, error)      { return s.out.Write(
 func (s *scriptedStream) Close() error                     { return nil }
 func (s *scriptedStream) SetDeadline(time.Time) error      { return nil }
 func (s *scriptedStream) SetWriteDeadline(time.Time) error { return nil }
+func (s *scriptedStream) SetReadDeadline(time.Time) error  { return nil }
 
 const fuzzToken = "fuzz-t0ken-never-sent-3b1d"
 

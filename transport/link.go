@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,6 +33,11 @@ type Link struct {
 	conn *Conn
 	fail *Failure
 	log  *slog.Logger
+	opt  LinkOptions
+
+	hbHdr     Header       // the heartbeat frame, kept here so writing it allocates nothing
+	lastHeard atomic.Int64 // unix nanoseconds of the last frame from the peer
+	lastSeq   atomic.Uint64
 
 	sendq   chan outFrame
 	sent    atomic.Uint64
@@ -49,6 +55,7 @@ type Link struct {
 	deadErr    error         // why the reader exited; written before dead is closed
 	readerDone chan struct{}
 	senderDone chan struct{}
+	beat       *time.Timer // the sender's heartbeat timer
 	closing    atomic.Bool
 	peerBye    atomic.Bool
 
@@ -64,6 +71,19 @@ type Link struct {
 	recvIndex uint32
 	ctx       context.Context
 	expire    <-chan time.Time
+	slow      <-chan time.Time
+}
+
+// LinkOptions are a link's settings beyond its connection.
+type LinkOptions struct {
+	// Heartbeat is how long the peer may stay silent before it counts as
+	// lost (a connection cut without a FIN or a reset, a frozen host). The
+	// link sends a heartbeat frame after Heartbeat/5 without other frames.
+	// Zero disables both (in-process links need neither).
+	Heartbeat time.Duration
+	// OnSlow is called on the waiting goroutine when a wait outlives the
+	// slow channel given to BeginOp; what says "receive" or "send".
+	OnSlow func(peer int, what string)
 }
 
 type outFrame struct {
@@ -79,6 +99,11 @@ type inFrame struct {
 // NewLink starts the goroutines of a link to rank peer over conn. They end when
 // Shutdown is called or the failure is recorded.
 func NewLink(peer int, conn *Conn, fail *Failure, log *slog.Logger) *Link {
+	return NewLinkWith(peer, conn, fail, log, LinkOptions{})
+}
+
+// NewLinkWith is NewLink with options.
+func NewLinkWith(peer int, conn *Conn, fail *Failure, log *slog.Logger, opt LinkOptions) *Link {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -87,6 +112,8 @@ func NewLink(peer int, conn *Conn, fail *Failure, log *slog.Logger) *Link {
 		conn:       conn,
 		fail:       fail,
 		log:        log,
+		opt:        opt,
+		hbHdr:      Header{Type: Heartbeat},
 		sendq:      make(chan outFrame, LinkDepth),
 		sentSig:    make(chan struct{}, 1),
 		posts:      make(chan inFrame, LinkDepth),
@@ -98,9 +125,16 @@ func NewLink(peer int, conn *Conn, fail *Failure, log *slog.Logger) *Link {
 		begun:      make(chan struct{}, 1),
 		ctx:        context.Background(),
 	}
+	l.lastHeard.Store(time.Now().UnixNano())
 	go l.sender()
 	go l.reader()
 	return l
+}
+
+// LastHeard is when the last frame (of any kind) came from the peer, and
+// LastSeq the operation number of its last data frame.
+func (l *Link) LastHeard() (time.Time, uint64) {
+	return time.Unix(0, l.lastHeard.Load()), l.lastSeq.Load()
 }
 
 // Peer is the rank at the other end.
@@ -113,10 +147,16 @@ func (l *Link) Conn() *Conn { return l.conn }
 // fresh Index), and receives expect the same. Waits give up when ctx is done,
 // when expire fires, or when the communicator fails.
 func (l *Link) Begin(ctx context.Context, hdr Header, expire <-chan time.Time) {
+	l.BeginOp(ctx, hdr, expire, nil)
+}
+
+// BeginOp is Begin with a slow channel: a wait still blocked when it fires
+// calls LinkOptions.OnSlow once and goes on waiting.
+func (l *Link) BeginOp(ctx context.Context, hdr Header, expire, slow <-chan time.Time) {
 	hdr.Type = Data
 	l.hdr = hdr
 	l.sendIndex, l.recvIndex = 0, 0
-	l.ctx, l.expire = ctx, expire
+	l.ctx, l.expire, l.slow = ctx, expire, slow
 	l.curMu.Lock()
 	l.cur = hdr
 	l.curMu.Unlock()
@@ -128,7 +168,15 @@ func (l *Link) Begin(ctx context.Context, hdr Header, expire <-chan time.Time) {
 
 // End drops the references Begin took.
 func (l *Link) End() {
-	l.ctx, l.expire = context.Background(), nil
+	l.ctx, l.expire, l.slow = context.Background(), nil, nil
+}
+
+// slowed reports a wait that outlived the slow channel, once per operation.
+func (l *Link) slowed(what string) {
+	l.slow = nil
+	if l.opt.OnSlow != nil {
+		l.opt.OnSlow(l.peer, what)
+	}
 }
 
 // Send queues src as the next data frame and returns its ticket for Flush.
@@ -159,6 +207,8 @@ func (l *Link) Flush(ticket uint64) error {
 	for l.sent.Load() < ticket {
 		select {
 		case <-l.sentSig:
+		case <-l.slow:
+			l.slowed("send")
 		case <-l.fail.Done():
 			return l.fail.Err()
 		case <-l.ctx.Done():
@@ -204,22 +254,27 @@ func (l *Link) Wait() error {
 		return nil
 	default:
 	}
-	select {
-	case <-l.recvd:
-		return nil
-	case <-l.dead:
+	for {
 		select {
 		case <-l.recvd:
 			return nil
-		default:
+		case <-l.slow:
+			l.slowed("receive")
+			continue
+		case <-l.dead:
+			select {
+			case <-l.recvd:
+				return nil
+			default:
+			}
+			return l.deadError()
+		case <-l.fail.Done():
+			return l.fail.Err()
+		case <-l.ctx.Done():
+			return context.Cause(l.ctx)
+		case <-l.expire:
+			return ErrTimeout
 		}
-		return l.deadError()
-	case <-l.fail.Done():
-		return l.fail.Err()
-	case <-l.ctx.Done():
-		return context.Cause(l.ctx)
-	case <-l.expire:
-		return ErrTimeout
 	}
 }
 
@@ -304,12 +359,32 @@ func (l *Link) Shutdown(bye bool, grace time.Duration) {
 // before stop (the bye notice last) and exits.
 func (l *Link) sender() {
 	defer close(l.senderDone)
+	var beat <-chan time.Time
+	every := l.opt.Heartbeat / 5
+	if every > 0 {
+		t := time.NewTimer(every)
+		defer t.Stop()
+		beat = t.C
+		l.beat = t
+	}
 	for {
 		select {
 		case f := <-l.sendq:
 			if l.fail.Err() != nil || !l.write(&f) {
 				return
 			}
+			if every > 0 {
+				l.beat.Reset(every)
+			}
+			continue
+		case <-beat:
+			if err := l.conn.WriteFrame(&l.hbHdr, nil); err != nil {
+				if !l.closing.Load() {
+					l.fail.Fail(&PeerError{Peer: l.peer, Err: fmt.Errorf("%w: write: %w", ErrPeerLost, err)})
+				}
+				return
+			}
+			l.beat.Reset(every)
 			continue
 		case <-l.fail.Done():
 			return
@@ -352,12 +427,19 @@ func (l *Link) write(f *outFrame) bool {
 func (l *Link) reader() {
 	defer close(l.readerDone)
 	var h Header
+	hb := l.opt.Heartbeat
 	for {
+		if hb > 0 {
+			_ = l.conn.SetReadDeadline(time.Now().Add(hb))
+		}
 		if err := l.conn.ReadHeader(&h); err != nil {
 			l.die(l.readError(err), !l.closing.Load())
 			return
 		}
+		l.lastHeard.Store(time.Now().UnixNano())
 		switch h.Type {
+		case Heartbeat:
+			continue
 		case Data:
 			l.payloadMu.Lock() // released once the payload is in (or refused)
 			in, err := l.awaitPost(&h)
@@ -372,8 +454,13 @@ func (l *Link) reader() {
 				l.die(&MismatchError{Peer: l.peer, Got: h, Want: in.want}, true)
 				return
 			}
+			if hb > 0 {
+				// Waiting for the post was this rank's time, not the peer's.
+				_ = l.conn.SetReadDeadline(time.Now().Add(hb))
+			}
 			err = l.conn.ReadPayload(in.dst)
 			l.payloadMu.Unlock()
+			l.lastSeq.Store(h.Seq)
 			if err != nil {
 				l.die(l.readError(err), !l.closing.Load())
 				return
@@ -454,6 +541,9 @@ func (l *Link) die(err error, failComm bool) {
 }
 
 func (l *Link) readError(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) && l.opt.Heartbeat > 0 {
+		return &PeerError{Peer: l.peer, Err: fmt.Errorf("%w: nothing heard for %v (no data, no heartbeat): the host or its link is gone", ErrPeerLost, l.opt.Heartbeat)}
+	}
 	if errors.Is(err, ErrProtocol) {
 		return &PeerError{Peer: l.peer, Err: err}
 	}

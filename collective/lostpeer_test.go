@@ -1,0 +1,195 @@
+package collective_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ringo-ml/ringo/collective"
+)
+
+// TestKilledRankIsNamedOnEveryRank runs 4 ranks as OS processes in a loop of
+// AllReduce and SIGKILLs one: every other rank must fail with ErrAborted
+// naming the killed rank, within 2 s of the kill (asserted with margin).
+func TestKilledRankIsNamedOnEveryRank(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 4 processes")
+	}
+	const n, victim = 4, 2
+	addr := freeAddr(t)
+	type child struct {
+		cmd   *exec.Cmd
+		out   *lockedBuffer
+		ready chan struct{}
+		done  chan time.Time
+	}
+	children := make([]*child, n)
+	for r := range n {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), childEnv+"=loop", "RINGO_TOKEN=kill-test", "RINGO_TIMEOUT=60s",
+			"RINGO_RANK="+strconv.Itoa(r), "RINGO_WORLD_SIZE="+strconv.Itoa(n), "RINGO_ADDR="+addr)
+		stdout, err := cmd.StdoutPipe()
+		require.NoError(t, err)
+		c := &child{cmd: cmd, out: &lockedBuffer{}, ready: make(chan struct{}), done: make(chan time.Time, 1)}
+		cmd.Stderr = c.out
+		require.NoError(t, cmd.Start())
+		go func() {
+			sc := bufio.NewScanner(stdout)
+			once := sync.Once{}
+			for sc.Scan() {
+				_, _ = c.out.Write(append(sc.Bytes(), '\n'))
+				if strings.Contains(sc.Text(), "looping") {
+					once.Do(func() { close(c.ready) })
+				}
+			}
+			_ = cmd.Wait()
+			c.done <- time.Now()
+		}()
+		children[r] = c
+	}
+	t.Cleanup(func() {
+		for _, c := range children {
+			_ = c.cmd.Process.Kill()
+		}
+	})
+	deadline := time.After(60 * time.Second)
+	for r, c := range children {
+		select {
+		case <-c.ready:
+		case <-deadline:
+			t.Fatalf("rank %d did not start looping: %s", r, c.out.String())
+		}
+	}
+	killed := time.Now()
+	require.NoError(t, children[victim].cmd.Process.Signal(syscall.SIGKILL))
+	for r, c := range children {
+		if r == victim {
+			continue
+		}
+		select {
+		case at := <-c.done:
+			took := at.Sub(killed)
+			out := c.out.String()
+			t.Logf("rank %d stopped %v after the kill", r, took.Round(time.Millisecond))
+			assert.Less(t, took, 5*time.Second, "2 s is the bound; 5 s leaves margin for a loaded machine")
+			assert.Contains(t, out, "communicator aborted", "rank %d", r)
+			assert.Contains(t, out, "rank "+strconv.Itoa(victim), "rank %d must name the killed rank: %s", r, out)
+			assert.Contains(t, out, "AllReduce", "rank %d must name the call", r)
+			assert.Equal(t, 3, c.cmd.ProcessState.ExitCode(), "rank %d: %s", r, out)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("rank %d still running 30 s after rank %d was killed: %s", r, victim, c.out.String())
+		}
+	}
+}
+
+// childLoop is a rank that runs AllReduce until it fails, then prints the
+// error and exits 3.
+func childLoop() {
+	c, err := collective.Init(ctx)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "init:", err)
+		os.Exit(1)
+	}
+	buf := make([]float32, 1<<16)
+	for i := 0; ; i++ {
+		if err := collective.AllReduce(ctx, c, buf, collective.Sum); err != nil {
+			fmt.Println("ERROR:", err)
+			c.Close()
+			os.Exit(3)
+		}
+		if i == 10 {
+			fmt.Println("looping")
+		}
+	}
+}
+
+func TestStatusShowsCallsPeersAndTheCallInProgress(t *testing.T) {
+	comms := local(t, 3, collective.Config{})
+	for range 3 {
+		requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+			return collective.AllReduce(ctx, c, make([]float64, 10), collective.Sum)
+		}))
+	}
+	requireAllOK(t, each(comms, func(r int, c *collective.Comm) error { return collective.Barrier(ctx, c) }))
+	st := comms[0].Status()
+	assert.Equal(t, uint64(4), st.Seq)
+	assert.Empty(t, st.Running)
+	require.Len(t, st.Recent, 4)
+	assert.Equal(t, "AllReduce(float64, count=10, Sum)", st.Recent[0].Call)
+	assert.Equal(t, "Barrier()", st.Recent[3].Call)
+	require.Len(t, st.Peers, 2)
+	for _, p := range st.Peers {
+		assert.Equal(t, uint64(4), p.LastOp, "peer %d", p.Rank)
+	}
+
+	// Rank 2 does not come to the next call: the status says what rank 0 is
+	// doing and that rank 2 is behind.
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, 2)
+	for r := range 2 {
+		w := &waitingCtx{Context: cctx, waiting: make(chan struct{})}
+		go func() { errs <- collective.AllReduce(w, comms[r], make([]float32, 1000), collective.Max) }()
+		<-w.waiting
+	}
+	st = comms[0].Status()
+	assert.Equal(t, "AllReduce(float32, count=1000, Max)", st.Running)
+	assert.Contains(t, st.String(), "running AllReduce(float32, count=1000, Max)")
+	cancel()
+	for range 2 {
+		require.ErrorIs(t, <-errs, collective.ErrAborted)
+	}
+	st = comms[0].Status()
+	assert.ErrorIs(t, st.Aborted, collective.ErrAborted)
+	assert.True(t, st.Recent[len(st.Recent)-1].Err)
+}
+
+// syncBuffer is a log sink that reports when a wanted line arrives.
+type syncBuffer struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	want   string
+	notify chan struct{}
+	once   sync.Once
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf.Write(p)
+	if strings.Contains(b.buf.String(), b.want) {
+		b.once.Do(func() { close(b.notify) })
+	}
+	return len(p), nil
+}
+
+func TestSlowCallLogsWhichRankItWaitsFor(t *testing.T) {
+	sink := &syncBuffer{want: "waiting for a rank", notify: make(chan struct{})}
+	log := slog.New(slog.NewTextHandler(io.Writer(sink), nil))
+	comms := local(t, 2, collective.Config{SlowWarning: 50 * time.Millisecond, Logger: log})
+	done := make(chan error, 1)
+	go func() { done <- collective.AllReduce(ctx, comms[0], make([]int32, 7), collective.Sum) }()
+	<-sink.notify // rank 0 has said it waits for rank 1
+	require.NoError(t, collective.AllReduce(ctx, comms[1], make([]int32, 7), collective.Sum))
+	require.NoError(t, <-done)
+	sink.mu.Lock()
+	logged := sink.buf.String()
+	sink.mu.Unlock()
+	assert.Contains(t, logged, "waiting_for_rank=1")
+	assert.Contains(t, logged, `call="AllReduce(int32, count=7, Sum)"`)
+	assert.Contains(t, logged, "op=1")
+}
