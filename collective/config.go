@@ -36,6 +36,14 @@ type Config struct {
 	// means DefaultTimeout, negative means no bound (a lost peer is still
 	// detected when its connection breaks).
 	Timeout time.Duration
+	// Heartbeat is how long a peer may stay silent (no data, no heartbeat)
+	// before it counts as lost: this finds a cut link or a frozen host that
+	// never closes its connections. Zero means DefaultHeartbeat for network
+	// transports and none for Local; negative disables it.
+	Heartbeat time.Duration
+	// SlowWarning is how long a call may wait on a peer before it logs which
+	// rank it is waiting for; zero means DefaultSlowWarning, negative never.
+	SlowWarning time.Duration
 	// Logger receives warnings (refused strangers, aborts); nil means slog.Default().
 	Logger *slog.Logger
 
@@ -61,4 +69,31 @@ func (c Config) logger() *slog.Logger {
 		return c.Logger
 	}
 	return slog.Default()
+}
+
+// DefaultHeartbeat and DefaultSlowWarning are the defaults of Config.Heartbeat
+// (network transports) and Config.SlowWarning.
+const (
+	DefaultHeartbeat   = 5 * time.Second
+	DefaultSlowWarning = 10 * time.Second
+)
+
+func (c Config) heartbeat(network bool) time.Duration {
+	switch {
+	case c.Heartbeat < 0, c.Heartbeat == 0 && !network:
+		return 0
+	case c.Heartbeat == 0:
+		return DefaultHeartbeat
+	}
+	return c.Heartbeat
+}
+
+func (c Config) slowWarning() time.Duration {
+	switch {
+	case c.SlowWarning < 0:
+		return 0
+	case c.SlowWarning == 0:
+		return DefaultSlowWarning
+	}
+	return c.SlowWarning
 }

@@ -33,7 +33,8 @@ func Init(ctx context.Context) (*Comm, error) {
 //     serves it, so that rank 0 does not (Config.ExternalRendezvous);
 //   - RINGO_TOKEN, RINGO_JOB_ID (else TORCHELASTIC_RUN_ID or SLURM_JOB_ID),
 //     RINGO_TRANSPORT, RINGO_IFACE, RINGO_TIMEOUT (a Go duration such as
-//     "90s", or seconds), RINGO_DEBUG (any value: debug logs on stderr).
+//     "90s", or seconds), RINGO_HEARTBEAT (a duration), RINGO_DEBUG (any
+//     value: debug logs on stderr).
 func ConfigFromEnv() (Config, error) {
 	return configFrom(os.Getenv)
 }
@@ -111,6 +112,13 @@ func configFrom(getenv func(string) string) (Config, error) {
 			d = time.Duration(secs * float64(time.Second))
 		}
 		cfg.Timeout = d
+	}
+	if h := getenv("RINGO_HEARTBEAT"); h != "" {
+		d, err := time.ParseDuration(h)
+		if err != nil {
+			return cfg, invalidf("RINGO_HEARTBEAT=%q is not a duration", h)
+		}
+		cfg.Heartbeat = d
 	}
 	if getenv("RINGO_DEBUG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
