@@ -76,6 +76,9 @@ func main() {
 				fatalf(who, "iteration %d, length %d: %v", it, n, err)
 			}
 		}
+		if it == 0 && *iters > 2 {
+			fmt.Printf("%s looping\n", who) // tests wait for this before breaking things
+		}
 	}
 	if err := collective.Barrier(ctx, comm); err != nil {
 		fatalf(who, "Barrier: %v", err)
