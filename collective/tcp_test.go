@@ -31,7 +31,14 @@ func freeAddr(t testing.TB) string {
 // goroutine; rank 0, which serves the rendezvous, is started last.
 func formTCP(t testing.TB, n int, cfg collective.Config) []*collective.Comm {
 	t.Helper()
-	cfg.Addr, cfg.Size = freeAddr(t), n
+	cfg.Addr = freeAddr(t)
+	return formTCPAt(t, n, cfg)
+}
+
+// formTCPAt is formTCP with the rendezvous address in cfg.Addr.
+func formTCPAt(t testing.TB, n int, cfg collective.Config) []*collective.Comm {
+	t.Helper()
+	cfg.Size = n
 	if cfg.Timeout == 0 {
 		cfg.Timeout = testTimeout
 	}
@@ -279,4 +286,32 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return string(b.buf)
+}
+
+// TestTCPStrangerMidJobLeavesTheJobAlone: once formed, a communicator listens
+// for nobody: a stranger dialing the rendezvous port mid-job is refused (or,
+// if something else took the port, never reaches a rank), and collectives go
+// on with correct results.
+func TestTCPStrangerMidJobLeavesTheJobAlone(t *testing.T) {
+	cfg := collective.Config{Token: "mid-job"}
+	cfg.Addr = freeAddr(t)
+	comms := formTCPAt(t, 3, cfg)
+	requireAllOK(t, each(comms, func(r int, c *collective.Comm) error { return collective.Barrier(ctx, c) }))
+	if conn, err := net.DialTimeout("tcp", cfg.Addr, time.Second); err == nil {
+		_, _ = conn.Write([]byte("RINGOHS\x00 garbage after a valid magic"))
+		_ = conn.Close()
+	}
+	for range 3 {
+		results := make([][]int64, 3)
+		requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+			results[r] = inputs[int64](r, 1000, collective.Sum)
+			return collective.AllReduce(ctx, c, results[r], collective.Sum)
+		}))
+		for i := range 1000 {
+			require.Equal(t, reference[int64](3, i, collective.Sum), results[1][i])
+		}
+	}
+	for _, c := range comms {
+		require.NoError(t, c.Err())
+	}
 }
