@@ -15,22 +15,31 @@ import (
 )
 
 func TestAllReduceEveryTypeOpSizeAndCount(t *testing.T) {
-	t.Run("int8", allReduceMatrix[int8])
-	t.Run("uint8", allReduceMatrix[uint8])
-	t.Run("int32", allReduceMatrix[int32])
-	t.Run("uint32", allReduceMatrix[uint32])
-	t.Run("int64", allReduceMatrix[int64])
-	t.Run("uint64", allReduceMatrix[uint64])
-	t.Run("float32", allReduceMatrix[float32])
-	t.Run("float64", allReduceMatrix[float64])
+	for _, algo := range []string{"ring", "doubling"} {
+		t.Run(algo, func(t *testing.T) {
+			t.Run("int8", allReduceMatrix[int8](algo))
+			t.Run("uint8", allReduceMatrix[uint8](algo))
+			t.Run("int32", allReduceMatrix[int32](algo))
+			t.Run("uint32", allReduceMatrix[uint32](algo))
+			t.Run("int64", allReduceMatrix[int64](algo))
+			t.Run("uint64", allReduceMatrix[uint64](algo))
+			t.Run("float32", allReduceMatrix[float32](algo))
+			t.Run("float64", allReduceMatrix[float64](algo))
+		})
+	}
 }
 
-func allReduceMatrix[T collective.Elem](t *testing.T) {
+func allReduceMatrix[T collective.Elem](algo string) func(t *testing.T) {
+	return func(t *testing.T) { allReduceMatrixWith[T](t, algo) }
+}
+
+func allReduceMatrixWith[T collective.Elem](t *testing.T, algo string) {
 	for n := 1; n <= 8; n++ {
 		cfg := tinyPipeline
 		if n%2 == 0 {
 			cfg = collective.Config{} // default pipeline on every other size
 		}
+		cfg.Algorithm = algo
 		comms := local(t, n, cfg)
 		for _, op := range opsFor[T]() {
 			for _, count := range oddCounts(n) {
@@ -55,7 +64,11 @@ func allReduceMatrix[T collective.Elem](t *testing.T) {
 
 func TestAllReduceUpTo16Ranks(t *testing.T) {
 	for n := 9; n <= 16; n++ {
-		comms := local(t, n, tinyPipeline)
+		cfg := tinyPipeline
+		if n%2 == 1 {
+			cfg.Algorithm = "doubling"
+		}
+		comms := local(t, n, cfg)
 		for _, count := range []int{0, 1, n - 1, n + 3, 61, 1031} {
 			results := make([][]float32, n)
 			requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
@@ -187,10 +200,11 @@ func allGatherMatrix[T collective.Elem](t *testing.T) {
 }
 
 // TestReduceScatterThenAllGatherIsAllReduce: with n divisible by the world
-// size the chunks of both are the same, so the results are the same bits.
+// size the ring's chunks of both are the same, so the results are the same
+// bits (recursive doubling adds in another order: equal within rounding).
 func TestReduceScatterThenAllGatherIsAllReduce(t *testing.T) {
 	for _, n := range []int{2, 3, 4, 7} {
-		comms := local(t, n, collective.Config{})
+		comms := local(t, n, collective.Config{Algorithm: "ring"})
 		m := 10_007
 		rng := rand.New(rand.NewPCG(7, uint64(n)))
 		data := make([][]float32, n)
@@ -286,5 +300,33 @@ func TestManyCallsInSequence(t *testing.T) {
 	require.Len(t, st.Recent, 16)
 	for i, r := range st.Recent {
 		assert.Equal(t, st.Seq-uint64(15-i), r.Op)
+	}
+}
+
+func TestAlgorithmChoice(t *testing.T) {
+	_, err := collective.LocalConfig(2, collective.Config{Algorithm: "telepathy"})
+	require.ErrorIs(t, err, collective.ErrInvalid)
+	// Both algorithms give the same bits for a commutative integer op, and
+	// auto takes doubling for a small vector and the ring for a large one.
+	for _, count := range []int{3, 100_000} { // 24 B and 800 KB
+		results := map[string][]int64{}
+		for _, algo := range []string{"ring", "doubling", "auto"} {
+			comms := local(t, 5, collective.Config{Algorithm: algo})
+			bufs := make([][]int64, 5)
+			requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+				bufs[r] = inputs[int64](r, count, collective.Sum)
+				return collective.AllReduce(ctx, c, bufs[r], collective.Sum)
+			}))
+			requireIdentical(t, bufs)
+			results[algo] = bufs[0]
+			st := comms[0].Status()
+			want := "doubling"
+			if algo == "ring" || algo == "auto" && count*8 > 300<<10 {
+				want = "ring"
+			}
+			assert.Contains(t, st.Recent[0].Call, want, "algo %s count %d", algo, count)
+		}
+		assert.Equal(t, results["ring"], results["doubling"])
+		assert.Equal(t, results["ring"], results["auto"])
 	}
 }

@@ -3,6 +3,7 @@ package collective
 import (
 	"context"
 
+	"github.com/ringo-ml/ringo/internal/kernel"
 	"github.com/ringo-ml/ringo/ring"
 )
 
@@ -10,13 +11,16 @@ import (
 // every rank holds op(buf of rank 0, ..., buf of rank Size-1).
 func AllReduce[T Elem](ctx context.Context, c *Comm, buf []T, op Op) error {
 	red, err := reducer[T](op)
-	if err := c.begin(ctx, signature[T](kindAllReduce, op, len(buf), 0)); err != nil {
+	algo := c.allReduceAlgorithm(len(buf) * kernel.Size[T]())
+	sig := signature[T](kindAllReduce, op, len(buf), 0)
+	sig.Op |= uint8(algo) << 4
+	if err := c.begin(ctx, sig); err != nil {
 		return err
 	}
 	if err != nil {
 		return c.end(err)
 	}
-	return c.end(ring.AllReduce(c.ring, buf, red))
+	return c.end(allReduce(c, algo, buf, red))
 }
 
 // ReduceScatter reduces send element-wise across all ranks and leaves block

@@ -33,8 +33,12 @@ type Comm struct {
 	log        *slog.Logger
 
 	links []*transport.Link // by peer rank; nil at this rank
+	peers []ring.Link       // the same links as the algorithms see them
 	ring  *ring.Ring
-	fail  *transport.Failure
+	algo  algorithm // forced by Config.Algorithm, or algoAuto
+	// scratch backs the small algorithms' receive buffers (8-byte aligned).
+	scratch []uint64
+	fail    *transport.Failure
 
 	mu     sync.Mutex // held for the whole of a call: one operation at a time
 	seq    uint64
@@ -62,6 +66,7 @@ func newComm(rank, size int, streams []transport.Stream, cfg Config) *Comm {
 		slow:    time.NewTimer(time.Hour),
 		slowAt:  cfg.slowWarning(),
 	}
+	c.algo, _ = parseAlgorithm(cfg.Algorithm) // New and Local have checked it
 	c.timer.Stop()
 	c.slow.Stop()
 	linkOpt := transport.LinkOptions{Heartbeat: cfg.heartbeat(true), OnSlow: c.slowWait}
@@ -69,6 +74,12 @@ func newComm(rank, size int, streams []transport.Stream, cfg Config) *Comm {
 	for p, s := range streams {
 		if s != nil {
 			c.links[p] = transport.NewLinkWith(p, transport.NewConn(s), c.fail, c.log, linkOpt)
+		}
+	}
+	c.peers = make([]ring.Link, size)
+	for p, l := range c.links {
+		if l != nil {
+			c.peers[p] = l
 		}
 	}
 	var left, right ring.Link

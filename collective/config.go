@@ -47,6 +47,10 @@ type Config struct {
 	// Logger receives warnings (refused strangers, aborts); nil means slog.Default().
 	Logger *slog.Logger
 
+	// Algorithm forces the AllReduce algorithm: "ring", "doubling", or ""
+	// (or "auto") to choose by message size (RINGO_ALGO).
+	Algorithm string
+
 	// SegmentBytes, MinSegmentBytes and PipelineDepth tune the ring pipeline;
 	// zero means the defaults of package ring.
 	SegmentBytes    int

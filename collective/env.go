@@ -33,7 +33,7 @@ func Init(ctx context.Context) (*Comm, error) {
 //     serves it, so that rank 0 does not (Config.ExternalRendezvous);
 //   - RINGO_TOKEN, RINGO_JOB_ID (else TORCHELASTIC_RUN_ID or SLURM_JOB_ID),
 //     RINGO_TRANSPORT, RINGO_IFACE, RINGO_TIMEOUT (a Go duration such as
-//     "90s", or seconds), RINGO_HEARTBEAT (a duration), RINGO_DEBUG (any
+//     "90s", or seconds), RINGO_HEARTBEAT (a duration), RINGO_ALGO, RINGO_DEBUG (any
 //     value: debug logs on stderr).
 func ConfigFromEnv() (Config, error) {
 	return configFrom(os.Getenv)
@@ -113,6 +113,7 @@ func configFrom(getenv func(string) string) (Config, error) {
 		}
 		cfg.Timeout = d
 	}
+	cfg.Algorithm = getenv("RINGO_ALGO")
 	if h := getenv("RINGO_HEARTBEAT"); h != "" {
 		d, err := time.ParseDuration(h)
 		if err != nil {

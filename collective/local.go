@@ -17,6 +17,9 @@ func LocalConfig(n int, cfg Config) ([]*Comm, error) {
 	if n < 1 {
 		return nil, invalidf("Local needs at least one rank, got %d", n)
 	}
+	if _, err := parseAlgorithm(cfg.Algorithm); err != nil {
+		return nil, err
+	}
 	streams := make([][]transport.Stream, n)
 	for i := range streams {
 		streams[i] = make([]transport.Stream, n)

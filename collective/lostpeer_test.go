@@ -129,7 +129,7 @@ func TestStatusShowsCallsPeersAndTheCallInProgress(t *testing.T) {
 	assert.Equal(t, uint64(4), st.Seq)
 	assert.Empty(t, st.Running)
 	require.Len(t, st.Recent, 4)
-	assert.Equal(t, "AllReduce(float64, count=10, Sum)", st.Recent[0].Call)
+	assert.Equal(t, "AllReduce(float64, count=10, Sum, doubling)", st.Recent[0].Call)
 	assert.Equal(t, "Barrier()", st.Recent[3].Call)
 	require.Len(t, st.Peers, 2)
 	for _, p := range st.Peers {
@@ -147,8 +147,8 @@ func TestStatusShowsCallsPeersAndTheCallInProgress(t *testing.T) {
 		<-w.waiting
 	}
 	st = comms[0].Status()
-	assert.Equal(t, "AllReduce(float32, count=1000, Max)", st.Running)
-	assert.Contains(t, st.String(), "running AllReduce(float32, count=1000, Max)")
+	assert.Equal(t, "AllReduce(float32, count=1000, Max, doubling)", st.Running)
+	assert.Contains(t, st.String(), "running AllReduce(float32, count=1000, Max, doubling)")
 	cancel()
 	for range 2 {
 		require.ErrorIs(t, <-errs, collective.ErrAborted)
@@ -190,6 +190,6 @@ func TestSlowCallLogsWhichRankItWaitsFor(t *testing.T) {
 	logged := sink.buf.String()
 	sink.mu.Unlock()
 	assert.Contains(t, logged, "waiting_for_rank=1")
-	assert.Contains(t, logged, `call="AllReduce(int32, count=7, Sum)"`)
+	assert.Contains(t, logged, `call="AllReduce(int32, count=7, Sum, doubling)"`)
 	assert.Contains(t, logged, "op=1")
 }

@@ -23,6 +23,9 @@ func New(ctx context.Context, cfg Config) (*Comm, error) {
 	if cfg.Size < 1 || cfg.Rank < 0 || cfg.Rank >= cfg.Size {
 		return nil, invalidf("rank %d of world size %d", cfg.Rank, cfg.Size)
 	}
+	if _, err := parseAlgorithm(cfg.Algorithm); err != nil {
+		return nil, err
+	}
 	switch cfg.Transport {
 	case "", "tcp":
 	case "mem":

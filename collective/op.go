@@ -102,5 +102,8 @@ func describe(s transport.Signature) string {
 	case kindAllGather:
 		return fmt.Sprintf("AllGather(%v, count=%d)", dt, s.Count)
 	}
-	return fmt.Sprintf("%v(%v, count=%d, %v)", k, dt, s.Count, Op(s.Op))
+	if algo := algorithm(s.Op >> 4); algo != algoAuto {
+		return fmt.Sprintf("%v(%v, count=%d, %v, %v)", k, dt, s.Count, Op(s.Op&0xf), algo)
+	}
+	return fmt.Sprintf("%v(%v, count=%d, %v)", k, dt, s.Count, Op(s.Op&0xf))
 }

@@ -1,0 +1,107 @@
+package collective
+
+import (
+	"fmt"
+	"unsafe"
+
+	"github.com/ringo-ml/ringo/doubling"
+	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/ring"
+)
+
+// algorithm names how a collective moves its data. It travels in the high
+// nibble of the signature's op byte, so ranks that chose differently (a
+// RINGO_ALGO set on some ranks only) fail with an error naming both.
+type algorithm uint8
+
+const (
+	algoAuto algorithm = iota
+	algoRing
+	algoDoubling
+)
+
+var algoNames = [...]string{"auto", "ring", "doubling"}
+
+func (a algorithm) String() string {
+	if int(a) < len(algoNames) {
+		return algoNames[a]
+	}
+	return fmt.Sprintf("algorithm(%d)", uint8(a))
+}
+
+func parseAlgorithm(s string) (algorithm, error) {
+	switch s {
+	case "", "auto":
+		return algoAuto, nil
+	case "ring":
+		return algoRing, nil
+	case "doubling", "recursive-doubling":
+		return algoDoubling, nil
+	}
+	return algoAuto, invalidf("unknown algorithm %q (want ring, doubling or auto)", s)
+}
+
+// doublingMaxBytes is the largest AllReduce that goes by recursive doubling
+// when the algorithm is chosen by size, for up to 4 ranks. Measured on the
+// 2-CPU development machine (2026-11-23), median us per call of
+//
+//	RINGO_ALGO=ring|doubling ringrun -np N -x RINGO_ALGO -- examples/allreduce -sizes ...
+//
+//	N=2   4 B   16 KiB  256 KiB  512 KiB  1 MiB  2 MiB
+//	ring  41    89      326-436  475      1143   1814
+//	dbl   55    52      161-183  357      1326   1989
+//	N=4   4 B   16 KiB  256 KiB  512 KiB  1 MiB  2 MiB
+//	ring  348   674     1969-2983 3065    3209   10200
+//	dbl   266   310     870-1302  1510    4270   8041
+//
+// Doubling moves log2(N)/(2(N-1)/N) times the ring's bytes, so for more
+// ranks the threshold shrinks with log2(N) (not measured: this machine has 2
+// CPUs, and 8 ranks on it measure the scheduler more than the algorithm).
+const doublingMaxBytes = 512 << 10
+
+// allReduceAlgorithm picks the algorithm for a vector of the given size.
+func (c *Comm) allReduceAlgorithm(bytes int) algorithm {
+	switch {
+	case c.size == 1:
+		return algoRing
+	case c.algo != algoAuto:
+		return c.algo
+	}
+	limit := doublingMaxBytes
+	if rounds := bitsLen(c.size - 1); rounds > 2 {
+		limit = limit * 2 / rounds
+	}
+	if bytes <= limit {
+		return algoDoubling
+	}
+	return algoRing
+}
+
+// bitsLen is ceil(log2(n+1)): the rounds of recursive doubling for n+1 ranks.
+func bitsLen(n int) int {
+	b := 0
+	for ; n > 0; n >>= 1 {
+		b++
+	}
+	return b
+}
+
+// allReduce runs the chosen algorithm (begin has been called).
+func allReduce[T Elem](c *Comm, algo algorithm, buf []T, red ring.Reducer[T]) error {
+	if algo != algoDoubling {
+		return ring.AllReduce(c.ring, buf, red)
+	}
+	return doubling.AllReduce(c.rank, c.size, c.peers, buf, scratchOf[T](c, len(buf)), red)
+}
+
+// scratchOf returns scratch space for n elements of T, grown (once) as needed.
+func scratchOf[T Elem](c *Comm, n int) []T {
+	bytes := n * kernel.Size[T]()
+	if len(c.scratch)*8 < bytes {
+		c.scratch = make([]uint64, (bytes+7)/8)
+	}
+	if n == 0 {
+		return nil
+	}
+	return unsafe.Slice((*T)(unsafe.Pointer(&c.scratch[0])), n)
+}
