@@ -119,7 +119,7 @@ func (c *Comm) dissemination() error {
 // exactly block rank of it (the MPI_IN_PLACE convention); any other overlap
 // would corrupt the result.
 func checkAlias[T Elem](full, block []T, rank int, call, blockName, fullName string) error {
-	if len(full) == 0 || len(block) == 0 || !overlap(full, block) {
+	if !kernel.Overlap(full, block) {
 		return nil
 	}
 	m := len(block)

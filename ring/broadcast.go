@@ -1,10 +1,6 @@
 package ring
 
-import (
-	"unsafe"
-
-	"github.com/ringo-ml/ringo/internal/kernel"
-)
+import "github.com/ringo-ml/ringo/internal/kernel"
 
 // Broadcast copies root's buf to every rank along the ring: root sends to
 // root+1, which forwards to root+2, and so on, piece by piece so that every
@@ -75,5 +71,3 @@ func Broadcast[T kernel.Elem](r *Ring, buf []T, root int, ackFrom, ackTo Link) e
 	}
 	return r.right.Flush(last)
 }
-
-func uintptrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }

@@ -98,7 +98,7 @@ func run[T kernel.Elem](r *Ring, sched schedule, own, out []T, red Reducer[T]) e
 	r.scratch()
 	// Only an in-place allreduce receives into a region it sent from at step
 	// 0 (chunk rank-1); a pure allgather never receives into its own block.
-	guarded := s.rs && s.ag && overlaps(own, out)
+	guarded := s.rs && s.ag && kernel.Overlap(own, out)
 	x := runner[T]{r: r, s: sched, own: own, out: out, red: red, guarded: guarded}
 	for i := range r.tickets {
 		r.tickets[i] = 0
@@ -272,14 +272,4 @@ func (r *Ring) exchangeEmpty() error {
 		return err
 	}
 	return r.right.Flush(t)
-}
-
-func overlaps[T kernel.Elem](a, b []T) bool {
-	if len(a) == 0 || len(b) == 0 {
-		return false
-	}
-	ab, bb := kernel.Bytes(a), kernel.Bytes(b)
-	a0, a1 := uintptrOf(ab), uintptrOf(ab)+uintptr(len(ab))
-	b0, b1 := uintptrOf(bb), uintptrOf(bb)+uintptr(len(bb))
-	return a0 < b1 && b0 < a1
 }

@@ -125,6 +125,16 @@ func Bytes[T Elem](s []T) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(s))), len(s)*Size[T]())
 }
 
+// Overlap reports whether a and b share any memory.
+func Overlap[T Elem](a, b []T) bool {
+	if len(a) == 0 || len(b) == 0 {
+		return false
+	}
+	a0 := uintptr(unsafe.Pointer(unsafe.SliceData(a)))
+	b0 := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	return a0 < b0+uintptr(len(b)*Size[T]()) && b0 < a0+uintptr(len(a)*Size[T]())
+}
+
 // FromBytes views b as a []T. b must be aligned for T and a multiple of its size.
 func FromBytes[T Elem](b []byte) []T {
 	n := len(b) / Size[T]()
