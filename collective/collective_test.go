@@ -330,3 +330,22 @@ func TestAlgorithmChoice(t *testing.T) {
 		assert.Equal(t, results["ring"], results["auto"])
 	}
 }
+
+// A forced recursive doubling of a vector larger than one frame goes in
+// pieces.
+func TestDoublingOfALargeVector(t *testing.T) {
+	if testing.Short() {
+		t.Skip("moves 3 x 24 MB")
+	}
+	comms := local(t, 3, collective.Config{Algorithm: "doubling"})
+	const count = 3<<20 + 11 // 12 MiB of int32 and a tail: 3 full pieces and a short one
+	bufs := make([][]int32, 3)
+	requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+		bufs[r] = inputs[int32](r, count, collective.Max)
+		return collective.AllReduce(ctx, c, bufs[r], collective.Max)
+	}))
+	for i := 0; i < count; i += 997 {
+		require.Equal(t, reference[int32](3, i, collective.Max), bufs[2][i], "i=%d", i)
+	}
+	requireIdentical(t, bufs)
+}
