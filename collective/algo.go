@@ -95,13 +95,16 @@ func allReduce[T Elem](c *Comm, algo algorithm, buf []T, red ring.Reducer[T]) er
 }
 
 // scratchOf returns scratch space for n elements of T, grown (once) as needed.
-func scratchOf[T Elem](c *Comm, n int) []T {
+func scratchOf[T Elem](c *Comm, n int) []T { return grow[T](&c.scratch, n) }
+
+// grow returns *buf as n elements of T, growing it first if it is short.
+func grow[T Elem](buf *[]uint64, n int) []T {
 	bytes := n * kernel.Size[T]()
-	if len(c.scratch)*8 < bytes {
-		c.scratch = make([]uint64, (bytes+7)/8)
+	if len(*buf)*8 < bytes {
+		*buf = make([]uint64, (bytes+7)/8)
 	}
 	if n == 0 {
 		return nil
 	}
-	return unsafe.Slice((*T)(unsafe.Pointer(&c.scratch[0])), n)
+	return unsafe.Slice((*T)(unsafe.Pointer(&(*buf)[0])), n)
 }

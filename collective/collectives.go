@@ -67,8 +67,8 @@ func Broadcast[T Elem](ctx context.Context, c *Comm, buf []T, root int) error {
 	if err := c.begin(ctx, signature[T](kindBroadcast, 0, len(buf), root)); err != nil {
 		return err
 	}
-	if root < 0 || root >= c.size {
-		return c.end(invalidf("Broadcast root %d is not a rank of a communicator of %d", root, c.size))
+	if err := checkRoot(c, "Broadcast", root); err != nil {
+		return c.end(err)
 	}
 	lastRank := (root + c.size - 1) % c.size
 	var ackFrom, ackTo ring.Link

@@ -16,6 +16,11 @@ import (
 // Config.Timeout says otherwise.
 const DefaultTimeout = 5 * time.Minute
 
+// probeAfter is how long a receive waits before it tells the peer which call
+// it is in: long enough that a normal call never probes on a quiet link,
+// short enough that two ranks both waiting in different calls find out fast.
+const probeAfter = 100 * time.Millisecond
+
 // closeGrace is how long Close waits for its goodbye to be written.
 const closeGrace = 2 * time.Second
 
@@ -36,9 +41,10 @@ type Comm struct {
 	peers []ring.Link       // the same links as the algorithms see them
 	ring  *ring.Ring
 	algo  algorithm // forced by Config.Algorithm, or algoAuto
-	// scratch backs the small algorithms' receive buffers (8-byte aligned).
-	scratch []uint64
-	fail    *transport.Failure
+	// scratch backs the small algorithms' receive buffers, work the copy a
+	// Reduce reduces (8-byte aligned, grown once as needed).
+	scratch, work []uint64
+	fail          *transport.Failure
 
 	mu     sync.Mutex // held for the whole of a call: one operation at a time
 	seq    uint64
@@ -69,7 +75,7 @@ func newComm(rank, size int, streams []transport.Stream, cfg Config) *Comm {
 	c.algo, _ = parseAlgorithm(cfg.Algorithm) // New and Local have checked it
 	c.timer.Stop()
 	c.slow.Stop()
-	linkOpt := transport.LinkOptions{Heartbeat: cfg.heartbeat(true), OnSlow: c.slowWait}
+	linkOpt := transport.LinkOptions{Heartbeat: cfg.heartbeat(true), OnSlow: c.slowWait, ProbeAfter: probeAfter}
 	c.fail = transport.NewFailure(c.onFail)
 	for p, s := range streams {
 		if s != nil {

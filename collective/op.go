@@ -75,9 +75,13 @@ const (
 	kindAllGather
 	kindBroadcast
 	kindBarrier
+	kindReduce
+	kindGather
+	kindScatter
+	kindAllToAll
 )
 
-var kindNames = [...]string{"?", "AllReduce", "ReduceScatter", "AllGather", "Broadcast", "Barrier"}
+var kindNames = [...]string{"?", "AllReduce", "ReduceScatter", "AllGather", "Broadcast", "Barrier", "Reduce", "Gather", "Scatter", "AllToAll"}
 
 func (k kind) String() string {
 	if int(k) < len(kindNames) {
@@ -99,8 +103,12 @@ func describe(s transport.Signature) string {
 		return "Barrier()"
 	case kindBroadcast:
 		return fmt.Sprintf("Broadcast(%v, count=%d, root=%d)", dt, s.Count, s.Root)
-	case kindAllGather:
-		return fmt.Sprintf("AllGather(%v, count=%d)", dt, s.Count)
+	case kindAllGather, kindAllToAll:
+		return fmt.Sprintf("%v(%v, count=%d)", k, dt, s.Count)
+	case kindGather, kindScatter:
+		return fmt.Sprintf("%v(%v, count=%d, root=%d)", k, dt, s.Count, s.Root)
+	case kindReduce:
+		return fmt.Sprintf("Reduce(%v, count=%d, %v, root=%d)", dt, s.Count, Op(s.Op&0xf), s.Root)
 	}
 	if algo := algorithm(s.Op >> 4); algo != algoAuto {
 		return fmt.Sprintf("%v(%v, count=%d, %v, %v)", k, dt, s.Count, Op(s.Op&0xf), algo)

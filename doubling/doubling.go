@@ -18,6 +18,7 @@ package doubling
 
 import (
 	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/internal/xfer"
 	"github.com/ringo-ml/ringo/ring"
 )
 
@@ -44,12 +45,12 @@ func AllReduce[T kernel.Elem](rank, size int, links []ring.Link, buf, scratch []
 	if rank < 2*rem {
 		if rank%2 == 0 {
 			// Folded out: hand the vector over, get the result back.
-			if err := send(links[rank+1], buf); err != nil {
+			if err := xfer.Send(links[rank+1], buf); err != nil {
 				return err
 			}
-			return recv(links[rank+1], buf)
+			return xfer.Recv(links[rank+1], buf)
 		}
-		if err := recv(links[rank-1], scratch); err != nil {
+		if err := xfer.Recv(links[rank-1], scratch); err != nil {
 			return err
 		}
 		red.Kernel.ReduceTo(buf, scratch, buf) // the lower rank's value first
@@ -58,7 +59,7 @@ func AllReduce[T kernel.Elem](rank, size int, links []ring.Link, buf, scratch []
 
 	for mask := 1; mask < p2; mask <<= 1 {
 		partner := real(vrank ^ mask)
-		if err := exchange(links[partner], buf, scratch); err != nil {
+		if err := xfer.Exchange(links[partner], buf, scratch); err != nil {
 			return err
 		}
 		if partner < rank {
@@ -71,59 +72,7 @@ func AllReduce[T kernel.Elem](rank, size int, links []ring.Link, buf, scratch []
 		red.Div(buf, size)
 	}
 	if rank < 2*rem {
-		return send(links[rank-1], buf)
+		return xfer.Send(links[rank-1], buf)
 	}
 	return nil
-}
-
-// maxPiece bounds one frame: the algorithm is meant for small vectors, but a
-// forced one of any size still goes, in pieces.
-const maxPiece = 4 << 20
-
-// pieces calls f on successive pieces of b of at most maxPiece bytes (one
-// empty piece for an empty b, so that the peers still exchange a frame).
-func pieces[T kernel.Elem](b []T, f func(lo, hi int) error) error {
-	step := max(1, maxPiece/kernel.Size[T]())
-	for lo := 0; lo == 0 || lo < len(b); lo += step {
-		if err := f(lo, min(len(b), lo+step)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// exchange sends buf to the peer and receives the peer's vector into in.
-func exchange[T kernel.Elem](l ring.Link, buf, in []T) error {
-	return pieces(buf, func(lo, hi int) error {
-		if err := l.Post(kernel.Bytes(in[lo:hi])); err != nil {
-			return err
-		}
-		t, err := l.Send(kernel.Bytes(buf[lo:hi]))
-		if err != nil {
-			return err
-		}
-		if err := l.Wait(); err != nil {
-			return err
-		}
-		return l.Flush(t) // buf is on the wire until then
-	})
-}
-
-func send[T kernel.Elem](l ring.Link, buf []T) error {
-	return pieces(buf, func(lo, hi int) error {
-		t, err := l.Send(kernel.Bytes(buf[lo:hi]))
-		if err != nil {
-			return err
-		}
-		return l.Flush(t)
-	})
-}
-
-func recv[T kernel.Elem](l ring.Link, buf []T) error {
-	return pieces(buf, func(lo, hi int) error {
-		if err := l.Post(kernel.Bytes(buf[lo:hi])); err != nil {
-			return err
-		}
-		return l.Wait()
-	})
 }

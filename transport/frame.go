@@ -34,7 +34,11 @@ const (
 	// Heartbeat says the sender is alive; a link sends one when it has sent
 	// nothing else for a while.
 	Heartbeat
-	maxFrameType = Heartbeat
+	// Probe names the operation its sender is waiting in (Seq and Sig), so
+	// that a peer running another call at the same number finds the
+	// mismatch even when neither of them sends data (both only receive).
+	Probe
+	maxFrameType = Probe
 )
 
 func (t FrameType) String() string {
@@ -47,6 +51,8 @@ func (t FrameType) String() string {
 		return "bye"
 	case Heartbeat:
 		return "heartbeat"
+	case Probe:
+		return "probe"
 	}
 	return fmt.Sprintf("frame(%d)", uint8(t))
 }

@@ -56,6 +56,8 @@ type Link struct {
 	readerDone chan struct{}
 	senderDone chan struct{}
 	beat       *time.Timer // the sender's heartbeat timer
+	probe      *time.Timer // owned by the waiting goroutine
+	probed     bool        // a probe went out during this operation
 	closing    atomic.Bool
 	peerBye    atomic.Bool
 
@@ -84,6 +86,9 @@ type LinkOptions struct {
 	// OnSlow is called on the waiting goroutine when a wait outlives the
 	// slow channel given to BeginOp; what says "receive" or "send".
 	OnSlow func(peer int, what string)
+	// ProbeAfter is how long a receive waits before it sends the peer a
+	// probe naming the current operation (zero: never).
+	ProbeAfter time.Duration
 }
 
 type outFrame struct {
@@ -157,6 +162,7 @@ func (l *Link) BeginOp(ctx context.Context, hdr Header, expire, slow <-chan time
 	l.hdr = hdr
 	l.sendIndex, l.recvIndex = 0, 0
 	l.ctx, l.expire, l.slow = ctx, expire, slow
+	l.probed = false
 	l.curMu.Lock()
 	l.cur = hdr
 	l.curMu.Unlock()
@@ -254,10 +260,24 @@ func (l *Link) Wait() error {
 		return nil
 	default:
 	}
+	var probe <-chan time.Time
+	if l.opt.ProbeAfter > 0 && !l.probed {
+		if l.probe == nil {
+			l.probe = time.NewTimer(l.opt.ProbeAfter)
+		} else {
+			l.probe.Reset(l.opt.ProbeAfter)
+		}
+		defer l.probe.Stop()
+		probe = l.probe.C
+	}
 	for {
 		select {
 		case <-l.recvd:
 			return nil
+		case <-probe:
+			probe = nil
+			l.sendProbe()
+			continue
 		case <-l.slow:
 			l.slowed("receive")
 			continue
@@ -275,6 +295,18 @@ func (l *Link) Wait() error {
 		case <-l.expire:
 			return ErrTimeout
 		}
+	}
+}
+
+// sendProbe queues a probe naming the current operation, unless the queue is
+// full (then frames are flowing and will do the checking).
+func (l *Link) sendProbe() {
+	l.probed = true
+	h := l.hdr
+	h.Type = Probe
+	select {
+	case l.sendq <- outFrame{hdr: h}:
+	default:
 	}
 }
 
@@ -413,8 +445,12 @@ func (l *Link) write(f *outFrame) bool {
 		}
 		return false
 	}
-	if f.hdr.Type == Bye {
+	switch f.hdr.Type {
+	case Bye:
 		return false
+	case Data: // only data frames have tickets
+	default:
+		return true
 	}
 	l.sent.Add(1)
 	select {
@@ -439,6 +475,18 @@ func (l *Link) reader() {
 		l.lastHeard.Store(time.Now().UnixNano())
 		switch h.Type {
 		case Heartbeat:
+			continue
+		case Probe:
+			// The peer waits in operation h.Seq: at the same number, this
+			// rank must be running the same call. (An older number proves
+			// nothing: the frames it waits for may still be on their way.)
+			l.curMu.Lock()
+			cur := l.cur
+			l.curMu.Unlock()
+			if h.Seq == cur.Seq && (h.Sig != cur.Sig || h.Comm != cur.Comm) {
+				l.die(&MismatchError{Peer: l.peer, Got: h, Want: cur}, true)
+				return
+			}
 			continue
 		case Data:
 			l.payloadMu.Lock() // released once the payload is in (or refused)

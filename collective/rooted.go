@@ -1,0 +1,110 @@
+package collective
+
+import (
+	"context"
+
+	"github.com/ringo-ml/ringo/direct"
+	"github.com/ringo-ml/ringo/internal/kernel"
+)
+
+// Reduce reduces send element-wise across all ranks into recv at root
+// (len(recv) = len(send) there; recv is not used on other ranks and may be
+// nil). send is never modified.
+//
+// It runs the AllReduce algorithm on a copy, so it moves about twice the
+// bytes a reduce-scatter + gather would; every rank still gets its error.
+func Reduce[T Elem](ctx context.Context, c *Comm, send, recv []T, op Op, root int) error {
+	red, err := reducer[T](op)
+	algo := c.allReduceAlgorithm(len(send) * kernel.Size[T]())
+	sig := signature[T](kindReduce, op, len(send), root)
+	sig.Op |= uint8(algo) << 4
+	if err := c.begin(ctx, sig); err != nil {
+		return err
+	}
+	if err == nil {
+		err = checkRoot(c, "Reduce", root)
+	}
+	if err == nil && c.rank == root && len(recv) != len(send) {
+		err = invalidf("Reduce at the root needs len(recv) = len(send) = %d, got %d", len(send), len(recv))
+	}
+	if err != nil {
+		return c.end(err)
+	}
+	work := grow[T](&c.work, len(send))
+	copy(work, send)
+	if err := allReduce(c, algo, work, red); err != nil {
+		return c.end(err)
+	}
+	if c.rank == root {
+		copy(recv, work)
+	}
+	return c.end(nil)
+}
+
+// Gather concatenates every rank's send, in rank order, into recv at root:
+// len(recv) = Size·len(send) there; recv is not used on other ranks.
+func Gather[T Elem](ctx context.Context, c *Comm, send, recv []T, root int) error {
+	if err := c.begin(ctx, signature[T](kindGather, 0, len(send), root)); err != nil {
+		return err
+	}
+	err := checkRoot(c, "Gather", root)
+	if err == nil && c.rank == root {
+		if len(recv) != c.size*len(send) {
+			err = invalidf("Gather at the root needs len(recv) = Size·len(send) = %d·%d, got %d", c.size, len(send), len(recv))
+		} else {
+			err = checkAlias(recv, send, c.rank, "Gather", "send", "recv")
+		}
+	}
+	if err != nil {
+		return c.end(err)
+	}
+	return c.end(direct.Gather(c.rank, c.size, root, c.peers, send, recv))
+}
+
+// Scatter sends block p of root's send (Size blocks of len(recv)) to rank p's
+// recv; send is not used on other ranks.
+func Scatter[T Elem](ctx context.Context, c *Comm, send, recv []T, root int) error {
+	if err := c.begin(ctx, signature[T](kindScatter, 0, len(recv), root)); err != nil {
+		return err
+	}
+	err := checkRoot(c, "Scatter", root)
+	if err == nil && c.rank == root {
+		if len(send) != c.size*len(recv) {
+			err = invalidf("Scatter at the root needs len(send) = Size·len(recv) = %d·%d, got %d", c.size, len(recv), len(send))
+		} else {
+			err = checkAlias(send, recv, c.rank, "Scatter", "recv", "send")
+		}
+	}
+	if err != nil {
+		return c.end(err)
+	}
+	return c.end(direct.Scatter(c.rank, c.size, root, c.peers, send, recv))
+}
+
+// AllToAll sends block p of send to rank p, which receives it as block Rank
+// of its recv: send and recv hold Size blocks each, of the same length, and
+// must not overlap.
+func AllToAll[T Elem](ctx context.Context, c *Comm, send, recv []T) error {
+	m := len(send) / c.size
+	if err := c.begin(ctx, signature[T](kindAllToAll, 0, m, 0)); err != nil {
+		return err
+	}
+	var err error
+	switch {
+	case len(send) != c.size*m || len(recv) != len(send):
+		err = invalidf("AllToAll needs len(send) = len(recv) = Size·block, got %d and %d for %d ranks", len(send), len(recv), c.size)
+	case kernel.Overlap(send, recv):
+		err = invalidf("AllToAll: send and recv overlap")
+	}
+	if err != nil {
+		return c.end(err)
+	}
+	return c.end(direct.AllToAll(c.rank, c.size, c.peers, send, recv))
+}
+
+func checkRoot(c *Comm, call string, root int) error {
+	if root < 0 || root >= c.size {
+		return invalidf("%s root %d is not a rank of a communicator of %d", call, root, c.size)
+	}
+	return nil
+}

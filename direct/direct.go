@@ -1,0 +1,81 @@
+// Package direct holds the collectives whose every block goes straight to
+// the rank that wants it: gather and scatter (every rank to or from the
+// root) and all-to-all (pairwise exchange: in round k each rank sends to
+// rank+k and receives from rank-k, so every link carries one block each way
+// and no rank is a hot spot).
+package direct
+
+import (
+	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/internal/xfer"
+	"github.com/ringo-ml/ringo/ring"
+)
+
+// Gather concatenates every rank's send, in rank order, into recv at root
+// (size blocks of len(send)); recv is not used elsewhere. The root receives
+// from every rank at once when blocks fit a frame.
+func Gather[T kernel.Elem](rank, size, root int, links []ring.Link, send, recv []T) error {
+	m := len(send)
+	if rank != root {
+		return xfer.Send(links[root], send)
+	}
+	copy(recv[root*m:(root+1)*m], send)
+	if m*kernel.Size[T]() > xfer.MaxPiece {
+		for p := range size {
+			if p != root {
+				if err := xfer.Recv(links[p], recv[p*m:(p+1)*m]); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	for p := range size {
+		if p != root {
+			if err := links[p].Post(kernel.Bytes(recv[p*m : (p+1)*m])); err != nil {
+				return err
+			}
+		}
+	}
+	for p := range size {
+		if p != root {
+			if err := links[p].Wait(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Scatter sends block p of root's send (size blocks of len(recv)) to rank p's
+// recv; send is not used elsewhere.
+func Scatter[T kernel.Elem](rank, size, root int, links []ring.Link, send, recv []T) error {
+	m := len(recv)
+	if rank != root {
+		return xfer.Recv(links[root], recv)
+	}
+	copy(recv, send[root*m:(root+1)*m])
+	for p := range size {
+		if p != root {
+			if err := xfer.Send(links[p], send[p*m:(p+1)*m]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// AllToAll sends block p of send to rank p, which puts it in block rank of
+// its recv. send and recv hold size blocks of the same length and must not
+// overlap.
+func AllToAll[T kernel.Elem](rank, size int, links []ring.Link, send, recv []T) error {
+	m := len(send) / size
+	copy(recv[rank*m:(rank+1)*m], send[rank*m:(rank+1)*m])
+	for k := 1; k < size; k++ {
+		to, from := (rank+k)%size, (rank-k+size)%size
+		if err := xfer.SendRecv(links[to], send[to*m:(to+1)*m], links[from], recv[from*m:(from+1)*m]); err != nil {
+			return err
+		}
+	}
+	return nil
+}

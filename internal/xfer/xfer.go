@@ -1,0 +1,70 @@
+// Package xfer moves whole vectors over a link, in pieces no larger than a
+// frame may be, for the algorithms that send a vector (or a block) as one
+// message: recursive doubling, gather, scatter, all-to-all.
+package xfer
+
+import (
+	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/ring"
+)
+
+// MaxPiece bounds one frame.
+const MaxPiece = 4 << 20
+
+// pieces calls f on successive pieces of b of at most MaxPiece bytes (one
+// empty piece for an empty b, so that the peers still exchange a frame and
+// check they agree).
+func pieces[T kernel.Elem](b []T, f func(lo, hi int) error) error {
+	step := max(1, MaxPiece/kernel.Size[T]())
+	for lo := 0; lo == 0 || lo < len(b); lo += step {
+		if err := f(lo, min(len(b), lo+step)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Exchange sends out to the peer and receives the peer's vector into in
+// (len(in) == len(out)).
+func Exchange[T kernel.Elem](l ring.Link, out, in []T) error {
+	return SendRecv(l, out, l, in)
+}
+
+// SendRecv sends out on to and at the same time receives in on from
+// (len(in) == len(out)); to and from may be the same link.
+func SendRecv[T kernel.Elem](to ring.Link, out []T, from ring.Link, in []T) error {
+	return pieces(out, func(lo, hi int) error {
+		if err := from.Post(kernel.Bytes(in[lo:hi])); err != nil {
+			return err
+		}
+		t, err := to.Send(kernel.Bytes(out[lo:hi]))
+		if err != nil {
+			return err
+		}
+		if err := from.Wait(); err != nil {
+			return err
+		}
+		return to.Flush(t) // out is on the wire until then
+	})
+}
+
+// Send sends buf to the peer and waits until it is written.
+func Send[T kernel.Elem](l ring.Link, buf []T) error {
+	return pieces(buf, func(lo, hi int) error {
+		t, err := l.Send(kernel.Bytes(buf[lo:hi]))
+		if err != nil {
+			return err
+		}
+		return l.Flush(t)
+	})
+}
+
+// Recv receives the peer's vector into buf.
+func Recv[T kernel.Elem](l ring.Link, buf []T) error {
+	return pieces(buf, func(lo, hi int) error {
+		if err := l.Post(kernel.Bytes(buf[lo:hi])); err != nil {
+			return err
+		}
+		return l.Wait()
+	})
+}
