@@ -315,3 +315,20 @@ func TestTCPStrangerMidJobLeavesTheJobAlone(t *testing.T) {
 		require.NoError(t, c.Err())
 	}
 }
+
+func TestLocalNetwork(t *testing.T) {
+	_, err := collective.LocalNetwork(ctx, 0, collective.Config{})
+	require.ErrorIs(t, err, collective.ErrInvalid)
+	comms, err := collective.LocalNetwork(ctx, 3, collective.Config{Token: "t", Timeout: testTimeout})
+	require.NoError(t, err)
+	t.Cleanup(func() { closeAll(comms) })
+	results := make([][]float64, 3)
+	requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+		require.Equal(t, r, c.Rank())
+		results[r] = inputs[float64](r, 5000, collective.Sum)
+		return collective.AllReduce(ctx, c, results[r], collective.Sum)
+	}))
+	for i := range 5000 {
+		require.Equal(t, reference[float64](3, i, collective.Sum), results[0][i])
+	}
+}

@@ -16,7 +16,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -66,7 +65,7 @@ func runLocal(n int, transport string, sizes []int, budget time.Duration) error 
 	case "mem":
 		comms, err = collective.Local(n)
 	case "tcp":
-		comms, err = formTCP(ctx, n)
+		comms, err = collective.LocalNetwork(ctx, n, collective.Config{Token: "demo"})
 	default:
 		err = fmt.Errorf("unknown transport %q", transport)
 	}
@@ -90,27 +89,6 @@ func runLocal(n int, transport string, sizes []int, budget time.Duration) error 
 	}
 	wg.Wait()
 	return errors.Join(errs...)
-}
-
-func formTCP(ctx context.Context, n int) ([]*collective.Comm, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	comms := make([]*collective.Comm, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for r := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			comms[r], errs[r] = collective.New(ctx, collective.Config{Rank: r, Size: n, Addr: addr, Token: "demo"})
-		}()
-	}
-	wg.Wait()
-	return comms, errors.Join(errs...)
 }
 
 // sweep runs every size on this rank; rank 0 prints. Every rank times the
