@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ringo-ml/ringo/ring"
@@ -46,13 +47,13 @@ type Comm struct {
 	scratch, work []uint64
 	fail          *transport.Failure
 
-	mu     sync.Mutex // held for the whole of a call: one operation at a time
+	turn   turnstile // one call at a time, in the order they were issued
+	closed atomic.Bool
 	seq    uint64
 	cur    transport.Signature
 	timer  *time.Timer
 	slow   *time.Timer // fires SlowWarning into a call: "who is missing"
 	slowAt time.Duration
-	closed bool
 	rec    recorder
 
 	closeOnce  sync.Once
@@ -126,11 +127,14 @@ func (c *Comm) Abort(cause error) {
 // on another goroutine is aborted. Close is idempotent and returns nil.
 func (c *Comm) Close() error {
 	c.closeOnce.Do(func() {
-		if !c.mu.TryLock() {
+		if c.turn.busy() {
 			c.fail.Fail(fmt.Errorf("%w: rank %d closed the communicator during a call", ErrClosed, c.rank))
-			c.mu.Lock()
 		}
-		c.closed = true
+		c.closed.Store(true)
+		// Our turn comes once every call issued before has returned (at
+		// once: they see the communicator closed or aborted).
+		c.turn.wait(c.turn.take())
+		defer c.turn.pass()
 		graceful := c.fail.Err() == nil
 		c.abortMu.Lock()
 		if c.abortClose != nil {
@@ -148,7 +152,6 @@ func (c *Comm) Close() error {
 			}
 		}
 		wg.Wait()
-		c.mu.Unlock()
 	})
 	return nil
 }
@@ -156,18 +159,18 @@ func (c *Comm) Close() error {
 // begin starts an operation: it takes the communicator, numbers the
 // operation and arms its links with its header, context and deadline.
 func (c *Comm) begin(ctx context.Context, sig transport.Signature) error {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+	c.turn.wait(ticketOf(ctx, c))
+	if c.closed.Load() {
+		c.turn.pass()
 		return fmt.Errorf("ringo: %s on rank %d: %w", describe(sig), c.rank, ErrClosed)
 	}
 	if err := c.Err(); err != nil {
-		c.mu.Unlock()
+		c.turn.pass()
 		return fmt.Errorf("ringo: %s on rank %d: %w", describe(sig), c.rank, err)
 	}
 	if err := ctx.Err(); err != nil {
 		// Nothing was sent: the call is simply not made.
-		c.mu.Unlock()
+		c.turn.pass()
 		return fmt.Errorf("ringo: %s on rank %d: %w", describe(sig), c.rank, context.Cause(ctx))
 	}
 	c.seq++
@@ -222,7 +225,7 @@ func (c *Comm) end(err error) error {
 			}
 		}
 	}
-	c.mu.Unlock()
+	c.turn.pass()
 	return err
 }
 

@@ -1,0 +1,147 @@
+package collective
+
+import (
+	"context"
+	"sync"
+)
+
+// turnstile runs calls one at a time in the order they were issued: a call
+// takes a ticket when it is made (in the caller's goroutine) and runs when
+// its number comes up. Sync calls take the ticket on entry; async calls take
+// it before they return their Work, so that
+//
+//	w := collective.AllReduceAsync(ctx, c, grads, collective.Sum)
+//	err := collective.Broadcast(ctx, c, params, 0) // runs after the AllReduce
+//
+// issues the same order on every rank whatever the goroutines' scheduling:
+// ranks that issue the same calls in the same order never deadlock.
+type turnstile struct {
+	mu      sync.Mutex
+	cond    sync.Cond
+	next    uint64 // the ticket the next call takes
+	serving uint64 // the ticket allowed to run
+	running bool   // the serving ticket has begun
+}
+
+func (ts *turnstile) take() uint64 {
+	ts.mu.Lock()
+	t := ts.next
+	ts.next++
+	ts.mu.Unlock()
+	return t
+}
+
+// wait blocks until ticket t may run.
+func (ts *turnstile) wait(t uint64) {
+	ts.mu.Lock()
+	if ts.cond.L == nil {
+		ts.cond.L = &ts.mu
+	}
+	for ts.serving != t {
+		ts.cond.Wait()
+	}
+	ts.running = true
+	ts.mu.Unlock()
+}
+
+// pass ends the running call's turn.
+func (ts *turnstile) pass() {
+	ts.mu.Lock()
+	ts.serving++
+	ts.running = false
+	if ts.cond.L != nil {
+		ts.cond.Broadcast()
+	}
+	ts.mu.Unlock()
+}
+
+// busy reports whether a call runs or waits.
+func (ts *turnstile) busy() bool {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return ts.running || ts.serving != ts.next
+}
+
+// ticketKey carries an async call's ticket to the call it runs.
+type ticketKey struct{}
+
+func ticketOf(ctx context.Context, c *Comm) uint64 {
+	if t, ok := ctx.Value(ticketKey{}).(uint64); ok {
+		return t
+	}
+	return c.turn.take()
+}
+
+// Work is a call in flight, made by one of the *Async functions.
+type Work struct {
+	done chan struct{}
+	err  error
+}
+
+// Wait waits for the call and returns its error.
+func (w *Work) Wait() error {
+	<-w.done
+	return w.err
+}
+
+// Done is closed when the call has finished.
+func (w *Work) Done() <-chan struct{} { return w.done }
+
+// async takes the next ticket now and runs call on its turn, on its own
+// goroutine (which ends with the call: every call is bounded by the
+// communicator's timeout and by its abort).
+func async(ctx context.Context, c *Comm, call func(ctx context.Context) error) *Work {
+	w := &Work{done: make(chan struct{})}
+	ctx = context.WithValue(ctx, ticketKey{}, c.turn.take())
+	go func() {
+		w.err = call(ctx)
+		close(w.done)
+	}()
+	return w
+}
+
+// AllReduceAsync is AllReduce, returning at once; buf must not be touched
+// until the Work is done.
+func AllReduceAsync[T Elem](ctx context.Context, c *Comm, buf []T, op Op) *Work {
+	return async(ctx, c, func(ctx context.Context) error { return AllReduce(ctx, c, buf, op) })
+}
+
+// ReduceScatterAsync is ReduceScatter, returning at once.
+func ReduceScatterAsync[T Elem](ctx context.Context, c *Comm, send, recv []T, op Op) *Work {
+	return async(ctx, c, func(ctx context.Context) error { return ReduceScatter(ctx, c, send, recv, op) })
+}
+
+// AllGatherAsync is AllGather, returning at once.
+func AllGatherAsync[T Elem](ctx context.Context, c *Comm, send, recv []T) *Work {
+	return async(ctx, c, func(ctx context.Context) error { return AllGather(ctx, c, send, recv) })
+}
+
+// BroadcastAsync is Broadcast, returning at once.
+func BroadcastAsync[T Elem](ctx context.Context, c *Comm, buf []T, root int) *Work {
+	return async(ctx, c, func(ctx context.Context) error { return Broadcast(ctx, c, buf, root) })
+}
+
+// ReduceAsync is Reduce, returning at once.
+func ReduceAsync[T Elem](ctx context.Context, c *Comm, send, recv []T, op Op, root int) *Work {
+	return async(ctx, c, func(ctx context.Context) error { return Reduce(ctx, c, send, recv, op, root) })
+}
+
+// GatherAsync is Gather, returning at once.
+func GatherAsync[T Elem](ctx context.Context, c *Comm, send, recv []T, root int) *Work {
+	return async(ctx, c, func(ctx context.Context) error { return Gather(ctx, c, send, recv, root) })
+}
+
+// ScatterAsync is Scatter, returning at once.
+func ScatterAsync[T Elem](ctx context.Context, c *Comm, send, recv []T, root int) *Work {
+	return async(ctx, c, func(ctx context.Context) error { return Scatter(ctx, c, send, recv, root) })
+}
+
+// AllToAllAsync is AllToAll, returning at once.
+func AllToAllAsync[T Elem](ctx context.Context, c *Comm, send, recv []T) *Work {
+	return async(ctx, c, func(ctx context.Context) error { return AllToAll(ctx, c, send, recv) })
+}
+
+// BarrierAsync is Barrier, returning at once.
+func BarrierAsync(ctx context.Context, c *Comm) *Work {
+	return async(ctx, c, func(ctx context.Context) error { return Barrier(ctx, c) })
+}
