@@ -25,8 +25,14 @@ type Config struct {
 	Token string
 	// JobID names the job; connections from other jobs are refused.
 	JobID string
-	// Transport is "tcp" (the default).
+	// Transport is "tcp" (the default) or "quic". QUIC always encrypts and
+	// authenticates with TLS 1.3 (see TLS for the certificates).
 	Transport string
+	// TLS wraps TCP links in TLS 1.3. Each rank makes an ephemeral
+	// self-signed certificate and publishes its fingerprint through the
+	// token-authenticated rendezvous; peers accept exactly the certificate
+	// the rank they connect to registered. QUIC does this whatever TLS says.
+	TLS bool
 	// Iface names the network interface whose address ranks advertise to
 	// each other. By default a rank advertises the address it reaches the
 	// rendezvous from.

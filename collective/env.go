@@ -32,9 +32,10 @@ func Init(ctx context.Context) (*Comm, error) {
 //     RINGO_RENDEZVOUS_EXTERNAL=1 (or true) when a launcher such as ringrun
 //     serves it, so that rank 0 does not (Config.ExternalRendezvous);
 //   - RINGO_TOKEN, RINGO_JOB_ID (else TORCHELASTIC_RUN_ID or SLURM_JOB_ID),
-//     RINGO_TRANSPORT, RINGO_IFACE, RINGO_TIMEOUT (a Go duration such as
-//     "90s", or seconds), RINGO_HEARTBEAT (a duration), RINGO_ALGO, RINGO_DEBUG (any
-//     value: debug logs on stderr).
+//     RINGO_TRANSPORT (tcp or quic), RINGO_TLS=1 (TLS over TCP),
+//     RINGO_IFACE, RINGO_TIMEOUT (a Go duration such as "90s", or seconds),
+//     RINGO_HEARTBEAT (a duration), RINGO_ALGO, RINGO_DEBUG (any value:
+//     debug logs on stderr).
 func ConfigFromEnv() (Config, error) {
 	return configFrom(os.Getenv)
 }
@@ -101,6 +102,13 @@ func configFrom(getenv func(string) string) (Config, error) {
 	cfg.Token = getenv("RINGO_TOKEN")
 	cfg.JobID = firstSet(getenv, "RINGO_JOB_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")
 	cfg.Transport = getenv("RINGO_TRANSPORT")
+	if v := getenv("RINGO_TLS"); v != "" {
+		on, err := strconv.ParseBool(v)
+		if err != nil {
+			return cfg, invalidf("RINGO_TLS=%q: want 1 or true (0 or false)", v)
+		}
+		cfg.TLS = on
+	}
 	cfg.Iface = getenv("RINGO_IFACE")
 	if t := getenv("RINGO_TIMEOUT"); t != "" {
 		d, err := time.ParseDuration(t)

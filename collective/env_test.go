@@ -45,6 +45,12 @@ func TestConfigFromEnvironment(t *testing.T) {
 			Config{Rank: 1, Size: 3, Addr: "h:4", ExternalRendezvous: true}},
 		{"rank 0 serves", envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "3", "RINGO_ADDR", "h:4", "RINGO_RENDEZVOUS_EXTERNAL", "0"),
 			Config{Rank: 0, Size: 3, Addr: "h:4"}},
+		{"quic", envOf("RINGO_RANK", "1", "RINGO_WORLD_SIZE", "2", "RINGO_ADDR", "h:5", "RINGO_TRANSPORT", "quic"),
+			Config{Rank: 1, Size: 2, Addr: "h:5", Transport: "quic"}},
+		{"tcp with TLS", envOf("RINGO_RANK", "1", "RINGO_WORLD_SIZE", "2", "RINGO_ADDR", "h:5", "RINGO_TLS", "1"),
+			Config{Rank: 1, Size: 2, Addr: "h:5", TLS: true}},
+		{"TLS off", envOf("RINGO_RANK", "1", "RINGO_WORLD_SIZE", "2", "RINGO_ADDR", "h:5", "RINGO_TLS", "false"),
+			Config{Rank: 1, Size: 2, Addr: "h:5"}},
 		{"ringo wins over torchrun", envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "1", "RANK", "3", "WORLD_SIZE", "4"),
 			Config{Rank: 0, Size: 1}},
 	}
@@ -67,6 +73,7 @@ func TestConfigFromEnvironmentErrors(t *testing.T) {
 		"bad timeout":     envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "1", "RINGO_TIMEOUT", "soon"),
 		"bad master port": envOf("RANK", "0", "WORLD_SIZE", "2", "MASTER_ADDR", "m", "MASTER_PORT", "x"),
 		"bad external":    envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "2", "RINGO_ADDR", "h:1", "RINGO_RENDEZVOUS_EXTERNAL", "launcher"),
+		"bad TLS":         envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "2", "RINGO_ADDR", "h:1", "RINGO_TLS", "yes please"),
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := configFrom(env)

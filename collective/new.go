@@ -27,11 +27,11 @@ func New(ctx context.Context, cfg Config) (*Comm, error) {
 		return nil, err
 	}
 	switch cfg.Transport {
-	case "", "tcp":
+	case "", "tcp", "quic":
 	case "mem":
 		return nil, invalidf(`transport "mem" connects ranks of one process: use Local`)
 	default:
-		return nil, invalidf("unknown transport %q (want tcp)", cfg.Transport)
+		return nil, invalidf("unknown transport %q (want tcp or quic)", cfg.Transport)
 	}
 	if cfg.Size == 1 {
 		return newComm(0, 1, make([]transport.Stream, 1), cfg), nil
@@ -62,32 +62,40 @@ func New(ctx context.Context, cfg Config) (*Comm, error) {
 		go func() { serveErr <- rendezvous.Serve(ctx, ln, id, log) }()
 	}
 
-	var peers net.Listener
+	nw, err := newNetwork(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("ringo: rank %d: %w", cfg.Rank, err)
+	}
+	var peers peerListener
 	defer func() {
 		if peers != nil {
-			_ = peers.Close()
+			_ = peers.close()
 		}
 	}()
-	addrs, err := rendezvous.Join(ctx, cfg.Addr, id, func(local net.Addr) (string, error) {
-		host, err := advertiseHost(cfg.Iface, local)
-		if err != nil {
-			return "", err
+	table, err := rendezvous.JoinWith(ctx, cfg.Addr, id, func(local net.Addr) (rendezvous.Entry, error) {
+		if peers == nil { // a retried join keeps the listener of the first attempt
+			host, err := advertiseHost(cfg.Iface, local)
+			if err != nil {
+				return rendezvous.Entry{}, err
+			}
+			if peers, err = nw.listen(ctx, host); err != nil {
+				return rendezvous.Entry{}, fmt.Errorf("listening for peers on %s: %w", host, err)
+			}
 		}
-		peers, err = transport.ListenTCP(ctx, net.JoinHostPort(host, "0"))
-		if err != nil {
-			return "", fmt.Errorf("listening for peers on %s: %w", host, err)
-		}
-		return peers.Addr().String(), nil
+		return rendezvous.Entry{Addr: peers.addr(), Fingerprint: nw.fingerprint()}, nil
 	})
 	if serveErr != nil {
 		if serr := <-serveErr; err == nil && serr != nil {
 			err = serr
 		}
 	}
+	if err == nil {
+		err = nw.setPeers(cfg.Rank, table)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("ringo: rank %d: %w", cfg.Rank, err)
 	}
-	streams, err := connectMesh(ctx, id, addrs, peers, log)
+	streams, err := connectMesh(ctx, id, nw, peers, log)
 	if err != nil {
 		return nil, fmt.Errorf("ringo: rank %d: %w", cfg.Rank, err)
 	}
@@ -104,10 +112,11 @@ func advertiseHost(iface string, local net.Addr) (string, error) {
 	return transport.InterfaceAddr(iface)
 }
 
-// connectMesh connects this rank to every other: it dials every lower rank
-// and accepts every higher one on ln. Connections that fail the handshake
-// (strangers, wrong token, a rank already connected) are refused and logged.
-func connectMesh(ctx context.Context, id transport.Identity, addrs []string, ln net.Listener, log interface {
+// connectMesh connects this rank to every other over nw: it dials every
+// lower rank and accepts every higher one on ln. Connections that fail the
+// handshake (strangers, wrong token or certificate, a rank already
+// connected) are refused and logged.
+func connectMesh(ctx context.Context, id transport.Identity, nw *network, ln peerListener, log interface {
 	Warn(string, ...any)
 }) ([]transport.Stream, error) {
 	id.Purpose = transport.PurposePeer
@@ -151,14 +160,15 @@ func connectMesh(ctx context.Context, id transport.Identity, addrs []string, ln 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			conn, err := transport.DialTCP(ctx, addrs[peer])
+			addr := nw.peers[peer].Addr
+			conn, err := nw.dial(ctx, peer)
 			if err != nil {
-				fail(fmt.Errorf("dialing rank %d at %s: %w", peer, addrs[peer], err))
+				fail(fmt.Errorf("dialing rank %d at %s: %w", peer, addr, err))
 				return
 			}
 			h, err := transport.ClientHandshake(conn, id, handshakeDeadline())
 			if err == nil && h.Rank != peer {
-				err = fmt.Errorf("%w: %s answered as rank %d, expected rank %d", transport.ErrProtocol, addrs[peer], h.Rank, peer)
+				err = fmt.Errorf("%w: %s answered as rank %d, expected rank %d", transport.ErrProtocol, addr, h.Rank, peer)
 			}
 			if err == nil {
 				err = add(peer, conn)
@@ -171,7 +181,7 @@ func connectMesh(ctx context.Context, id transport.Identity, addrs []string, ln 
 	}
 
 	if id.Rank < id.Size-1 {
-		stopAccept := context.AfterFunc(ctx, func() { _ = ln.Close() })
+		stopAccept := context.AfterFunc(ctx, func() { _ = ln.close() })
 		defer stopAccept()
 		wg.Add(1)
 		go func() {
@@ -179,12 +189,16 @@ func connectMesh(ctx context.Context, id transport.Identity, addrs []string, ln 
 			var hs sync.WaitGroup
 			defer hs.Wait()
 			for {
-				conn, err := ln.Accept()
+				conn, err := ln.accept(ctx)
+				if errors.Is(err, transport.ErrAuth) || errors.Is(err, transport.ErrProtocol) {
+					log.Warn("ringo: refused a peer connection", "err", err)
+					continue
+				}
 				if err != nil {
 					select {
 					case <-complete:
 					default:
-						if !errors.Is(err, net.ErrClosed) {
+						if !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
 							fail(fmt.Errorf("accepting peers: %w", err))
 						}
 					}
@@ -193,17 +207,25 @@ func connectMesh(ctx context.Context, id transport.Identity, addrs []string, ln 
 				hs.Add(1)
 				go func() {
 					defer hs.Done()
+					from := remoteAddr(conn)
+					hctx, cancel := context.WithDeadline(ctx, handshakeDeadline())
+					defer cancel()
+					conn, err := ln.secure(hctx, conn)
+					if err != nil {
+						log.Warn("ringo: refused a peer connection", "from", from, "err", err)
+						return
+					}
 					h, err := transport.ServerHandshake(conn, id, handshakeDeadline(), func(h transport.Hello) error {
 						if h.Size != id.Size || h.Rank <= id.Rank || h.Rank >= id.Size {
 							return fmt.Errorf("rank %d of world size %d is not expected to dial rank %d of %d", h.Rank, h.Size, id.Rank, id.Size)
 						}
-						return nil
+						return nw.checkPeer(conn, h.Rank)
 					})
 					if err == nil {
 						err = add(h.Rank, conn)
 					}
 					if err != nil {
-						log.Warn("ringo: refused a peer connection", "from", conn.RemoteAddr().String(), "err", err)
+						log.Warn("ringo: refused a peer connection", "from", from, "err", err)
 						_ = conn.Close()
 					}
 				}()
@@ -218,7 +240,7 @@ func connectMesh(ctx context.Context, id transport.Identity, addrs []string, ln 
 	case <-ctx.Done():
 		result = fmt.Errorf("connecting to peers: %w", context.Cause(ctx))
 	}
-	_ = ln.Close() // no stranger can connect once the mesh is formed
+	_ = ln.close() // no stranger can connect once the mesh is formed
 	wg.Wait()
 	mu.Lock()
 	if result == nil && len(errs) > 0 {

@@ -6,6 +6,8 @@ package rendezvous
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -27,13 +29,33 @@ const maxMessage = 1 << 20
 const handshakeTimeout = 10 * time.Second
 
 type registration struct {
-	Rank int    `json:"rank"`
-	Addr string `json:"addr"`
+	Rank        int    `json:"rank"`
+	Addr        string `json:"addr"`
+	Fingerprint string `json:"fp,omitempty"`
+	MAC         []byte `json:"mac,omitempty"`
 }
 
 type reply struct {
-	Addrs []string `json:"addrs,omitempty"`
-	Error string   `json:"error,omitempty"`
+	Addrs        []string `json:"addrs,omitempty"`
+	Fingerprints []string `json:"fps,omitempty"`
+	MACs         [][]byte `json:"macs,omitempty"`
+	Error        string   `json:"error,omitempty"`
+}
+
+// Entry is what one rank publishes: the address it accepts peers on and,
+// for TLS transports, the fingerprint of its certificate.
+type Entry struct {
+	Addr        string
+	Fingerprint string
+}
+
+// entryMAC binds a rank's entry to the job token, so that the table a rank
+// receives cannot be altered on the way (the bytes after the handshake are
+// not otherwise protected): a rank trusts a fingerprint only with a valid MAC.
+func entryMAC(id transport.Identity, rank int, e Entry) []byte {
+	m := hmac.New(sha256.New, id.Token)
+	fmt.Fprintf(m, "ringo rendezvous entry\x00%s\x00%d\x00%s\x00%s", id.Job, rank, e.Addr, e.Fingerprint)
+	return m.Sum(nil)
 }
 
 // ServeOptions are the optional parts of ServeWith.
@@ -71,6 +93,8 @@ func ServeWith(ctx context.Context, ln net.Listener, id transport.Identity, opts
 		conns   = make(map[int]net.Conn)      // registered ranks
 		open    = make(map[net.Conn]struct{}) // every accepted connection
 		addrs   = make([]string, id.Size)
+		fps     = make([]string, id.Size)
+		macs    = make([][]byte, id.Size)
 		full    = make(chan struct{})
 		wg      sync.WaitGroup
 		stopped = make(chan struct{})
@@ -106,7 +130,7 @@ func ServeWith(ctx context.Context, ln net.Listener, id transport.Identity, opts
 		if err != nil {
 			select {
 			case <-full:
-				return broadcast(conns, addrs)
+				return broadcast(conns, reply{Addrs: addrs, Fingerprints: fps, MACs: macs})
 			default:
 			}
 			if ctx.Err() != nil {
@@ -125,16 +149,16 @@ func ServeWith(ctx context.Context, ln net.Listener, id transport.Identity, opts
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rank, err := register(conn, id, func(rank int, addr string) error {
+			rank, err := register(conn, id, func(rank int, reg registration) error {
 				mu.Lock()
 				defer mu.Unlock()
 				if _, dup := conns[rank]; dup {
 					return fmt.Errorf("rank %d is already registered", rank)
 				}
 				conns[rank] = conn
-				addrs[rank] = addr
+				addrs[rank], fps[rank], macs[rank] = reg.Addr, reg.Fingerprint, reg.MAC
 				if opts.OnRegister != nil {
-					opts.OnRegister(rank, addr)
+					opts.OnRegister(rank, reg.Addr)
 				}
 				if len(conns) == id.Size {
 					close(full)
@@ -157,7 +181,7 @@ func setDeadline(ln net.Listener, t time.Time) {
 	}
 }
 
-func register(conn net.Conn, id transport.Identity, add func(rank int, addr string) error) (int, error) {
+func register(conn net.Conn, id transport.Identity, add func(rank int, reg registration) error) (int, error) {
 	deadline := time.Now().Add(handshakeTimeout)
 	_, err := transport.ServerHandshake(conn, id, deadline, func(h transport.Hello) error {
 		if h.Size != id.Size {
@@ -180,18 +204,18 @@ func register(conn net.Conn, id transport.Identity, add func(rank int, addr stri
 	if reg.Rank < 0 || reg.Rank >= id.Size {
 		return -1, fmt.Errorf("registration for rank %d out of range", reg.Rank)
 	}
-	if err := add(reg.Rank, reg.Addr); err != nil {
+	if err := add(reg.Rank, reg); err != nil {
 		_ = writeMessage(conn, reply{Error: err.Error()})
 		return -1, err
 	}
 	return reg.Rank, nil
 }
 
-func broadcast(conns map[int]net.Conn, addrs []string) error {
+func broadcast(conns map[int]net.Conn, table reply) error {
 	var first error
 	for rank, c := range conns {
 		_ = c.SetDeadline(time.Now().Add(handshakeTimeout))
-		if err := writeMessage(c, reply{Addrs: addrs}); err != nil && first == nil {
+		if err := writeMessage(c, table); err != nil && first == nil {
 			first = fmt.Errorf("rendezvous: sending the table to rank %d: %w", rank, err)
 		}
 	}
@@ -204,12 +228,31 @@ func broadcast(conns map[int]net.Conn, addrs []string) error {
 // publishes. Join retries while the server is not up yet, until ctx is done;
 // a failed authentication is final.
 func Join(ctx context.Context, addr string, id transport.Identity, advertise func(local net.Addr) (string, error)) ([]string, error) {
+	entries, err := JoinWith(ctx, addr, id, func(local net.Addr) (Entry, error) {
+		a, err := advertise(local)
+		return Entry{Addr: a}, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	addrs := make([]string, len(entries))
+	for i, e := range entries {
+		addrs[i] = e.Addr
+	}
+	return addrs, nil
+}
+
+// JoinWith is Join for ranks that also publish a certificate fingerprint:
+// advertise returns this rank's Entry, and JoinWith returns every rank's.
+// A fingerprint in the table comes with a MAC made with the job token by the
+// rank that registered it; JoinWith refuses a table whose MACs do not check.
+func JoinWith(ctx context.Context, addr string, id transport.Identity, advertise func(local net.Addr) (Entry, error)) ([]Entry, error) {
 	id.Purpose = transport.PurposeRendezvous
 	backoff := 20 * time.Millisecond
 	for {
-		addrs, err := joinOnce(ctx, addr, id, advertise)
+		entries, err := joinOnce(ctx, addr, id, advertise)
 		if err == nil {
-			return addrs, nil
+			return entries, nil
 		}
 		var final *finalError
 		if errors.As(err, &final) || errors.Is(err, transport.ErrAuth) || errors.Is(err, transport.ErrProtocol) {
@@ -230,7 +273,7 @@ type finalError struct{ err error }
 func (e *finalError) Error() string { return e.err.Error() }
 func (e *finalError) Unwrap() error { return e.err }
 
-func joinOnce(ctx context.Context, addr string, id transport.Identity, advertise func(net.Addr) (string, error)) ([]string, error) {
+func joinOnce(ctx context.Context, addr string, id transport.Identity, advertise func(net.Addr) (Entry, error)) ([]Entry, error) {
 	conn, err := transport.DialTCP(ctx, addr)
 	if err != nil {
 		return nil, err
@@ -249,7 +292,11 @@ func joinOnce(ctx context.Context, addr string, id transport.Identity, advertise
 	if err != nil {
 		return nil, &finalError{err}
 	}
-	if err := writeMessage(conn, registration{Rank: id.Rank, Addr: self}); err != nil {
+	reg := registration{Rank: id.Rank, Addr: self.Addr, Fingerprint: self.Fingerprint}
+	if self.Fingerprint != "" {
+		reg.MAC = entryMAC(id, id.Rank, self)
+	}
+	if err := writeMessage(conn, reg); err != nil {
 		return nil, err
 	}
 	var r reply
@@ -266,7 +313,18 @@ func joinOnce(ctx context.Context, addr string, id transport.Identity, advertise
 	if len(r.Addrs) != id.Size {
 		return nil, &finalError{fmt.Errorf("rendezvous at %s sent %d addresses for %d ranks", addr, len(r.Addrs), id.Size)}
 	}
-	return r.Addrs, nil
+	entries := make([]Entry, id.Size)
+	for rank, a := range r.Addrs {
+		entries[rank].Addr = a
+		if rank >= len(r.Fingerprints) || r.Fingerprints[rank] == "" {
+			continue
+		}
+		entries[rank].Fingerprint = r.Fingerprints[rank]
+		if rank >= len(r.MACs) || !hmac.Equal(r.MACs[rank], entryMAC(id, rank, entries[rank])) {
+			return nil, &finalError{fmt.Errorf("%w: rendezvous at %s sent a certificate fingerprint for rank %d that rank did not register", transport.ErrAuth, addr, rank)}
+		}
+	}
+	return entries, nil
 }
 
 func writeMessage(w io.Writer, v any) error {

@@ -1,0 +1,354 @@
+// Package quic is ringo's QUIC transport, on github.com/quic-go/quic-go. A
+// link between two ranks is one QUIC connection carrying one bidirectional
+// stream; it is a transport.Stream like a TCP connection, so the same framing,
+// handshake and links run over it.
+//
+// TLS 1.3 is always on. Each rank makes an ephemeral self-signed certificate
+// (transport.NewCertificate); a dialer accepts the listener only if its
+// certificate has the fingerprint the listener published through the
+// rendezvous, and a listener accepts a dialer only if allow approves the
+// fingerprint of its certificate. The job-token handshake still runs on the
+// stream afterwards.
+//
+// UDP buffers: quic-go asks the kernel for 7 MiB socket buffers. When
+// net.core.rmem_max / wmem_max are lower and the process may not exceed them
+// (no CAP_NET_ADMIN), quic-go logs once "failed to sufficiently increase
+// receive buffer size ..." and runs with the smaller buffers: bursts then
+// overflow the socket, packets are dropped and retransmitted, and throughput
+// falls. Raise the limits (sysctl -w net.core.rmem_max=7500000
+// net.core.wmem_max=7500000) on hosts that run QUIC jobs, or set
+// QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING=true to silence the warning.
+package quic
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	qgo "github.com/quic-go/quic-go"
+
+	"github.com/ringo-ml/ringo/transport"
+)
+
+// Flow-control windows: quic-go grows a window from initialWindow up to the
+// maximum as the RTT asks for it. The maxima cover 10 Gbit/s at ~10 ms RTT
+// (the window must hold bandwidth × RTT) and bound a link's memory; on
+// loopback a larger window did not make a link faster.
+const (
+	streamWindow     = 16 << 20
+	connectionWindow = 24 << 20
+	initialWindow    = 2 << 20
+)
+
+// handshakeTimeout bounds a connection's handshake and the opening of its stream.
+const handshakeTimeout = 10 * time.Second
+
+// lingerTimeout bounds how long a closed link keeps its QUIC connection open
+// so that the peer can read what was written before Close (see Stream.Close).
+const lingerTimeout = 2 * time.Second
+
+// preamble is the first bytes a dialer writes on its stream: a QUIC stream is
+// announced to the peer only once it carries data, and the listener must
+// accept it before the protocol above decides who speaks first.
+var preamble = [4]byte{'R', 'Q', 'S', '1'}
+
+// Application error codes of CONNECTION_CLOSE.
+const (
+	codeClosed  qgo.ApplicationErrorCode = 0
+	codeRefused qgo.ApplicationErrorCode = 1
+)
+
+func config() *qgo.Config {
+	return &qgo.Config{
+		HandshakeIdleTimeout:           handshakeTimeout,
+		MaxIdleTimeout:                 30 * time.Second,
+		KeepAlivePeriod:                5 * time.Second,
+		MaxIncomingStreams:             16,
+		MaxIncomingUniStreams:          -1,
+		InitialStreamReceiveWindow:     initialWindow,
+		MaxStreamReceiveWindow:         streamWindow,
+		InitialConnectionReceiveWindow: initialWindow,
+		MaxConnectionReceiveWindow:     connectionWindow,
+	}
+}
+
+// Listener accepts links on one UDP socket.
+type Listener struct {
+	udp   net.PacketConn
+	tr    *qgo.Transport
+	ln    *qgo.Listener
+	allow func(string) error
+
+	// refs counts the listener and every accepted link: the socket closes
+	// when the last of them does.
+	refs atomic.Int64
+	once sync.Once
+}
+
+// Listen listens for links on the UDP address addr ("host:port"; port 0
+// picks one), presenting cert. allow is given the fingerprint of each
+// dialer's certificate when Accept takes its connection (not during the
+// handshake, so it may depend on what the caller learns after Listen); an
+// error refuses the connection. A nil allow accepts any certificate.
+func Listen(ctx context.Context, addr string, cert *transport.Certificate, allow func(fingerprint string) error) (*Listener, error) {
+	var lc net.ListenConfig
+	udp, err := lc.ListenPacket(ctx, "udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	tr := &qgo.Transport{Conn: udp}
+	ln, err := tr.Listen(cert.ServerConfig(nil), config())
+	if err != nil {
+		_ = tr.Close()
+		_ = udp.Close()
+		return nil, err
+	}
+	l := &Listener{udp: udp, tr: tr, ln: ln, allow: allow}
+	l.refs.Store(1)
+	return l, nil
+}
+
+// Addr is the UDP address the listener is bound to.
+func (l *Listener) Addr() net.Addr { return l.udp.LocalAddr() }
+
+// Close stops accepting; links already accepted stay up.
+func (l *Listener) Close() error {
+	var err error
+	l.once.Do(func() {
+		err = l.ln.Close()
+		l.unref()
+	})
+	return err
+}
+
+func (l *Listener) unref() {
+	if l.refs.Add(-1) == 0 {
+		_ = l.tr.Close()
+		_ = l.udp.Close()
+	}
+}
+
+// Accept returns the next link. An error that wraps transport.ErrAuth (a
+// certificate allow refused) or transport.ErrProtocol (a connection that
+// opened no stream) concerns one connection only: the caller may accept
+// again. Other errors (net.ErrClosed, ctx's) end the listener's use.
+func (l *Listener) Accept(ctx context.Context) (transport.Stream, error) {
+	c, err := l.ln.Accept(ctx)
+	if err != nil {
+		return nil, err
+	}
+	fp, ok := fingerprint(c)
+	if !ok {
+		err = fmt.Errorf("%w: %s presented no certificate", transport.ErrAuth, c.RemoteAddr())
+	} else if l.allow != nil {
+		err = l.allow(fp)
+	}
+	if err != nil {
+		_ = c.CloseWithError(codeRefused, "certificate refused")
+		return nil, fmt.Errorf("quic: refused %s: %w", c.RemoteAddr(), err)
+	}
+	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	str, err := c.AcceptStream(hctx)
+	if err == nil {
+		err = readPreamble(hctx, str)
+	}
+	if err != nil {
+		_ = c.CloseWithError(codeRefused, "no stream")
+		return nil, fmt.Errorf("%w: quic: %s opened no ringo stream: %w", transport.ErrProtocol, c.RemoteAddr(), err)
+	}
+	l.refs.Add(1)
+	return newStream(str, c, l.unref), nil
+}
+
+func readPreamble(ctx context.Context, str *qgo.Stream) error {
+	if d, ok := ctx.Deadline(); ok {
+		_ = str.SetReadDeadline(d)
+		defer str.SetReadDeadline(time.Time{})
+	}
+	var got [len(preamble)]byte
+	if _, err := io.ReadFull(str, got[:]); err != nil {
+		return err
+	}
+	if got != preamble {
+		return fmt.Errorf("stream starts with %q", got[:])
+	}
+	return nil
+}
+
+func fingerprint(c *qgo.Conn) (string, bool) {
+	certs := c.ConnectionState().TLS.PeerCertificates
+	if len(certs) == 0 {
+		return "", false
+	}
+	return transport.Fingerprint(certs[0].Raw), true
+}
+
+// Dial opens a link to the listener at addr (UDP host:port), from a UDP
+// socket of its own, presenting cert and accepting the listener only if its
+// certificate's fingerprint is peer.
+func Dial(ctx context.Context, addr string, cert *transport.Certificate, peer string) (transport.Stream, error) {
+	raddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	var lc net.ListenConfig
+	udp, err := lc.ListenPacket(ctx, "udp", ":0")
+	if err != nil {
+		return nil, err
+	}
+	tr := &qgo.Transport{Conn: udp}
+	release := func() {
+		_ = tr.Close()
+		_ = udp.Close()
+	}
+	c, err := tr.Dial(ctx, raddr, cert.ClientConfig(peer), config())
+	if err != nil {
+		release()
+		return nil, fmt.Errorf("quic: dial %s: %w", addr, err)
+	}
+	str, err := c.OpenStreamSync(ctx)
+	if err == nil {
+		_ = str.SetWriteDeadline(time.Now().Add(handshakeTimeout))
+		_, err = str.Write(preamble[:])
+		_ = str.SetWriteDeadline(time.Time{})
+	}
+	if err != nil {
+		_ = c.CloseWithError(codeClosed, "")
+		release()
+		return nil, fmt.Errorf("quic: open stream to %s: %w", addr, err)
+	}
+	return newStream(str, c, release), nil
+}
+
+// Stream is one link: a QUIC stream whose connection it owns.
+type Stream struct {
+	*qgo.Stream
+	conn    *qgo.Conn
+	release func()
+
+	readMu sync.Mutex // held by Read; Close's drain takes it after the reader left
+	closed atomic.Bool
+	once   sync.Once
+	done   chan struct{} // closed once the connection is closed and released
+}
+
+func newStream(s *qgo.Stream, c *qgo.Conn, release func()) *Stream {
+	return &Stream{Stream: s, conn: c, release: release, done: make(chan struct{})}
+}
+
+var _ transport.Stream = (*Stream)(nil)
+
+// Read reads from the stream. After Close it returns net.ErrClosed; when
+// the peer closed its link it returns io.EOF.
+func (s *Stream) Read(p []byte) (int, error) {
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
+	if s.closed.Load() {
+		return 0, net.ErrClosed
+	}
+	n, err := s.Stream.Read(p)
+	if err != nil {
+		err = s.mapError(err)
+	}
+	return n, err
+}
+
+// Write writes to the stream. After Close it returns net.ErrClosed.
+func (s *Stream) Write(p []byte) (int, error) {
+	n, err := s.Stream.Write(p)
+	if err != nil {
+		err = s.mapError(err)
+	}
+	return n, err
+}
+
+func (s *Stream) mapError(err error) error {
+	if s.closed.Load() {
+		return net.ErrClosed
+	}
+	var ae *qgo.ApplicationError
+	if errors.As(err, &ae) && ae.Remote && ae.ErrorCode == codeClosed {
+		return io.EOF // the peer closed its link
+	}
+	return err
+}
+
+// SetDeadline sets the read and write deadlines.
+func (s *Stream) SetDeadline(t time.Time) error {
+	if s.closed.Load() {
+		return nil
+	}
+	return s.Stream.SetDeadline(t)
+}
+
+// SetReadDeadline sets the read deadline.
+func (s *Stream) SetReadDeadline(t time.Time) error {
+	if s.closed.Load() {
+		return nil
+	}
+	return s.Stream.SetReadDeadline(t)
+}
+
+// ConnectionState is the TLS state of the link's connection (see
+// transport.PeerFingerprint).
+func (s *Stream) ConnectionState() tls.ConnectionState { return s.conn.ConnectionState().TLS }
+
+// LocalAddr is the local UDP address.
+func (s *Stream) LocalAddr() net.Addr { return s.conn.LocalAddr() }
+
+// RemoteAddr is the peer's UDP address.
+func (s *Stream) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
+
+// Close ends the link. It unblocks a Read or Write in progress (they return
+// net.ErrClosed) and ends the stream after what was written (FIN), so the
+// peer reads everything and then io.EOF, as over TCP. Closing the QUIC
+// connection at once would discard data the peer has not read yet, so the
+// connection lingers until the peer has closed its side too (or
+// lingerTimeout passes) and is closed then. Unlike TCP's, QUIC's sending
+// happens in this process: Close waits a few round trips (at most
+// lingerTimeout) for the peer to close, so that a program that exits
+// right after Close has put its last bytes on the wire; the rest of the
+// linger runs in the background (Done).
+func (s *Stream) Close() error {
+	s.once.Do(func() {
+		s.closed.Store(true)
+		now := time.Now()
+		_ = s.Stream.SetWriteDeadline(now)
+		_ = s.Stream.Close()
+		_ = s.Stream.SetReadDeadline(now)
+		go s.linger()
+		wait := min(max(4*s.conn.ConnectionStats().SmoothedRTT, 20*time.Millisecond), lingerTimeout)
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-s.done:
+		case <-t.C:
+		}
+	})
+	return nil
+}
+
+func (s *Stream) linger() {
+	defer close(s.done)
+	defer s.release()
+	s.readMu.Lock() // the reader has left
+	defer s.readMu.Unlock()
+	_ = s.Stream.SetReadDeadline(time.Now().Add(lingerTimeout))
+	var scratch [4096]byte
+	for {
+		if _, err := s.Stream.Read(scratch[:]); err != nil {
+			break // the peer's FIN, its connection close, or the timeout
+		}
+	}
+	_ = s.conn.CloseWithError(codeClosed, "")
+}
+
+// Done is closed once a closed link has released its connection.
+func (s *Stream) Done() <-chan struct{} { return s.done }
