@@ -112,6 +112,9 @@ func rankEnv(o *options, j jobEnv, p placement) []string {
 	if o.transport != "" {
 		env = append(env, "RINGO_TRANSPORT="+o.transport)
 	}
+	if o.tls {
+		env = append(env, "RINGO_TLS=1")
+	}
 	if o.iface != "" {
 		env = append(env, "RINGO_IFACE="+o.iface)
 	}

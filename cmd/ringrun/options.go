@@ -23,6 +23,7 @@ type options struct {
 	addr        string // host ranks dial for the rendezvous ("" = chosen)
 	port        int    // rendezvous port (0 = a free one)
 	transport   string
+	tls         bool
 	timeout     string // RINGO_TIMEOUT, passed through as given
 	outputDir   string
 	maxRestarts int
@@ -119,7 +120,8 @@ func parseArgs(args []string, usageOut io.Writer) (*options, error) {
 	fs.StringVar(&o.iface, "iface", "", "network `interface` whose address ranks advertise (RINGO_IFACE)")
 	fs.StringVar(&o.addr, "addr", "", "`host` ranks dial for the rendezvous ringrun serves: an address of this machine (default 127.0.0.1 when every rank runs here, else --iface's address, else this machine's name)")
 	fs.IntVar(&o.port, "port", 0, "`port` ringrun serves the rendezvous on (default: any free port)")
-	fs.StringVar(&o.transport, "transport", "", "transport between ranks, tcp (RINGO_TRANSPORT)")
+	fs.StringVar(&o.transport, "transport", "", "transport between ranks, tcp or quic (RINGO_TRANSPORT)")
+	fs.BoolVar(&o.tls, "tls", false, "TLS 1.3 on TCP links (RINGO_TLS=1; QUIC always has it)")
 	fs.StringVar(&o.timeout, "timeout", "", "`duration` bounding each collective call and forming the communicator (RINGO_TIMEOUT)")
 	fs.StringVar(&o.outputDir, "output-dir", "", "also write each rank's output to `dir`/rank.N.stdout and rank.N.stderr")
 	fs.IntVar(&o.maxRestarts, "max-restarts", 0, "restart the whole job up to `K` times after a failure (RINGO_RESTART_COUNT counts them)")

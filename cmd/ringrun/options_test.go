@@ -225,3 +225,10 @@ func TestThreadsEnvSharesTheCPUs(t *testing.T) {
 	t.Setenv("GOMAXPROCS", "2")
 	assert.Nil(t, threadsEnv(&options{}, placement{localSize: 4}, 2), "the user's GOMAXPROCS wins")
 }
+
+func TestRankEnvTLS(t *testing.T) {
+	env := rankEnv(&options{transport: "quic", tls: true}, jobEnv{size: 2}, placement{rank: 1})
+	assert.Contains(t, env, "RINGO_TRANSPORT=quic")
+	assert.Contains(t, env, "RINGO_TLS=1")
+	assert.NotContains(t, rankEnv(&options{}, jobEnv{size: 2}, placement{}), "RINGO_TLS=1")
+}
