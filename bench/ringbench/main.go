@@ -1,0 +1,273 @@
+// Command ringbench is ringo's nccl-tests: it times a collective over a sweep
+// of buffer sizes, checks every result against the exact expected values, and
+// prints one row per size (time, algbw, busbw, #wrong) and the average bus
+// bandwidth; --csv and --json write the same rows for machines, --plot draws
+// them, --sim extrapolates them to large jobs with an alpha-beta model.
+//
+//	ringbench -np 4                          4 local processes (it starts them itself)
+//	ringbench -np 4 -inproc -o allgather     4 ranks as goroutines of one process
+//	ringrun -np 4 ringbench -b 1K -e 16M     one rank of a job (also mpirun, torchrun, srun)
+//
+// Run ringbench -h for the flags.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"sync"
+
+	"github.com/ringo-ml/ringo/collective"
+	"golang.org/x/sys/unix"
+)
+
+func main() {
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run is ringbench with its arguments and outputs given; it returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	o, err := parseArgs(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "ringbench: %v\n", err)
+		return 2
+	}
+	if !inJob() && o.root >= o.np {
+		fmt.Fprintf(stderr, "ringbench: --root %d is not one of the %d ranks\n", o.root, o.np)
+		return 2
+	}
+	switch {
+	case inJob():
+		err = runRank(ctx, &o, stdout, stderr)
+	case o.inproc:
+		err = runInProcess(ctx, &o, stdout, stderr)
+	default:
+		err = spawn(ctx, &o, args, stdout, stderr)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "ringbench: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// inJob says whether this process is a rank of a job a launcher started.
+func inJob() bool {
+	for _, v := range []string{"RINGO_RANK", "RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"} {
+		if os.Getenv(v) != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// runRank is one rank of a job described by the environment; rank 0 reports.
+func runRank(ctx context.Context, o *options, stdout, stderr io.Writer) error {
+	cfg, err := collective.ConfigFromEnv()
+	if err != nil {
+		return err
+	}
+	if o.algoSet {
+		cfg.Algorithm = o.algo
+	} else if cfg.Algorithm != "" {
+		o.algo = cfg.Algorithm // the launcher's RINGO_ALGO, for the report
+	}
+	c, err := collective.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var bar *progressBar
+	if c.Rank() == 0 && !o.quiet && isTerminal(os.Stderr) {
+		bar = &progressBar{w: stderr}
+	}
+	rows, err := sweep(ctx, c, o, bar.update)
+	bar.done()
+	if err != nil {
+		return fmt.Errorf("rank %d: %w", c.Rank(), err)
+	}
+	if c.Rank() != 0 {
+		return nil
+	}
+	return report(o, c.Size(), "processes", rows, stdout)
+}
+
+// runInProcess runs o.np ranks as goroutines, over TCP loopback or mem.
+func runInProcess(ctx context.Context, o *options, stdout, stderr io.Writer) error {
+	var bar *progressBar
+	if !o.quiet && isTerminal(os.Stderr) {
+		bar = &progressBar{w: stderr}
+	}
+	rows, err := sweepInProcess(ctx, o, bar.update)
+	bar.done()
+	if err != nil {
+		return err
+	}
+	return report(o, o.np, "goroutines", rows, stdout)
+}
+
+// sweepInProcess forms o.np ranks in this process and returns rank 0's rows.
+func sweepInProcess(ctx context.Context, o *options, progress func(int, int, int64)) ([]row, error) {
+	comms, err := formInProcess(ctx, o.np, o.transport, o.algo)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		for _, c := range comms {
+			c.Close()
+		}
+	}()
+	rows := make([][]row, len(comms))
+	errs := make([]error, len(comms))
+	var wg sync.WaitGroup
+	for r, c := range comms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := progress
+			if r != 0 {
+				p = nil
+			}
+			rows[r], errs[r] = sweep(ctx, c, o, p)
+			if errs[r] != nil {
+				errs[r] = fmt.Errorf("rank %d: %w", r, errs[r])
+			}
+		}()
+	}
+	wg.Wait()
+	return rows[0], errors.Join(errs...)
+}
+
+func formInProcess(ctx context.Context, n int, transport, algo string) ([]*collective.Comm, error) {
+	if transport == "mem" {
+		return collective.LocalConfig(n, collective.Config{Algorithm: algo})
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	token := randomHex(16)
+	comms := make([]*collective.Comm, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for r := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			comms[r], errs[r] = collective.New(ctx, collective.Config{Rank: r, Size: n, Addr: addr, Token: token, Transport: transport, Algorithm: algo})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for _, c := range comms {
+			if c != nil {
+				c.Close()
+			}
+		}
+		return nil, err
+	}
+	return comms, nil
+}
+
+// spawn starts o.np copies of this program as the ranks of a local job, with
+// the environment ringrun would give them (rank 0 serves the rendezvous),
+// and waits for them. When one fails, the others are stopped. The ranks
+// write to stdout and stderr (inherited directly when they are files, so
+// that rank 0 sees the terminal and draws its progress bar).
+func spawn(ctx context.Context, o *options, args []string, stdout, stderr io.Writer) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	token, job := randomHex(32), "ringbench-"+randomHex(6)
+	threads := ""
+	if _, set := os.LookupEnv("GOMAXPROCS"); !set {
+		threads = "GOMAXPROCS=" + strconv.Itoa(max(1, runtime.NumCPU()/o.np))
+	}
+	cmds := make([]*exec.Cmd, o.np)
+	for r := range o.np {
+		cmd := exec.CommandContext(ctx, exe, args...)
+		cmd.Env = append(os.Environ(),
+			"RINGO_RANK="+strconv.Itoa(r),
+			"RINGO_WORLD_SIZE="+strconv.Itoa(o.np),
+			"RINGO_LOCAL_RANK="+strconv.Itoa(r),
+			"RINGO_LOCAL_WORLD_SIZE="+strconv.Itoa(o.np),
+			"RINGO_ADDR="+addr,
+			"RINGO_TOKEN="+token,
+			"RINGO_JOB_ID="+job,
+			"RINGO_TRANSPORT="+o.transport,
+			"RINGO_ALGO="+o.algo,
+		)
+		if threads != "" {
+			cmd.Env = append(cmd.Env, threads)
+		}
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, stdout, stderr
+		cmds[r] = cmd
+	}
+	for r, cmd := range cmds {
+		if err := cmd.Start(); err != nil {
+			for _, started := range cmds[:r] {
+				_ = started.Process.Kill()
+				_ = started.Wait()
+			}
+			return fmt.Errorf("starting rank %d: %w", r, err)
+		}
+	}
+	type exit struct {
+		rank int
+		err  error
+	}
+	exits := make(chan exit, len(cmds))
+	for r, cmd := range cmds {
+		go func() { exits <- exit{r, cmd.Wait()} }()
+	}
+	var first error
+	for range cmds {
+		e := <-exits
+		if e.err != nil && first == nil {
+			first = fmt.Errorf("rank %d: %w", e.rank, e.err)
+			for r, cmd := range cmds {
+				if r != e.rank {
+					_ = cmd.Process.Kill() // ours; already exited is fine
+				}
+			}
+		}
+	}
+	return first
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	addr := ln.Addr().String()
+	return addr, ln.Close()
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
