@@ -168,7 +168,7 @@ func FuzzHeaderDecode(f *testing.F) {
 			return
 		}
 		require.GreaterOrEqual(t, h.Type, Data)
-		require.LessOrEqual(t, h.Type, Bye)
+		require.LessOrEqual(t, h.Type, maxFrameType)
 		if h.Type == Data {
 			require.LessOrEqual(t, h.Len, uint32(MaxPayload))
 		} else {
