@@ -284,11 +284,18 @@ func (c *Comm) onFail(err error) {
 		// Pass the original reason on unchanged: it already names its rank.
 		reason = append([]byte{remote.Code}, remote.Reason...)
 	}
+	var wg sync.WaitGroup // in parallel: at most 200 ms in all, not per link
 	for _, l := range c.links {
 		if l != nil {
-			l.Conn().TryWriteControl(&hdr, reason, 200*time.Millisecond)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				h := hdr
+				l.Conn().TryWriteControl(&h, reason, 200*time.Millisecond)
+			}()
 		}
 	}
+	wg.Wait()
 	c.abortMu.Lock()
 	c.abortClose = time.AfterFunc(abortGrace, func() {
 		for _, l := range c.links {

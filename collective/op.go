@@ -79,9 +79,11 @@ const (
 	kindGather
 	kindScatter
 	kindAllToAll
+	kindAllGatherV
+	kindAllToAllV
 )
 
-var kindNames = [...]string{"?", "AllReduce", "ReduceScatter", "AllGather", "Broadcast", "Barrier", "Reduce", "Gather", "Scatter", "AllToAll"}
+var kindNames = [...]string{"?", "AllReduce", "ReduceScatter", "AllGather", "Broadcast", "Barrier", "Reduce", "Gather", "Scatter", "AllToAll", "AllGatherV", "AllToAllV"}
 
 func (k kind) String() string {
 	if int(k) < len(kindNames) {
@@ -103,7 +105,9 @@ func describe(s transport.Signature) string {
 		return "Barrier()"
 	case kindBroadcast:
 		return fmt.Sprintf("Broadcast(%v, count=%d, root=%d)", dt, s.Count, s.Root)
-	case kindAllGather, kindAllToAll:
+	case kindAllToAllV:
+		return fmt.Sprintf("AllToAllV(%v)", dt)
+	case kindAllGather, kindAllToAll, kindAllGatherV:
 		return fmt.Sprintf("%v(%v, count=%d)", k, dt, s.Count)
 	case kindGather, kindScatter:
 		return fmt.Sprintf("%v(%v, count=%d, root=%d)", k, dt, s.Count, s.Root)

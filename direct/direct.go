@@ -79,3 +79,42 @@ func AllToAll[T kernel.Elem](rank, size int, links []ring.Link, send, recv []T) 
 	}
 	return nil
 }
+
+// AllGatherV is AllGather with a block length per rank: recv is the
+// concatenation of blocks of counts[0], counts[1], ... elements, and send is
+// this rank's block.
+func AllGatherV[T kernel.Elem](rank, size int, links []ring.Link, send []T, counts []int, recv []T) error {
+	offs := offsets(counts)
+	copy(recv[offs[rank]:offs[rank+1]], send)
+	for k := 1; k < size; k++ {
+		to, from := (rank+k)%size, (rank-k+size)%size
+		if err := xfer.SendRecv(links[to], send, links[from], recv[offs[from]:offs[from+1]]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AllToAllV is AllToAll with a block length per pair: send holds
+// sendCounts[p] elements for each rank p in turn, recv receives
+// recvCounts[p] from each rank p in turn.
+func AllToAllV[T kernel.Elem](rank, size int, links []ring.Link, send []T, sendCounts []int, recv []T, recvCounts []int) error {
+	so, ro := offsets(sendCounts), offsets(recvCounts)
+	copy(recv[ro[rank]:ro[rank+1]], send[so[rank]:so[rank+1]])
+	for k := 1; k < size; k++ {
+		to, from := (rank+k)%size, (rank-k+size)%size
+		if err := xfer.SendRecv(links[to], send[so[to]:so[to+1]], links[from], recv[ro[from]:ro[from+1]]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// offsets returns the prefix sums of counts: block p is [offs[p], offs[p+1]).
+func offsets(counts []int) []int {
+	offs := make([]int, len(counts)+1)
+	for i, c := range counts {
+		offs[i+1] = offs[i] + c
+	}
+	return offs
+}

@@ -67,18 +67,23 @@ func (c *Conn) writeLocked(h *Header, payload []byte) error {
 	return err
 }
 
-// TryWriteControl writes a control frame if no other write is in progress,
-// giving up after timeout. It reports whether the frame was written. It is
-// for best-effort notices (abort) that must never wait behind a stuck write.
+// TryWriteControl writes a control frame between other frames, giving up
+// after timeout: it waits for a write in progress to end (a frame in flight
+// usually ends within milliseconds) but never behind a stuck one. It reports
+// whether the frame was written. It is for best-effort notices (abort).
 func (c *Conn) TryWriteControl(h *Header, payload []byte, timeout time.Duration) bool {
 	if len(payload) > maxControlPayload {
 		payload = payload[:maxControlPayload]
 	}
-	if !c.wmu.TryLock() {
-		return false
+	deadline := time.Now().Add(timeout)
+	for !c.wmu.TryLock() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond) // a write in progress: let it finish
 	}
 	defer c.wmu.Unlock()
-	_ = c.s.SetWriteDeadline(time.Now().Add(timeout))
+	_ = c.s.SetWriteDeadline(deadline)
 	err := c.writeLocked(h, payload)
 	_ = c.s.SetWriteDeadline(time.Time{})
 	return err == nil

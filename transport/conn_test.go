@@ -199,12 +199,28 @@ func TestConnTryWriteControl(t *testing.T) {
 		assert.Equal(t, reason[:maxControlPayload], got)
 		assert.True(t, <-okc)
 	})
-	t.Run("gives up while another write holds the connection", func(t *testing.T) {
+	t.Run("gives up while another write holds the connection past the timeout", func(t *testing.T) {
 		a, _ := pipePair(t)
 		w := NewConn(a)
 		w.wmu.Lock()
 		defer w.wmu.Unlock()
-		assert.False(t, w.TryWriteControl(&Header{Type: Abort}, []byte("x"), testTimeout))
+		start := time.Now()
+		assert.False(t, w.TryWriteControl(&Header{Type: Abort}, []byte("x"), 30*time.Millisecond))
+		assert.GreaterOrEqual(t, time.Since(start), 30*time.Millisecond)
+	})
+	t.Run("waits for a write in progress to end", func(t *testing.T) {
+		a, b := pipePair(t)
+		w, r := NewConn(a), NewConn(b)
+		w.wmu.Lock()
+		okc := make(chan bool, 1)
+		go func() { okc <- w.TryWriteControl(&Header{Type: Abort, Comm: 9}, []byte("late"), testTimeout) }()
+		w.wmu.Unlock() // the other write ends
+		var h Header
+		require.NoError(t, r.ReadHeader(&h))
+		assert.Equal(t, Abort, h.Type)
+		assert.Equal(t, uint32(9), h.Comm)
+		require.NoError(t, r.ReadPayload(make([]byte, h.Len)))
+		assert.True(t, <-okc)
 	})
 	t.Run("gives up after the timeout when nobody reads", func(t *testing.T) {
 		a, b := pipePair(t) // nobody reads b yet

@@ -24,28 +24,51 @@ func pieces[T kernel.Elem](b []T, f func(lo, hi int) error) error {
 	return nil
 }
 
-// Exchange sends out to the peer and receives the peer's vector into in
-// (len(in) == len(out)).
+// Exchange sends out to the peer and receives the peer's vector into in.
 func Exchange[T kernel.Elem](l ring.Link, out, in []T) error {
 	return SendRecv(l, out, l, in)
 }
 
-// SendRecv sends out on to and at the same time receives in on from
-// (len(in) == len(out)); to and from may be the same link.
+// SendRecv sends out on to and at the same time receives in on from; to and
+// from may be the same link, and out and in may differ in length. Pieces go
+// in step (post piece i, send piece i, wait for both), so neither side ever
+// has more than one piece queued.
 func SendRecv[T kernel.Elem](to ring.Link, out []T, from ring.Link, in []T) error {
-	return pieces(out, func(lo, hi int) error {
-		if err := from.Post(kernel.Bytes(in[lo:hi])); err != nil {
-			return err
+	step := max(1, MaxPiece/kernel.Size[T]())
+	n := max(1, (len(out)+step-1)/step, (len(in)+step-1)/step)
+	piece := func(b []T, i int) ([]T, bool) {
+		if i > 0 && i*step >= len(b) {
+			return nil, false // b has fewer pieces (an empty b has one)
 		}
-		t, err := to.Send(kernel.Bytes(out[lo:hi]))
-		if err != nil {
-			return err
+		return b[min(len(b), i*step):min(len(b), (i+1)*step)], true
+	}
+	for i := range n {
+		inPiece, recv := piece(in, i)
+		outPiece, send := piece(out, i)
+		if recv {
+			if err := from.Post(kernel.Bytes(inPiece)); err != nil {
+				return err
+			}
 		}
-		if err := from.Wait(); err != nil {
-			return err
+		var t uint64
+		if send {
+			var err error
+			if t, err = to.Send(kernel.Bytes(outPiece)); err != nil {
+				return err
+			}
 		}
-		return to.Flush(t) // out is on the wire until then
-	})
+		if recv {
+			if err := from.Wait(); err != nil {
+				return err
+			}
+		}
+		if send {
+			if err := to.Flush(t); err != nil { // out is on the wire until then
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Send sends buf to the peer and waits until it is written.
