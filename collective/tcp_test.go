@@ -62,56 +62,63 @@ func formTCPAt(t testing.TB, n int, cfg collective.Config) []*collective.Comm {
 
 func TestTCPAllReduceReduceScatterAllGather(t *testing.T) {
 	for _, n := range []int{1, 2, 3, 4} {
-		comms := formTCP(t, n, collective.Config{Token: "s3cret", JobID: "test"})
-		for _, count := range []int{0, 1, n + 1, 1009, 300_007} {
-			results := make([][]float32, n)
-			requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
-				results[r] = inputs[float32](r, count, collective.Sum)
-				return collective.AllReduce(ctx, c, results[r], collective.Sum)
-			}))
-			for i := range count {
-				require.Equal(t, reference[float32](n, i, collective.Sum), results[0][i], "n=%d count=%d i=%d", n, count, i)
-			}
-			requireIdentical(t, results)
-		}
-		const m = 4099
-		requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
-			send := inputs[int64](r, n*m, collective.Max)
-			recv := make([]int64, m)
-			if err := collective.ReduceScatter(ctx, c, send, recv, collective.Max); err != nil {
-				return err
-			}
-			for j := range m {
-				if want := reference[int64](n, r*m+j, collective.Max); recv[j] != want {
-					return fmt.Errorf("rank %d: reduce-scatter element %d = %d, want %d", r, j, recv[j], want)
-				}
-			}
-			all := make([]int64, n*m)
-			if err := collective.AllGather(ctx, c, recv, all); err != nil {
-				return err
-			}
-			for i := range all {
-				if want := reference[int64](n, i, collective.Max); all[i] != want {
-					return fmt.Errorf("rank %d: allgather element %d = %d, want %d", r, i, all[i], want)
-				}
-			}
-			buf := make([]uint8, 77)
-			if r == n-1 {
-				for i := range buf {
-					buf[i] = uint8(i)
-				}
-			}
-			if err := collective.Broadcast(ctx, c, buf, n-1); err != nil {
-				return err
-			}
-			for i := range buf {
-				if buf[i] != uint8(i) {
-					return fmt.Errorf("rank %d: broadcast element %d = %d", r, i, buf[i])
-				}
-			}
-			return collective.Barrier(ctx, c)
-		}))
+		checkEveryCollective(t, formTCP(t, n, collective.Config{Token: "s3cret", JobID: "test"}))
 	}
+}
+
+// checkEveryCollective runs each kind of collective on comms (every rank at
+// once) and checks the results exactly.
+func checkEveryCollective(t *testing.T, comms []*collective.Comm) {
+	t.Helper()
+	n := len(comms)
+	for _, count := range []int{0, 1, n + 1, 1009, 300_007} {
+		results := make([][]float32, n)
+		requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+			results[r] = inputs[float32](r, count, collective.Sum)
+			return collective.AllReduce(ctx, c, results[r], collective.Sum)
+		}))
+		for i := range count {
+			require.Equal(t, reference[float32](n, i, collective.Sum), results[0][i], "n=%d count=%d i=%d", n, count, i)
+		}
+		requireIdentical(t, results)
+	}
+	const m = 4099
+	requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+		send := inputs[int64](r, n*m, collective.Max)
+		recv := make([]int64, m)
+		if err := collective.ReduceScatter(ctx, c, send, recv, collective.Max); err != nil {
+			return err
+		}
+		for j := range m {
+			if want := reference[int64](n, r*m+j, collective.Max); recv[j] != want {
+				return fmt.Errorf("rank %d: reduce-scatter element %d = %d, want %d", r, j, recv[j], want)
+			}
+		}
+		all := make([]int64, n*m)
+		if err := collective.AllGather(ctx, c, recv, all); err != nil {
+			return err
+		}
+		for i := range all {
+			if want := reference[int64](n, i, collective.Max); all[i] != want {
+				return fmt.Errorf("rank %d: allgather element %d = %d, want %d", r, i, all[i], want)
+			}
+		}
+		buf := make([]uint8, 77)
+		if r == n-1 {
+			for i := range buf {
+				buf[i] = uint8(i)
+			}
+		}
+		if err := collective.Broadcast(ctx, c, buf, n-1); err != nil {
+			return err
+		}
+		for i := range buf {
+			if buf[i] != uint8(i) {
+				return fmt.Errorf("rank %d: broadcast element %d = %d", r, i, buf[i])
+			}
+		}
+		return collective.Barrier(ctx, c)
+	}))
 }
 
 func TestTCPWrongTokenIsRefusedAtTheHandshake(t *testing.T) {
