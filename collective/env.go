@@ -34,7 +34,7 @@ func Init(ctx context.Context) (*Comm, error) {
 //   - RINGO_TOKEN, RINGO_JOB_ID (else TORCHELASTIC_RUN_ID or SLURM_JOB_ID),
 //     RINGO_TRANSPORT (tcp or quic), RINGO_TLS=1 (TLS over TCP),
 //     RINGO_IFACE, RINGO_TIMEOUT (a Go duration such as "90s", or seconds),
-//     RINGO_HEARTBEAT (a duration), RINGO_ALGO, RINGO_DEBUG (any value:
+//     RINGO_HEARTBEAT (the same), RINGO_ALGO, RINGO_DEBUG (any value:
 //     debug logs on stderr).
 func ConfigFromEnv() (Config, error) {
 	return configFrom(os.Getenv)
@@ -110,29 +110,35 @@ func configFrom(getenv func(string) string) (Config, error) {
 		cfg.TLS = on
 	}
 	cfg.Iface = getenv("RINGO_IFACE")
-	if t := getenv("RINGO_TIMEOUT"); t != "" {
-		d, err := time.ParseDuration(t)
-		if err != nil {
-			secs, serr := strconv.ParseFloat(t, 64)
-			if serr != nil {
-				return cfg, invalidf("RINGO_TIMEOUT=%q is neither a duration nor seconds", t)
-			}
-			d = time.Duration(secs * float64(time.Second))
-		}
-		cfg.Timeout = d
+	var err error
+	if cfg.Timeout, err = envDuration(getenv, "RINGO_TIMEOUT"); err != nil {
+		return cfg, err
 	}
 	cfg.Algorithm = getenv("RINGO_ALGO")
-	if h := getenv("RINGO_HEARTBEAT"); h != "" {
-		d, err := time.ParseDuration(h)
-		if err != nil {
-			return cfg, invalidf("RINGO_HEARTBEAT=%q is not a duration", h)
-		}
-		cfg.Heartbeat = d
+	if cfg.Heartbeat, err = envDuration(getenv, "RINGO_HEARTBEAT"); err != nil {
+		return cfg, err
 	}
 	if getenv("RINGO_DEBUG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return cfg, nil
+}
+
+// envDuration reads a duration variable: a Go duration ("90s") or seconds
+// ("2.5"); unset is zero.
+func envDuration(getenv func(string) string, name string) (time.Duration, error) {
+	v := getenv(name)
+	if v == "" {
+		return 0, nil
+	}
+	if d, err := time.ParseDuration(v); err == nil {
+		return d, nil
+	}
+	secs, err := strconv.ParseFloat(v, 64)
+	if err != nil {
+		return 0, invalidf("%s=%q is neither a duration nor seconds", name, v)
+	}
+	return time.Duration(secs * float64(time.Second)), nil
 }
 
 func firstSet(getenv func(string) string, names ...string) string {

@@ -51,6 +51,10 @@ func TestConfigFromEnvironment(t *testing.T) {
 			Config{Rank: 1, Size: 2, Addr: "h:5", TLS: true}},
 		{"TLS off", envOf("RINGO_RANK", "1", "RINGO_WORLD_SIZE", "2", "RINGO_ADDR", "h:5", "RINGO_TLS", "false"),
 			Config{Rank: 1, Size: 2, Addr: "h:5"}},
+		{"heartbeat as a duration", envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "1", "RINGO_HEARTBEAT", "2s"),
+			Config{Rank: 0, Size: 1, Heartbeat: 2 * time.Second}},
+		{"heartbeat in seconds", envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "1", "RINGO_HEARTBEAT", "1.5"),
+			Config{Rank: 0, Size: 1, Heartbeat: 1500 * time.Millisecond}},
 		{"ringo wins over torchrun", envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "1", "RANK", "3", "WORLD_SIZE", "4"),
 			Config{Rank: 0, Size: 1}},
 	}
@@ -71,6 +75,7 @@ func TestConfigFromEnvironmentErrors(t *testing.T) {
 		"rank too big":    envOf("RINGO_RANK", "2", "RINGO_WORLD_SIZE", "2", "RINGO_ADDR", "h:1"),
 		"no address":      envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "2"),
 		"bad timeout":     envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "1", "RINGO_TIMEOUT", "soon"),
+		"bad heartbeat":   envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "1", "RINGO_HEARTBEAT", "often"),
 		"bad master port": envOf("RANK", "0", "WORLD_SIZE", "2", "MASTER_ADDR", "m", "MASTER_PORT", "x"),
 		"bad external":    envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "2", "RINGO_ADDR", "h:1", "RINGO_RENDEZVOUS_EXTERNAL", "launcher"),
 		"bad TLS":         envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "2", "RINGO_ADDR", "h:1", "RINGO_TLS", "yes please"),

@@ -154,31 +154,7 @@ func formInProcess(ctx context.Context, n int, transport, algo string) ([]*colle
 	if transport == "mem" {
 		return collective.LocalConfig(n, collective.Config{Algorithm: algo})
 	}
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	token := randomHex(16)
-	comms := make([]*collective.Comm, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for r := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			comms[r], errs[r] = collective.New(ctx, collective.Config{Rank: r, Size: n, Addr: addr, Token: token, Transport: transport, Algorithm: algo})
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		for _, c := range comms {
-			if c != nil {
-				c.Close()
-			}
-		}
-		return nil, err
-	}
-	return comms, nil
+	return collective.LocalNetwork(ctx, n, collective.Config{Token: randomHex(16), Transport: transport, Algorithm: algo})
 }
 
 // spawn starts o.np copies of this program as the ranks of a local job, with

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -148,32 +147,12 @@ func BenchmarkAllReduce(b *testing.B) {
 }
 
 func formQUIC(b *testing.B, n int) []*collective.Comm {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	comms, err := collective.LocalNetwork(context.Background(), n, collective.Config{Token: "bench", Transport: "quic", Timeout: time.Minute})
 	require.NoError(b, err)
-	addr := ln.Addr().String()
-	require.NoError(b, ln.Close())
-	comms := make([]*collective.Comm, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for r := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			comms[r], errs[r] = collective.New(context.Background(), collective.Config{
-				Rank: r, Size: n, Addr: addr, Token: "bench", Transport: "quic", Timeout: time.Minute,
-			})
-		}()
-	}
-	wg.Wait()
 	b.Cleanup(func() {
 		for _, c := range comms {
-			if c != nil {
-				_ = c.Close()
-			}
+			_ = c.Close()
 		}
 	})
-	for r, err := range errs {
-		require.NoError(b, err, "rank %d", r)
-	}
 	return comms
 }
