@@ -18,9 +18,11 @@ const (
 	algoAuto algorithm = iota
 	algoRing
 	algoDoubling
+	algoRabenseifner
+	algoBidir
 )
 
-var algoNames = [...]string{"auto", "ring", "doubling"}
+var algoNames = [...]string{"auto", "ring", "doubling", "rabenseifner", "bidir"}
 
 func (a algorithm) String() string {
 	if int(a) < len(algoNames) {
@@ -37,8 +39,10 @@ func parseAlgorithm(s string) (algorithm, error) {
 		return algoRing, nil
 	case "doubling", "recursive-doubling":
 		return algoDoubling, nil
+	case "bidir", "bidirectional":
+		return algoBidir, nil
 	}
-	return algoAuto, invalidf("unknown algorithm %q (want ring, doubling or auto)", s)
+	return algoAuto, invalidf("unknown algorithm %q (want ring, bidir, doubling or auto)", s)
 }
 
 // doublingMaxBytes is the largest AllReduce that goes by recursive doubling
@@ -88,7 +92,11 @@ func bitsLen(n int) int {
 
 // allReduce runs the chosen algorithm (begin has been called).
 func allReduce[T Elem](c *Comm, algo algorithm, buf []T, red ring.Reducer[T]) error {
-	if algo != algoDoubling {
+	switch algo {
+	case algoBidir:
+		return ring.AllReduceBidirectional(c.ring, c.ringRev, buf, red)
+	case algoDoubling:
+	default:
 		return ring.AllReduce(c.ring, buf, red)
 	}
 	return doubling.AllReduce(c.rank, c.size, c.peers, buf, scratchOf[T](c, len(buf)), red)

@@ -41,7 +41,9 @@ type Comm struct {
 	links []*transport.Link // by peer rank; nil at this rank
 	peers []ring.Link       // the same links as the algorithms see them
 	ring  *ring.Ring
-	algo  algorithm // forced by Config.Algorithm, or algoAuto
+	// ringRev runs the other way over the same links (bidirectional ring).
+	ringRev *ring.Ring
+	algo    algorithm // forced by Config.Algorithm, or algoAuto
 	// scratch backs the small algorithms' receive buffers, work the copy a
 	// Reduce reduces (8-byte aligned, grown once as needed).
 	scratch, work []uint64
@@ -96,6 +98,7 @@ func newComm(rank, size int, streams []transport.Stream, cfg Config) *Comm {
 	c.ring = ring.New(rank, size, left, right, ring.Options{
 		SegmentBytes: cfg.SegmentBytes, MinSegmentBytes: cfg.MinSegmentBytes, Depth: cfg.PipelineDepth,
 	})
+	c.ringRev = c.ring.Reversed()
 	return c
 }
 
