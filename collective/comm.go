@@ -37,6 +37,10 @@ type Comm struct {
 	id         uint32
 	timeout    time.Duration
 	log        *slog.Logger
+	cfg        Config // what the communicator was made with, for its children
+	world      world
+
+	p2p p2pLinks // Send and Recv, on connections of their own
 
 	links []*transport.Link // by peer rank; nil at this rank
 	peers []ring.Link       // the same links as the algorithms see them
@@ -64,10 +68,13 @@ type Comm struct {
 }
 
 // newComm wires a communicator over streams to every peer (nil at rank).
-func newComm(rank, size int, streams []transport.Stream, cfg Config) *Comm {
+func newComm(rank, size int, streams []transport.Stream, cfg Config, w world) *Comm {
 	c := &Comm{
 		rank:    rank,
 		size:    size,
+		id:      uint32(w.channel),
+		cfg:     cfg,
+		world:   w,
 		timeout: cfg.timeout(),
 		log:     cfg.logger().With("rank", rank),
 		links:   make([]*transport.Link, size),
@@ -78,8 +85,10 @@ func newComm(rank, size int, streams []transport.Stream, cfg Config) *Comm {
 	c.algo, _ = parseAlgorithm(cfg.Algorithm) // New and Local have checked it
 	c.timer.Stop()
 	c.slow.Stop()
-	linkOpt := transport.LinkOptions{Heartbeat: cfg.heartbeat(true), OnSlow: c.slowWait, ProbeAfter: probeAfter}
+	linkOpt := c.linkOptions()
+	linkOpt.OnSlow = c.slowWait
 	c.fail = transport.NewFailure(c.onFail)
+	c.p2p.init(size)
 	for p, s := range streams {
 		if s != nil {
 			c.links[p] = transport.NewLinkWith(p, transport.NewConn(s), c.fail, c.log, linkOpt)
@@ -100,6 +109,11 @@ func newComm(rank, size int, streams []transport.Stream, cfg Config) *Comm {
 	})
 	c.ringRev = c.ring.Reversed()
 	return c
+}
+
+// linkOptions are the settings of the communicator's links.
+func (c *Comm) linkOptions() transport.LinkOptions {
+	return transport.LinkOptions{Heartbeat: c.cfg.heartbeat(true), ProbeAfter: probeAfter}
 }
 
 // Rank is this rank's index in the communicator.
@@ -130,7 +144,7 @@ func (c *Comm) Abort(cause error) {
 // on another goroutine is aborted. Close is idempotent and returns nil.
 func (c *Comm) Close() error {
 	c.closeOnce.Do(func() {
-		if c.turn.busy() {
+		if c.turn.busy() || c.p2p.busy() {
 			c.fail.Fail(fmt.Errorf("%w: rank %d closed the communicator during a call", ErrClosed, c.rank))
 		}
 		c.closed.Store(true)
@@ -138,6 +152,7 @@ func (c *Comm) Close() error {
 		// once: they see the communicator closed or aborted).
 		c.turn.wait(c.turn.take())
 		defer c.turn.pass()
+		c.p2p.close()
 		graceful := c.fail.Err() == nil
 		c.abortMu.Lock()
 		if c.abortClose != nil {
@@ -145,16 +160,15 @@ func (c *Comm) Close() error {
 		}
 		c.abortMu.Unlock()
 		var wg sync.WaitGroup
-		for _, l := range c.links {
-			if l != nil {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					l.Shutdown(graceful, closeGrace)
-				}()
-			}
+		for _, l := range c.allLinks() {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				l.Shutdown(graceful, closeGrace)
+			}()
 		}
 		wg.Wait()
+		c.world.conn.release()
 	})
 	return nil
 }
@@ -287,25 +301,34 @@ func (c *Comm) onFail(err error) {
 		// Pass the original reason on unchanged: it already names its rank.
 		reason = append([]byte{remote.Code}, remote.Reason...)
 	}
+	links := c.allLinks()
 	var wg sync.WaitGroup // in parallel: at most 200 ms in all, not per link
-	for _, l := range c.links {
-		if l != nil {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				h := hdr
-				l.Conn().TryWriteControl(&h, reason, 200*time.Millisecond)
-			}()
-		}
+	for _, l := range links {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h := hdr
+			l.Conn().TryWriteControl(&h, reason, 200*time.Millisecond)
+		}()
 	}
 	wg.Wait()
 	c.abortMu.Lock()
 	c.abortClose = time.AfterFunc(abortGrace, func() {
-		for _, l := range c.links {
-			if l != nil {
-				_ = l.Conn().Close()
-			}
+		for _, l := range links {
+			_ = l.Conn().Close()
 		}
 	})
 	c.abortMu.Unlock()
+}
+
+// allLinks lists the collective links and the point-to-point links made so
+// far.
+func (c *Comm) allLinks() []*transport.Link {
+	var ls []*transport.Link
+	for _, l := range c.links {
+		if l != nil {
+			ls = append(ls, l)
+		}
+	}
+	return append(ls, c.p2p.made()...)
 }

@@ -32,9 +32,10 @@ func LocalConfig(n int, cfg Config) ([]*Comm, error) {
 	if cfg.Heartbeat == 0 {
 		cfg.Heartbeat = -1 // an in-process peer cannot vanish silently
 	}
+	hub := newPipeHub(n)
 	comms := make([]*Comm, n)
 	for i := range n {
-		comms[i] = newComm(i, n, streams[i], cfg)
+		comms[i] = newComm(i, n, streams[i], cfg, world{conn: pipeEnd{hub, i}})
 	}
 	return comms, nil
 }

@@ -2,12 +2,10 @@ package collective
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"strconv"
 	"sync"
-	"time"
 
 	"github.com/ringo-ml/ringo/collective/rendezvous"
 	"github.com/ringo-ml/ringo/transport"
@@ -34,7 +32,7 @@ func New(ctx context.Context, cfg Config) (*Comm, error) {
 		return nil, invalidf("unknown transport %q (want tcp or quic)", cfg.Transport)
 	}
 	if cfg.Size == 1 {
-		return newComm(0, 1, make([]transport.Stream, 1), cfg), nil
+		return newComm(0, 1, make([]transport.Stream, 1), cfg, world{conn: soloConnector{}}), nil
 	}
 	if cfg.Addr == "" {
 		return nil, invalidf("a communicator of %d ranks needs a rendezvous address (Config.Addr, RINGO_ADDR or MASTER_ADDR/MASTER_PORT)", cfg.Size)
@@ -95,11 +93,14 @@ func New(ctx context.Context, cfg Config) (*Comm, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ringo: rank %d: %w", cfg.Rank, err)
 	}
-	streams, err := connectMesh(ctx, id, nw, peers, log)
+	mesh := newMeshConnector(nw, peers, id, log)
+	peers = nil // the connector owns the listener now
+	streams, err := connectMesh(ctx, world{conn: mesh}, cfg.Rank, cfg.Size)
 	if err != nil {
+		mesh.release()
 		return nil, fmt.Errorf("ringo: rank %d: %w", cfg.Rank, err)
 	}
-	return newComm(cfg.Rank, cfg.Size, streams, cfg), nil
+	return newComm(cfg.Rank, cfg.Size, streams, cfg, world{conn: mesh}), nil
 }
 
 // advertiseHost picks the address peers should dial: iface's address, or
@@ -112,151 +113,37 @@ func advertiseHost(iface string, local net.Addr) (string, error) {
 	return transport.InterfaceAddr(iface)
 }
 
-// connectMesh connects this rank to every other over nw: it dials every
-// lower rank and accepts every higher one on ln. Connections that fail the
-// handshake (strangers, wrong token or certificate, a rank already
-// connected) are refused and logged.
-func connectMesh(ctx context.Context, id transport.Identity, nw *network, ln peerListener, log interface {
-	Warn(string, ...any)
-}) ([]transport.Stream, error) {
-	id.Purpose = transport.PurposePeer
-	streams := make([]transport.Stream, id.Size)
-	var (
-		mu       sync.Mutex
-		errs     []error
-		wg       sync.WaitGroup
-		missing  = id.Size - 1
-		complete = make(chan struct{})
-	)
-	add := func(rank int, s transport.Stream) error {
-		mu.Lock()
-		defer mu.Unlock()
-		if streams[rank] != nil {
-			return fmt.Errorf("rank %d is already connected", rank)
+// connectMesh connects rank to every other rank of a communicator on
+// channel, through conn (which takes world ranks: w.rank maps to them). The
+// first failure stops the rest; on failure, every connection made is closed.
+func connectMesh(ctx context.Context, w world, rank, size int) ([]transport.Stream, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	streams := make([]transport.Stream, size)
+	var wg sync.WaitGroup
+	for peer := range size {
+		if peer == rank {
+			continue
 		}
-		streams[rank] = s
-		if missing--; missing == 0 {
-			close(complete)
-		}
-		return nil
-	}
-	failed := make(chan struct{})
-	var failOnce sync.Once
-	fail := func(err error) {
-		mu.Lock()
-		errs = append(errs, err)
-		mu.Unlock()
-		failOnce.Do(func() { close(failed) })
-	}
-	handshakeDeadline := func() time.Time {
-		d := time.Now().Add(30 * time.Second)
-		if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
-			d = cd
-		}
-		return d
-	}
-
-	for peer := 0; peer < id.Rank; peer++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			addr := nw.peers[peer].Addr
-			conn, err := nw.dial(ctx, peer)
+			s, err := w.conn.connect(ctx, w.channel, w.rank(peer))
 			if err != nil {
-				fail(fmt.Errorf("dialing rank %d at %s: %w", peer, addr, err))
+				cancel(err)
 				return
 			}
-			h, err := transport.ClientHandshake(conn, id, handshakeDeadline())
-			if err == nil && h.Rank != peer {
-				err = fmt.Errorf("%w: %s answered as rank %d, expected rank %d", transport.ErrProtocol, addr, h.Rank, peer)
-			}
-			if err == nil {
-				err = add(peer, conn)
-			}
-			if err != nil {
-				_ = conn.Close()
-				fail(fmt.Errorf("connecting to rank %d: %w", peer, err))
-			}
+			streams[peer] = s
 		}()
 	}
-
-	if id.Rank < id.Size-1 {
-		stopAccept := context.AfterFunc(ctx, func() { _ = ln.close() })
-		defer stopAccept()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var hs sync.WaitGroup
-			defer hs.Wait()
-			for {
-				conn, err := ln.accept(ctx)
-				if errors.Is(err, transport.ErrAuth) || errors.Is(err, transport.ErrProtocol) {
-					log.Warn("ringo: refused a peer connection", "err", err)
-					continue
-				}
-				if err != nil {
-					select {
-					case <-complete:
-					default:
-						if !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
-							fail(fmt.Errorf("accepting peers: %w", err))
-						}
-					}
-					return
-				}
-				hs.Add(1)
-				go func() {
-					defer hs.Done()
-					from := remoteAddr(conn)
-					hctx, cancel := context.WithDeadline(ctx, handshakeDeadline())
-					defer cancel()
-					conn, err := ln.secure(hctx, conn)
-					if err != nil {
-						log.Warn("ringo: refused a peer connection", "from", from, "err", err)
-						return
-					}
-					h, err := transport.ServerHandshake(conn, id, handshakeDeadline(), func(h transport.Hello) error {
-						if h.Size != id.Size || h.Rank <= id.Rank || h.Rank >= id.Size {
-							return fmt.Errorf("rank %d of world size %d is not expected to dial rank %d of %d", h.Rank, h.Size, id.Rank, id.Size)
-						}
-						return nw.checkPeer(conn, h.Rank)
-					})
-					if err == nil {
-						err = add(h.Rank, conn)
-					}
-					if err != nil {
-						log.Warn("ringo: refused a peer connection", "from", from, "err", err)
-						_ = conn.Close()
-					}
-				}()
-			}
-		}()
-	}
-
-	var result error
-	select {
-	case <-complete:
-	case <-failed:
-	case <-ctx.Done():
-		result = fmt.Errorf("connecting to peers: %w", context.Cause(ctx))
-	}
-	_ = ln.close() // no stranger can connect once the mesh is formed
 	wg.Wait()
-	mu.Lock()
-	if result == nil && len(errs) > 0 {
-		result = errors.Join(errs...)
-	}
-	if result == nil && missing > 0 {
-		result = fmt.Errorf("connecting to peers: %d ranks missing", missing)
-	}
-	mu.Unlock()
-	if result != nil {
+	if err := context.Cause(ctx); err != nil {
 		for _, s := range streams {
 			if s != nil {
 				_ = s.Close()
 			}
 		}
-		return nil, result
+		return nil, fmt.Errorf("connecting to peers: %w", err)
 	}
 	return streams, nil
 }

@@ -81,9 +81,11 @@ const (
 	kindAllToAll
 	kindAllGatherV
 	kindAllToAllV
+	kindSplit
+	kindSendRecv // a Send matched with a Recv, on a point-to-point link
 )
 
-var kindNames = [...]string{"?", "AllReduce", "ReduceScatter", "AllGather", "Broadcast", "Barrier", "Reduce", "Gather", "Scatter", "AllToAll", "AllGatherV", "AllToAllV"}
+var kindNames = [...]string{"?", "AllReduce", "ReduceScatter", "AllGather", "Broadcast", "Barrier", "Reduce", "Gather", "Scatter", "AllToAll", "AllGatherV", "AllToAllV", "Split", "Send/Recv"}
 
 func (k kind) String() string {
 	if int(k) < len(kindNames) {
@@ -103,6 +105,10 @@ func describe(s transport.Signature) string {
 	switch k {
 	case kindBarrier:
 		return "Barrier()"
+	case kindSplit:
+		return "Split or Group"
+	case kindSendRecv:
+		return fmt.Sprintf("Send/Recv(%v, count=%d, tag=%d)", dt, s.Count, s.Root)
 	case kindBroadcast:
 		return fmt.Sprintf("Broadcast(%v, count=%d, root=%d)", dt, s.Count, s.Root)
 	case kindAllToAllV:

@@ -13,7 +13,7 @@ import (
 )
 
 // ProtocolVersion is the version of the handshake and frame format.
-const ProtocolVersion = 1
+const ProtocolVersion = 2
 
 // Purpose says what a connection is for; both sides must agree.
 type Purpose uint8
@@ -41,6 +41,9 @@ type Identity struct {
 	Rank    int     // this side's rank (-1 when it has none yet)
 	Size    int     // world size
 	Purpose Purpose // what the connection is for
+	// Channel says which of the job's communicators (or other streams) a
+	// peer connection belongs to, so that one listener can serve them all.
+	Channel uint64
 }
 
 // Hello is what the other side said about itself.
@@ -49,10 +52,11 @@ type Hello struct {
 	Purpose Purpose
 	Rank    int
 	Size    int
+	Channel uint64
 }
 
 const (
-	helloSize = 8 + 2 + 1 + 1 + 1 + 4 + 4 + 32 + 32
+	helloSize = 8 + 2 + 1 + 1 + 1 + 4 + 4 + 32 + 32 + 8
 	macSize   = sha256.Size
 )
 
@@ -78,6 +82,7 @@ type hello struct {
 	size    int32
 	job     [32]byte
 	nonce   [32]byte
+	channel uint64
 }
 
 func hostLittleEndian() byte {
@@ -96,6 +101,7 @@ func (h *hello) encode() []byte {
 	binary.LittleEndian.PutUint32(b[17:], uint32(h.size))
 	copy(b[21:], h.job[:])
 	copy(b[53:], h.nonce[:])
+	binary.LittleEndian.PutUint64(b[85:], h.channel)
 	return b
 }
 
@@ -112,6 +118,7 @@ func decodeHello(b []byte) (hello, error) {
 	h.size = int32(binary.LittleEndian.Uint32(b[17:]))
 	copy(h.job[:], b[21:53])
 	copy(h.nonce[:], b[53:85])
+	h.channel = binary.LittleEndian.Uint64(b[85:])
 	return h, nil
 }
 
@@ -123,6 +130,7 @@ func newHello(id Identity, status byte) (hello, error) {
 		little:  hostLittleEndian(),
 		rank:    int32(id.Rank),
 		size:    int32(id.Size),
+		channel: id.Channel,
 		job:     sha256.Sum256([]byte(id.Job)),
 	}
 	if _, err := rand.Read(h.nonce[:]); err != nil {
@@ -140,7 +148,7 @@ func mac(token []byte, label string, client, server []byte) []byte {
 }
 
 func (h hello) public() Hello {
-	return Hello{Version: h.version, Purpose: h.purpose, Rank: int(h.rank), Size: int(h.size)}
+	return Hello{Version: h.version, Purpose: h.purpose, Rank: int(h.rank), Size: int(h.size), Channel: h.channel}
 }
 
 // checkCompatible returns the status a server answers a client hello with.

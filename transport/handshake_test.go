@@ -72,6 +72,7 @@ func TestHandshakeSuccess(t *testing.T) {
 				cid, sid Identity
 			}{
 				{"peer", peerID(testToken, 2, 4), peerID(testToken, 0, 4)},
+				{"peer on a channel", withChannel(peerID(testToken, 3, 4), 0xfeedbeef01), withChannel(peerID(testToken, 1, 4), 0xfeedbeef01)},
 				{"rendezvous without rank", Identity{Token: []byte(testToken), Job: testJob, Rank: -1, Size: 8, Purpose: PurposeRendezvous},
 					Identity{Token: []byte(testToken), Job: testJob, Rank: -1, Size: 8, Purpose: PurposeRendezvous}},
 			} {
@@ -84,9 +85,9 @@ func TestHandshakeSuccess(t *testing.T) {
 					})
 					require.NoError(t, c.err)
 					require.NoError(t, s.err)
-					assert.Equal(t, Hello{Version: ProtocolVersion, Purpose: tc.sid.Purpose, Rank: tc.sid.Rank, Size: tc.sid.Size}, c.hello,
+					assert.Equal(t, Hello{Version: ProtocolVersion, Purpose: tc.sid.Purpose, Rank: tc.sid.Rank, Size: tc.sid.Size, Channel: tc.sid.Channel}, c.hello,
 						"the client learns the server's rank and size")
-					wantClient := Hello{Version: ProtocolVersion, Purpose: tc.cid.Purpose, Rank: tc.cid.Rank, Size: tc.cid.Size}
+					wantClient := Hello{Version: ProtocolVersion, Purpose: tc.cid.Purpose, Rank: tc.cid.Rank, Size: tc.cid.Size, Channel: tc.cid.Channel}
 					assert.Equal(t, wantClient, s.hello, "the server learns the client's rank and size")
 					assert.Equal(t, []Hello{wantClient}, accepted, "accept is called once, with the client's hello")
 					assertNoToken(t, rec.bytes(), testToken)
@@ -473,4 +474,9 @@ func FuzzServerHandshake(f *testing.F) {
 			require.Equal(t, statusBadToken, out[helloSize+macSize])
 		}
 	})
+}
+
+func withChannel(id Identity, ch uint64) Identity {
+	id.Channel = ch
+	return id
 }

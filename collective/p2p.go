@@ -1,0 +1,258 @@
+package collective
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/internal/xfer"
+	"github.com/ringo-ml/ringo/transport"
+)
+
+// Send sends buf to rank peer, to be received by the matching Recv(peer's
+// view: from this rank, with the same tag and count).
+//
+// Point-to-point messages travel on connections of their own, one per
+// direction of each pair of ranks, made when first used, so they never
+// queue behind collectives. Sends from one rank to one peer are matched
+// with that peer's Recvs from this rank in issue order: the k-th Send meets
+// the k-th Recv, and a tag or count that differs fails both with
+// ErrMismatch. Send returns once buf is handed to the connection, which may
+// be before or after the peer's Recv starts (as MPI_Send): a rank that
+// sends and receives with the same peer at once should use SendAsync.
+func Send[T Elem](ctx context.Context, c *Comm, buf []T, peer, tag int) error {
+	return c.p2pCall(ctx, true, peer, signature[T](kindSendRecv, 0, len(buf), tag), kernel.Bytes(buf))
+}
+
+// Recv receives into buf the message the matching Send of rank peer sent
+// (see Send).
+func Recv[T Elem](ctx context.Context, c *Comm, buf []T, peer, tag int) error {
+	return c.p2pCall(ctx, false, peer, signature[T](kindSendRecv, 0, len(buf), tag), kernel.Bytes(buf))
+}
+
+// SendAsync is Send, returning at once; buf must not change until the Work
+// is done. Its place among the Sends to peer is taken when it is called.
+func SendAsync[T Elem](ctx context.Context, c *Comm, buf []T, peer, tag int) *Work {
+	return c.p2pAsync(ctx, true, peer, signature[T](kindSendRecv, 0, len(buf), tag), kernel.Bytes(buf))
+}
+
+// RecvAsync is Recv, returning at once; buf must not be read until the Work
+// is done. Its place among the Recvs from peer is taken when it is called.
+func RecvAsync[T Elem](ctx context.Context, c *Comm, buf []T, peer, tag int) *Work {
+	return c.p2pAsync(ctx, false, peer, signature[T](kindSendRecv, 0, len(buf), tag), kernel.Bytes(buf))
+}
+
+// p2pLinks are a communicator's point-to-point channels: per peer, one for
+// sending and one for receiving, each with its own issue order.
+type p2pLinks struct {
+	mu     sync.Mutex // guards the links' creation against Close
+	closed bool
+	out    []*p2pChan // by peer
+	in     []*p2pChan
+}
+
+type p2pChan struct {
+	turn turnstile
+	link *transport.Link // made on first use, by the call whose turn it is
+	seq  uint64          // messages so far
+}
+
+func (p *p2pLinks) init(size int) {
+	p.out, p.in = make([]*p2pChan, size), make([]*p2pChan, size)
+	for i := range size {
+		p.out[i], p.in[i] = &p2pChan{}, &p2pChan{}
+	}
+}
+
+// made lists the links made so far.
+func (p *p2pLinks) made() []*transport.Link {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var ls []*transport.Link
+	for _, chans := range [][]*p2pChan{p.out, p.in} {
+		for _, ch := range chans {
+			if ch.link != nil {
+				ls = append(ls, ch.link)
+			}
+		}
+	}
+	return ls
+}
+
+// close waits for every point-to-point call issued so far to end and
+// refuses new links.
+func (p *p2pLinks) close() {
+	for _, chans := range [][]*p2pChan{p.out, p.in} {
+		for _, ch := range chans {
+			ch.turn.wait(ch.turn.take())
+			ch.turn.pass()
+		}
+	}
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+}
+
+// busy reports whether a point-to-point call runs or waits.
+func (p *p2pLinks) busy() bool {
+	for _, chans := range [][]*p2pChan{p.out, p.in} {
+		for _, ch := range chans {
+			if ch.turn.busy() {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+type p2pTicketKey struct{}
+
+// p2pDescribe renders a point-to-point call the way the user wrote it.
+func p2pDescribe(send bool, peer int, sig transport.Signature) string {
+	what, dir := "Recv", "from"
+	if send {
+		what, dir = "Send", "to"
+	}
+	return fmt.Sprintf("%s(%v, count=%d, %s rank %d, tag=%d)", what, kernel.DType(sig.DType), sig.Count, dir, peer, sig.Root)
+}
+
+func (c *Comm) p2pCheck(send bool, peer int, sig transport.Signature) error {
+	switch {
+	case peer < 0 || peer >= c.size:
+		return invalidf("%s: rank %d is not a rank of a communicator of %d", p2pDescribe(send, peer, sig), peer, c.size)
+	case peer == c.rank:
+		return invalidf("%s: a rank cannot send to itself", p2pDescribe(send, peer, sig))
+	case sig.Root < 0 || int(sig.Root) > math.MaxInt32:
+		return invalidf("%s: tags are 0..%d", p2pDescribe(send, peer, sig), math.MaxInt32)
+	}
+	return nil
+}
+
+func (c *Comm) p2pChan(send bool, peer int) *p2pChan {
+	if send {
+		return c.p2p.out[peer]
+	}
+	return c.p2p.in[peer]
+}
+
+func (c *Comm) p2pAsync(ctx context.Context, send bool, peer int, sig transport.Signature, buf []byte) *Work {
+	w := &Work{done: make(chan struct{})}
+	if err := c.p2pCheck(send, peer, sig); err != nil {
+		w.err = fmt.Errorf("ringo: rank %d: %w", c.rank, err)
+		close(w.done)
+		return w
+	}
+	ctx = context.WithValue(ctx, p2pTicketKey{}, c.p2pChan(send, peer).turn.take())
+	go func() {
+		w.err = c.p2pCall(ctx, send, peer, sig, buf)
+		close(w.done)
+	}()
+	return w
+}
+
+// p2pCall runs one Send or Recv on its turn. A failure after the first byte
+// may have moved aborts the communicator, as a failed collective does: the
+// peer is in the matching call and would otherwise wait for this rank.
+func (c *Comm) p2pCall(ctx context.Context, send bool, peer int, sig transport.Signature, buf []byte) error {
+	if err := c.p2pCheck(send, peer, sig); err != nil {
+		return fmt.Errorf("ringo: rank %d: %w", c.rank, err)
+	}
+	name := p2pDescribe(send, peer, sig)
+	ch := c.p2pChan(send, peer)
+	t, ok := ctx.Value(p2pTicketKey{}).(uint64)
+	if !ok {
+		t = ch.turn.take()
+	}
+	ch.turn.wait(t)
+	defer ch.turn.pass()
+	switch {
+	case c.closed.Load():
+		return fmt.Errorf("ringo: %s on rank %d: %w", name, c.rank, ErrClosed)
+	case c.Err() != nil:
+		return fmt.Errorf("ringo: %s on rank %d: %w", name, c.rank, c.Err())
+	case ctx.Err() != nil:
+		return fmt.Errorf("ringo: %s on rank %d: %w", name, c.rank, context.Cause(ctx))
+	}
+	var expire, slow <-chan time.Time
+	if c.timeout > 0 {
+		t := time.NewTimer(c.timeout)
+		defer t.Stop()
+		expire = t.C
+	}
+	if c.slowAt > 0 {
+		t := time.NewTimer(c.slowAt)
+		defer t.Stop()
+		slow = t.C
+	}
+	l, err := c.p2pLink(ctx, send, peer, ch, expire)
+	if err != nil {
+		// Nothing has moved: the call is simply not made.
+		return fmt.Errorf("ringo: %s on rank %d: %w", name, c.rank, err)
+	}
+	ch.seq++
+	l.BeginOp(ctx, transport.Header{Comm: c.id, Seq: ch.seq, Sig: sig}, expire, slow)
+	if send {
+		err = xfer.Send(l, buf)
+	} else {
+		err = xfer.Recv(l, buf)
+	}
+	l.End()
+	if err == nil {
+		return nil
+	}
+	switch {
+	case errors.Is(err, ErrTimeout):
+		c.fail.Fail(fmt.Errorf("rank %d: %s, message #%d: %w after %v", c.rank, name, ch.seq, ErrTimeout, c.timeout))
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		c.fail.Fail(fmt.Errorf("rank %d abandoned %s, message #%d: %w", c.rank, name, ch.seq, err))
+	default:
+		c.fail.Fail(err)
+	}
+	l.Quiesce()
+	return fmt.Errorf("ringo: %s, message #%d, on rank %d: %w", name, ch.seq, c.rank, c.Err())
+}
+
+// p2pLink returns the channel's link, connecting it on first use.
+func (c *Comm) p2pLink(ctx context.Context, send bool, peer int, ch *p2pChan, expire <-chan time.Time) (*transport.Link, error) {
+	if ch.link != nil {
+		return ch.link, nil
+	}
+	from, to := c.world.rank(c.rank), c.world.rank(peer)
+	if !send {
+		from, to = to, from
+	}
+	cctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if expire != nil {
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			select {
+			case <-expire:
+				cancel(fmt.Errorf("%w: rank %d did not come to connect within %v", ErrTimeout, peer, c.timeout))
+			case <-stop:
+			}
+		}()
+	}
+	s, err := c.world.conn.connect(cctx, channelOf(c.world.channel, "p2p", uint64(from), uint64(to)), c.world.rank(peer))
+	if err != nil {
+		return nil, err
+	}
+	opt := c.linkOptions()
+	opt.OnSlow = func(peer int, what string) {
+		c.log.Warn("ringo: point-to-point call is waiting for a rank", "waiting_for_rank", peer, "to", what, "after", c.slowAt)
+	}
+	l := transport.NewLinkWith(peer, transport.NewConn(s), c.fail, c.log, opt)
+	c.p2p.mu.Lock()
+	defer c.p2p.mu.Unlock()
+	if c.p2p.closed {
+		l.Shutdown(false, 0)
+		return nil, ErrClosed
+	}
+	ch.link = l
+	return l, nil
+}

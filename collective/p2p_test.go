@@ -1,0 +1,198 @@
+package collective_test
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/kernel"
+)
+
+// Every rank sends to the next and receives from the previous one, for every
+// odd count and several element types, on mem and TCP; then several tagged
+// messages in a row meet in order.
+func TestSendRecvAroundTheRing(t *testing.T) {
+	for _, tr := range []struct {
+		name string
+		form func(t *testing.T, n int) []*collective.Comm
+	}{
+		{"mem", func(t *testing.T, n int) []*collective.Comm { return local(t, n, collective.Config{}) }},
+		{"tcp", func(t *testing.T, n int) []*collective.Comm { return formTCP(t, n, collective.Config{}) }},
+	} {
+		for _, n := range []int{2, 3, 5} {
+			t.Run(fmt.Sprintf("%s/n=%d", tr.name, n), func(t *testing.T) {
+				comms := tr.form(t, n)
+				t.Run("float32", ringPass[float32](comms))
+				t.Run("int64", ringPass[int64](comms))
+				t.Run("uint8", ringPass[uint8](comms))
+			})
+		}
+	}
+}
+
+func ringPass[T collective.Elem](comms []*collective.Comm) func(t *testing.T) {
+	return func(t *testing.T) {
+		n := len(comms)
+		counts := oddCounts(n)
+		requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+			next, prev := (r+1)%n, (r+n-1)%n
+			for tag, count := range counts {
+				w := collective.SendAsync(ctx, c, inputs[T](r, count, collective.Sum), next, tag)
+				got := make([]T, count)
+				if err := collective.Recv(ctx, c, got, prev, tag); err != nil {
+					return err
+				}
+				if err := w.Wait(); err != nil {
+					return err
+				}
+				require.Equal(t, kernel.Bytes(inputs[T](prev, count, collective.Sum)), kernel.Bytes(got), "rank %d count %d", r, count)
+			}
+			return nil
+		}))
+	}
+}
+
+// Two ranks exchange 8 MiB at once, each sending before it receives: with
+// SendAsync neither waits for the other.
+func TestSendRecvExchangeOfLargeMessagesDoesNotDeadlock(t *testing.T) {
+	for _, tr := range []struct {
+		name  string
+		comms func(t *testing.T) []*collective.Comm
+	}{
+		{"mem", func(t *testing.T) []*collective.Comm { return local(t, 2, collective.Config{}) }},
+		{"tcp", func(t *testing.T) []*collective.Comm { return formTCP(t, 2, collective.Config{}) }},
+	} {
+		t.Run(tr.name, func(t *testing.T) {
+			const count = 2<<20 + 3
+			requireAllOK(t, each(tr.comms(t), func(r int, c *collective.Comm) error {
+				out := inputs[float32](r, count, collective.Sum)
+				in := make([]float32, count)
+				w := collective.SendAsync(ctx, c, out, 1-r, 9)
+				if err := collective.Recv(ctx, c, in, 1-r, 9); err != nil {
+					return err
+				}
+				if err := w.Wait(); err != nil {
+					return err
+				}
+				require.Equal(t, inputs[float32](1-r, count, collective.Sum), in)
+				return nil
+			}))
+		})
+	}
+}
+
+// Point-to-point messages and collectives on one communicator, from two
+// goroutines per rank, do not wait for each other's frames.
+func TestSendRecvBesideCollectives(t *testing.T) {
+	comms := local(t, 4, tinyPipeline)
+	requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+		done := make(chan error, 1)
+		go func() {
+			for k := range 20 {
+				buf := []int32{int32(r), int32(k)}
+				if err := collective.AllReduce(ctx, c, buf, collective.Sum); err != nil {
+					done <- err
+					return
+				}
+				if buf[0] != 6 || buf[1] != int32(4*k) {
+					done <- fmt.Errorf("rank %d: AllReduce %d gave %v", r, k, buf)
+					return
+				}
+			}
+			done <- nil
+		}()
+		// Ping-pong between ranks 0-1 and 2-3.
+		peer := r ^ 1
+		for k := range 20 {
+			msg := []int64{int64(r*1000 + k)}
+			if r%2 == 0 {
+				if err := collective.Send(ctx, c, msg, peer, k); err != nil {
+					return err
+				}
+				if err := collective.Recv(ctx, c, msg, peer, k); err != nil {
+					return err
+				}
+				require.Equal(t, int64(peer*1000+k), msg[0])
+			} else {
+				if err := collective.Recv(ctx, c, msg, peer, k); err != nil {
+					return err
+				}
+				require.Equal(t, int64(peer*1000+k), msg[0])
+				msg[0] = int64(r*1000 + k)
+				if err := collective.Send(ctx, c, msg, peer, k); err != nil {
+					return err
+				}
+			}
+		}
+		return <-done
+	}))
+}
+
+// A Send and a Recv that disagree on tag, type or count fail on both
+// ranks with ErrMismatch naming the calls.
+func TestSendRecvMismatchFailsBothRanks(t *testing.T) {
+	cases := map[string]func(c *collective.Comm) error{
+		"tag":   func(c *collective.Comm) error { return collective.Recv(ctx, c, make([]float32, 5), 0, 8) },
+		"count": func(c *collective.Comm) error { return collective.Recv(ctx, c, make([]float32, 6), 0, 7) },
+		"type":  func(c *collective.Comm) error { return collective.Recv(ctx, c, make([]int32, 5), 0, 7) },
+	}
+	for name, recv := range cases {
+		t.Run(name, func(t *testing.T) {
+			comms := local(t, 2, collective.Config{})
+			errs := each(comms, func(r int, c *collective.Comm) error {
+				if r == 0 {
+					if err := collective.Send(ctx, c, make([]float32, 5), 1, 7); err != nil {
+						return err
+					}
+					// The send may be written before the receiver objects:
+					// the next call on the communicator reports it.
+					return collective.Barrier(ctx, c)
+				}
+				return recv(c)
+			})
+			for r, err := range errs {
+				require.ErrorIs(t, err, collective.ErrMismatch, "rank %d", r)
+			}
+			require.ErrorContains(t, errs[1], "tag=7")
+		})
+	}
+}
+
+// Bad peers and tags are refused at once, on the calling rank only: nothing
+// was sent, and the communicator stays usable.
+func TestSendRecvRefuseBadArguments(t *testing.T) {
+	comms := local(t, 3, collective.Config{})
+	c := comms[1]
+	require.ErrorIs(t, collective.Send(ctx, c, []float32{1}, 1, 0), collective.ErrInvalid)
+	require.ErrorIs(t, collective.Send(ctx, c, []float32{1}, 3, 0), collective.ErrInvalid)
+	require.ErrorIs(t, collective.Recv(ctx, c, []float32{1}, -1, 0), collective.ErrInvalid)
+	require.ErrorIs(t, collective.Recv(ctx, c, []float32{1}, 0, -5), collective.ErrInvalid)
+	require.ErrorIs(t, collective.SendAsync(ctx, c, []float32{1}, 7, 0).Wait(), collective.ErrInvalid)
+	checkEveryCollective(t, comms)
+}
+
+// A sub-communicator's ranks are its own: Send(peer) names a rank of it.
+func TestSendRecvOnASubCommunicator(t *testing.T) {
+	comms := local(t, 4, collective.Config{})
+	requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+		sub, err := c.Split(ctx, 0, -r) // sub rank = 3 - r
+		if err != nil {
+			return err
+		}
+		defer sub.Close()
+		me := sub.Rank()
+		buf := []int64{int64(r)}
+		if me == 0 {
+			return collective.Send(ctx, sub, buf, 1, 0)
+		}
+		if me == 1 {
+			if err := collective.Recv(ctx, sub, buf, 0, 0); err != nil {
+				return err
+			}
+			require.Equal(t, int64(3), buf[0]) // sub rank 0 is parent rank 3
+		}
+		return nil
+	}))
+}

@@ -1,0 +1,132 @@
+package collective
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"hash/fnv"
+	"slices"
+
+	"github.com/ringo-ml/ringo/ring"
+)
+
+// Undefined is the color of a rank that takes part in Split without
+// joining any of the new communicators (MPI_UNDEFINED).
+const Undefined = -1
+
+// badColor marks a rank whose Group arguments were invalid, so that every
+// rank, not only the one that made the mistake, refuses the call.
+const badColor = -2
+
+// Split partitions the communicator, as MPI_Comm_split does: every rank
+// calls it (it is a call on c, in c's issue order), ranks that pass the same
+// color form one new communicator, ordered by key and then by their rank in
+// c. A rank that passes Undefined gets nil.
+//
+// The new communicator has connections of its own (streams of the same
+// transport), so its calls are independent of c's and of its siblings':
+// they may run at the same time, from other goroutines, in any order
+// relative to c's calls. Failures are independent too; closing c leaves its
+// children usable. Close each communicator when done with it.
+func (c *Comm) Split(ctx context.Context, color, key int) (*Comm, error) {
+	if color < Undefined {
+		color = badColor
+	}
+	sub, err := c.split(ctx, "Split", color, key, 0)
+	return sub, err
+}
+
+// Group makes a communicator of the given ranks of c, in the order given
+// (rank i of the new communicator is ranks[i]), as torch.distributed's
+// new_group does: every rank of c calls it with the same list; ranks not in
+// the list get nil. See Split for how the new communicator relates to c.
+func (c *Comm) Group(ctx context.Context, ranks []int) (*Comm, error) {
+	color, key := Undefined, 0
+	var bad error
+	seen := make(map[int]bool, len(ranks))
+	h := fnv.New64a()
+	for i, r := range ranks {
+		switch {
+		case r < 0 || r >= c.size:
+			bad = invalidf("Group: rank %d is not a rank of a communicator of %d", r, c.size)
+		case seen[r]:
+			bad = invalidf("Group: rank %d is listed twice", r)
+		}
+		seen[r] = true
+		if r == c.rank {
+			color, key = 0, i
+		}
+		_ = binary.Write(h, binary.LittleEndian, int64(r))
+	}
+	if bad != nil {
+		color = badColor
+	}
+	list := h.Sum64() | 1 // never 0, which Split sends
+	sub, err := c.split(ctx, "Group", color, key, list)
+	if err == nil && bad != nil {
+		err = fmt.Errorf("ringo: Group on rank %d: %w", c.rank, bad)
+	}
+	return sub, err
+}
+
+// split exchanges every rank's (color, key, list) through c, checks them
+// (every rank sees the same table, so every rank reaches the same verdict)
+// and connects this rank's new communicator.
+func (c *Comm) split(ctx context.Context, call string, color, key int, list uint64) (*Comm, error) {
+	mine := []int64{int64(color), int64(key), int64(list)}
+	table := make([]int64, len(mine)*c.size)
+	if err := c.begin(ctx, signature[int64](kindSplit, 0, len(mine), 0)); err != nil {
+		return nil, err
+	}
+	seq := c.seq // the same on every rank: it names the new communicators
+	if err := c.end(ring.AllGather(c.ring, mine, table)); err != nil {
+		return nil, err
+	}
+	type member struct{ key, rank int }
+	var members []member
+	for r := range c.size {
+		col, k, l := table[3*r], table[3*r+1], uint64(table[3*r+2])
+		switch {
+		case col == badColor && call == "Group":
+			return nil, fmt.Errorf("ringo: Group on rank %d: %w", c.rank, invalidf("rank %d passed an invalid list of ranks", r))
+		case col < Undefined:
+			return nil, fmt.Errorf("ringo: Split on rank %d: %w", c.rank, invalidf("rank %d passed a color below Undefined", r))
+		case l != uint64(table[2]):
+			return nil, fmt.Errorf("ringo: %s on rank %d: %w", call, c.rank, invalidf("rank %d passed another list of ranks than rank 0", r))
+		case col == int64(color):
+			members = append(members, member{int(k), r})
+		}
+	}
+	if color == Undefined {
+		return nil, nil
+	}
+	slices.SortFunc(members, func(a, b member) int {
+		if a.key != b.key {
+			return a.key - b.key
+		}
+		return a.rank - b.rank
+	})
+	w := world{
+		conn:    c.world.conn,
+		ranks:   make([]int, len(members)),
+		channel: channelOf(c.world.channel, "split", seq, uint64(color)),
+	}
+	rank := 0
+	for i, m := range members {
+		w.ranks[i] = c.world.rank(m.rank)
+		if m.rank == c.rank {
+			rank = i
+		}
+	}
+	if t := c.timeout; t > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, t, fmt.Errorf("%w: connecting the new communicator took longer than %v", ErrTimeout, t))
+		defer cancel()
+	}
+	streams, err := connectMesh(ctx, w, rank, len(members))
+	if err != nil {
+		return nil, fmt.Errorf("ringo: %s on rank %d: %w", call, c.rank, err)
+	}
+	w.conn.retain()
+	return newComm(rank, len(members), streams, c.cfg, w), nil
+}
