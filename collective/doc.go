@@ -17,4 +17,18 @@
 // that matches ErrAborted, and the Comm must be closed and formed again.
 //
 // Every rank ends every collective with bitwise-identical results.
+//
+// Sub-communicators come from Split (MPI_Comm_split) and Group
+// (torch.distributed.new_group), both calls on the parent. Each has its own
+// connections, issue order and failure: a data-parallel group and a pipeline
+// group of the same ranks can run at the same time from different goroutines
+// without their frames ever queueing behind each other's.
+//
+//	dp, err := world.Split(ctx, world.Rank()%stages, world.Rank()) // data parallel
+//	pp, err := world.Split(ctx, world.Rank()/stages, world.Rank()) // pipeline stages
+//
+// Send and Recv move a buffer between two ranks, on connections of their own
+// (one per direction of a pair, made on first use), so they never wait behind
+// a collective. Between two ranks, the k-th Send meets the k-th Recv; a tag,
+// type or count that differs fails both with ErrMismatch.
 package collective
