@@ -21,15 +21,27 @@ func rootsOf(n int) []int {
 	return []int{0, n / 2, n - 1}
 }
 
+// TestReduce runs Reduce by both of its paths: an AllReduce on a copy
+// (doubling) and a reduce-scatter plus gather (ring).
 func TestReduce(t *testing.T) {
-	t.Run("float64", reduceMatrix[float64])
-	t.Run("int32", reduceMatrix[int32])
-	t.Run("uint8", reduceMatrix[uint8])
+	for _, algo := range []string{"ring", "doubling"} {
+		t.Run(algo, func(t *testing.T) {
+			t.Run("float64", reduceMatrix[float64](algo))
+			t.Run("int32", reduceMatrix[int32](algo))
+			t.Run("uint8", reduceMatrix[uint8](algo))
+		})
+	}
 }
 
-func reduceMatrix[T collective.Elem](t *testing.T) {
+func reduceMatrix[T collective.Elem](algo string) func(t *testing.T) {
+	return func(t *testing.T) { reduceMatrixWith[T](t, algo) }
+}
+
+func reduceMatrixWith[T collective.Elem](t *testing.T, algo string) {
 	for n := 1; n <= 8; n++ {
-		comms := local(t, n, tinyPipeline)
+		cfg := tinyPipeline
+		cfg.Algorithm = algo
+		comms := local(t, n, cfg)
 		for _, root := range rootsOf(n) {
 			for _, op := range opsFor[T]() {
 				for _, count := range []int{0, 1, n + 2, 97, 1000} {

@@ -12,34 +12,48 @@ import (
 )
 
 // Gather concatenates every rank's send, in rank order, into recv at root
-// (size blocks of len(send)); recv is not used elsewhere. The root receives
-// from every rank at once when blocks fit a frame.
+// (size blocks of len(send)); recv is not used elsewhere.
 func Gather[T kernel.Elem](rank, size, root int, links []ring.Link, send, recv []T) error {
 	m := len(send)
+	return GatherBlocks(rank, root, links, send, recv, func(p int) (int, int) { return p * m, (p + 1) * m })
+}
+
+// GatherBlocks sends every rank's send to root, which puts rank p's into
+// recv[block(p)]; len(send) must be the length of block(rank). The root
+// receives from every rank at once when blocks fit a frame.
+func GatherBlocks[T kernel.Elem](rank, root int, links []ring.Link, send, recv []T, block func(p int) (lo, hi int)) error {
 	if rank != root {
 		return xfer.Send(links[root], send)
 	}
-	copy(recv[root*m:(root+1)*m], send)
-	if m*kernel.Size[T]() > xfer.MaxPiece {
-		for p := range size {
+	lo, hi := block(root)
+	copy(recv[lo:hi], send)
+	largest := 0
+	for p := range links {
+		lo, hi := block(p)
+		largest = max(largest, hi-lo)
+	}
+	if largest*kernel.Size[T]() > xfer.MaxPiece {
+		for p, l := range links {
 			if p != root {
-				if err := xfer.Recv(links[p], recv[p*m:(p+1)*m]); err != nil {
+				lo, hi := block(p)
+				if err := xfer.Recv(l, recv[lo:hi]); err != nil {
 					return err
 				}
 			}
 		}
 		return nil
 	}
-	for p := range size {
+	for p, l := range links {
 		if p != root {
-			if err := links[p].Post(kernel.Bytes(recv[p*m : (p+1)*m])); err != nil {
+			lo, hi := block(p)
+			if err := l.Post(kernel.Bytes(recv[lo:hi])); err != nil {
 				return err
 			}
 		}
 	}
-	for p := range size {
+	for p, l := range links {
 		if p != root {
-			if err := links[p].Wait(); err != nil {
+			if err := l.Wait(); err != nil {
 				return err
 			}
 		}
