@@ -3,6 +3,7 @@ package collective_test
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -24,9 +25,14 @@ func TestSendRecvAroundTheRing(t *testing.T) {
 		for _, n := range []int{2, 3, 5} {
 			t.Run(fmt.Sprintf("%s/n=%d", tr.name, n), func(t *testing.T) {
 				comms := tr.form(t, n)
-				t.Run("float32", ringPass[float32](comms))
-				t.Run("int64", ringPass[int64](comms))
+				t.Run("int8", ringPass[int8](comms))
 				t.Run("uint8", ringPass[uint8](comms))
+				t.Run("int32", ringPass[int32](comms))
+				t.Run("uint32", ringPass[uint32](comms))
+				t.Run("int64", ringPass[int64](comms))
+				t.Run("uint64", ringPass[uint64](comms))
+				t.Run("float32", ringPass[float32](comms))
+				t.Run("float64", ringPass[float64](comms))
 			})
 		}
 	}
@@ -195,4 +201,17 @@ func TestSendRecvOnASubCommunicator(t *testing.T) {
 		}
 		return nil
 	}))
+}
+
+// A Recv that nobody will match ends when its communicator is closed from
+// another goroutine (and the peer learns of it), not at the timeout.
+func TestCloseEndsAPendingRecv(t *testing.T) {
+	comms := local(t, 2, collective.Config{Timeout: time.Hour})
+	errc := make(chan error, 1)
+	go func() { errc <- collective.Recv(ctx, comms[0], make([]float32, 4), 1, 0) }()
+	w := collective.RecvAsync(ctx, comms[1], make([]float32, 4), 0, 0)
+	require.NoError(t, comms[0].Close())
+	err := <-errc
+	require.Error(t, err)
+	require.ErrorIs(t, w.Wait(), collective.ErrAborted)
 }
