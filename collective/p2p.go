@@ -177,6 +177,20 @@ func (c *Comm) p2pCall(ctx context.Context, send bool, peer int, sig transport.S
 	case ctx.Err() != nil:
 		return fmt.Errorf("ringo: %s on rank %d: %w", name, c.rank, context.Cause(ctx))
 	}
+	// A peer that closes its communicator (or is lost) will never match
+	// this call: its collective link says so.
+	if cl := c.links[peer]; cl != nil {
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		go func() {
+			select {
+			case <-cl.Dead():
+				cancel(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
+			case <-ctx.Done():
+			}
+		}()
+	}
 	var expire, slow <-chan time.Time
 	if c.timeout > 0 {
 		t := time.NewTimer(c.timeout)
