@@ -267,6 +267,10 @@ func (c *Comm) explain(err error) error {
 	var mm *transport.MismatchError
 	if errors.As(err, &mm) {
 		g, w := mm.Got, mm.Want
+		if kind(g.Sig.Kind) == kindSendRecv && kind(w.Sig.Kind) == kindSendRecv {
+			return fmt.Errorf("%w: message #%d from rank %d to rank %d: sent as %s, received as %s",
+				ErrMismatch, g.Seq, mm.Peer, c.rank, p2pDescribe(true, c.rank, g.Sig), p2pDescribe(false, mm.Peer, w.Sig))
+		}
 		if g.Seq == w.Seq && g.Sig == w.Sig {
 			return fmt.Errorf("%w: rank %d sent frame %d of %d bytes in %s op #%d; rank %d expected frame %d of %d bytes",
 				ErrMismatch, mm.Peer, g.Index, g.Len, describe(g.Sig), g.Seq, c.rank, w.Index, w.Len)
