@@ -123,6 +123,27 @@ func (c *Comm) split(ctx context.Context, call string, color, key int, list uint
 		ctx, cancel = context.WithTimeoutCause(ctx, t, fmt.Errorf("%w: connecting the new communicator took longer than %v", ErrTimeout, t))
 		defer cancel()
 	}
+	// A member that fails or leaves the parent now will never connect: stop
+	// waiting for it then, not at the timeout.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	watch := func(done <-chan struct{}, cause func() error) {
+		go func() {
+			select {
+			case <-done:
+				cancel(cause())
+			case <-ctx.Done():
+			}
+		}()
+	}
+	watch(c.fail.Done(), c.Err)
+	for _, m := range members {
+		if l := c.links[m.rank]; l != nil {
+			watch(l.Dead(), func() error {
+				return fmt.Errorf("%w: rank %d left the parent communicator before connecting", ErrPeerLost, m.rank)
+			})
+		}
+	}
 	streams, err := connectMesh(ctx, w, rank, len(members))
 	if err != nil {
 		return nil, fmt.Errorf("ringo: %s on rank %d: %w", call, c.rank, err)
