@@ -1,3 +1,5 @@
+//go:build unix
+
 package main
 
 import (
@@ -10,7 +12,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/ringo-ml/ringo/transport"
@@ -239,8 +240,8 @@ func rankCommand(o *options, j jobEnv, p placement, workDir string) (cmd *exec.C
 	// Its own process group, so that stopping a rank stops its children
 	// too, and a Ctrl-C at the terminal reaches ringrun only (which then
 	// stops every rank in order). If ringrun dies without stopping it, the
-	// kernel kills it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// kernel kills it (on Linux).
+	cmd.SysProcAttr = rankProcAttr()
 	return cmd, stdinToken
 }
 

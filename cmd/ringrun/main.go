@@ -1,3 +1,5 @@
+//go:build unix
+
 // Command ringrun starts the ranks of a ringo job, on this machine or on
 // many, and waits for them: an mpirun/torchrun-style launcher.
 //
@@ -29,17 +31,11 @@ import (
 )
 
 func main() {
-	// Processes a rank leaves behind become ringrun's children when their
-	// parent dies, rather than init's: ringrun reaps them when it stops a
-	// job, so that none is left when it exits.
-	_, _, _ = syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0)
+	becomeSubreaper()
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, isTerminal(os.Stderr), sigs))
 }
-
-// prSetChildSubreaper is PR_SET_CHILD_SUBREAPER of prctl(2).
-const prSetChildSubreaper = 36
 
 // run is ringrun with its arguments, outputs and signals given; it returns
 // the exit code.
