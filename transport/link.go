@@ -16,6 +16,9 @@ import (
 // ErrTimeout: an operation outlived its deadline.
 var ErrTimeout = errors.New("operation timed out")
 
+// ErrInterrupted: Interrupt ended the operation a call belonged to.
+var ErrInterrupted = errors.New("operation interrupted")
+
 // LinkDepth bounds the frames a Link holds queued for sending and the
 // receives posted ahead. Schedules must keep fewer in flight per link.
 const LinkDepth = 64
@@ -26,8 +29,15 @@ const LinkDepth = 64
 // payload straight into the posted buffer. Any broken connection, mismatched
 // frame or abort notice fails the shared Failure, which wakes every waiter.
 //
-// Post, Wait, Send and Flush belong to one goroutine at a time: the one
-// running the communicator's current operation, between Begin and its end.
+// A link has two sides, and during an operation each may be driven by its own
+// goroutine: Send, Flush and FlushAll (the send side) by one, Post and Wait
+// (the receive side) by another, so that two schedules can use the two
+// directions of one connection at once (a bidirectional ring). Calls on one
+// side must not overlap each other. Begin, BeginOp and End are not concurrent
+// with any of them: they run on the goroutine that owns the operation, before
+// the sides start and after both have returned. Interrupt may be called from
+// any goroutine during an operation. LinkOptions.OnSlow may therefore run on
+// both sides' goroutines at once.
 type Link struct {
 	peer int
 	conn *Conn
@@ -39,10 +49,9 @@ type Link struct {
 	lastHeard atomic.Int64 // unix nanoseconds of the last frame from the peer
 	lastSeq   atomic.Uint64
 
-	sendq   chan outFrame
+	sendq   chan outFrame // the send side's data frames and the receive side's probes
 	sent    atomic.Uint64
 	sentSig chan struct{}
-	queued  uint64
 
 	posts chan inFrame
 	recvd chan struct{}
@@ -56,8 +65,6 @@ type Link struct {
 	readerDone chan struct{}
 	senderDone chan struct{}
 	beat       *time.Timer // the sender's heartbeat timer
-	probe      *time.Timer // owned by the waiting goroutine
-	probed     bool        // a probe went out during this operation
 	closing    atomic.Bool
 	peerBye    atomic.Bool
 
@@ -67,13 +74,28 @@ type Link struct {
 	cur   Header
 	begun chan struct{}
 
-	// The operation in progress.
-	hdr       Header
+	// The operation in progress, set by BeginOp and read by both sides.
+	hdr    Header
+	ctx    context.Context
+	expire <-chan time.Time
+
+	// The send side's state.
+	queued    uint64 // data frames queued since the link began (Flush tickets)
 	sendIndex uint32
+	sendSlow  <-chan time.Time // nil once this side has reported slowness
+
+	// The receive side's state.
 	recvIndex uint32
-	ctx       context.Context
-	expire    <-chan time.Time
-	slow      <-chan time.Time
+	recvSlow  <-chan time.Time
+	probe     *time.Timer // started by a Wait that has waited ProbeAfter
+	probed    bool        // a probe went out during this operation
+
+	// halt is closed by Interrupt, after haltErr is set, to wake both sides.
+	// A closed halt is replaced by the next BeginOp; an unused one is kept,
+	// so that an operation costs no allocation.
+	haltMu  sync.Mutex
+	halt    chan struct{}
+	haltErr error
 }
 
 // LinkOptions are a link's settings beyond its connection.
@@ -129,6 +151,7 @@ func NewLinkWith(peer int, conn *Conn, fail *Failure, log *slog.Logger, opt Link
 		senderDone: make(chan struct{}),
 		begun:      make(chan struct{}, 1),
 		ctx:        context.Background(),
+		halt:       make(chan struct{}),
 	}
 	l.lastHeard.Store(time.Now().UnixNano())
 	go l.sender()
@@ -156,13 +179,21 @@ func (l *Link) Begin(ctx context.Context, hdr Header, expire <-chan time.Time) {
 }
 
 // BeginOp is Begin with a slow channel: a wait still blocked when it fires
-// calls LinkOptions.OnSlow once and goes on waiting.
+// calls LinkOptions.OnSlow and goes on waiting. Each side reports at most
+// once per operation; a timer's channel delivers one tick, so only the side
+// (of all the links sharing it) that takes the tick reports.
 func (l *Link) BeginOp(ctx context.Context, hdr Header, expire, slow <-chan time.Time) {
 	hdr.Type = Data
 	l.hdr = hdr
 	l.sendIndex, l.recvIndex = 0, 0
-	l.ctx, l.expire, l.slow = ctx, expire, slow
+	l.ctx, l.expire = ctx, expire
+	l.sendSlow, l.recvSlow = slow, slow
 	l.probed = false
+	l.haltMu.Lock()
+	if l.haltErr != nil {
+		l.halt, l.haltErr = make(chan struct{}), nil
+	}
+	l.haltMu.Unlock()
 	l.curMu.Lock()
 	l.cur = hdr
 	l.curMu.Unlock()
@@ -174,12 +205,50 @@ func (l *Link) BeginOp(ctx context.Context, hdr Header, expire, slow <-chan time
 
 // End drops the references Begin took.
 func (l *Link) End() {
-	l.ctx, l.expire, l.slow = context.Background(), nil, nil
+	l.ctx, l.expire = context.Background(), nil
+	l.sendSlow, l.recvSlow = nil, nil
 }
 
-// slowed reports a wait that outlived the slow channel, once per operation.
-func (l *Link) slowed(what string) {
-	l.slow = nil
+// Interrupt ends the operation in progress on this link: until the next
+// BeginOp, every Send and Post, and every Flush and Wait that has to wait,
+// returns an error wrapping ErrInterrupted and cause. Blocked calls wake at
+// once. The first call wins; later ones do nothing.
+//
+// It is for a caller that drives the two sides from two goroutines and must
+// stop one because the other failed with an error that does not fail the
+// communicator (a timeout is delivered to one waiter only). Like any error,
+// it leaves receives posted and frames queued: the caller fails the
+// communicator and calls Quiesce before it reuses the operation's buffers.
+func (l *Link) Interrupt(cause error) {
+	l.haltMu.Lock()
+	defer l.haltMu.Unlock()
+	if l.haltErr != nil {
+		return
+	}
+	l.haltErr = fmt.Errorf("%w: %w", ErrInterrupted, cause)
+	close(l.halt)
+}
+
+// haltError is the error Interrupt set. Only call it once halt is seen
+// closed: the close orders the write of haltErr before this read.
+func (l *Link) haltError() error { return l.haltErr }
+
+// halted returns the interrupt's error if the operation was interrupted.
+// Send and Post check it first because their selects may find room in a
+// queue as well as a closed halt, and would then pick either.
+func (l *Link) halted() error {
+	select {
+	case <-l.halt:
+		return l.haltError()
+	default:
+		return nil
+	}
+}
+
+// slowed reports a wait that outlived the slow channel, once per operation
+// and side: slow is that side's channel.
+func (l *Link) slowed(slow *<-chan time.Time, what string) {
+	*slow = nil
 	if l.opt.OnSlow != nil {
 		l.opt.OnSlow(l.peer, what)
 	}
@@ -191,6 +260,9 @@ func (l *Link) Send(src []byte) (uint64, error) {
 	if len(src) > MaxPayload {
 		return 0, fmt.Errorf("transport: a frame of %d bytes exceeds the limit of %d", len(src), MaxPayload)
 	}
+	if err := l.halted(); err != nil {
+		return 0, err
+	}
 	h := l.hdr
 	h.Index = l.sendIndex
 	h.Len = uint32(len(src))
@@ -199,6 +271,8 @@ func (l *Link) Send(src []byte) (uint64, error) {
 	case l.sendq <- outFrame{hdr: h, payload: src}:
 		l.queued++
 		return l.queued, nil
+	case <-l.halt:
+		return 0, l.haltError()
 	case <-l.fail.Done():
 		return 0, l.fail.Err()
 	case <-l.ctx.Done():
@@ -213,8 +287,10 @@ func (l *Link) Flush(ticket uint64) error {
 	for l.sent.Load() < ticket {
 		select {
 		case <-l.sentSig:
-		case <-l.slow:
-			l.slowed("send")
+		case <-l.sendSlow:
+			l.slowed(&l.sendSlow, "send")
+		case <-l.halt:
+			return l.haltError()
 		case <-l.fail.Done():
 			return l.fail.Err()
 		case <-l.ctx.Done():
@@ -235,6 +311,9 @@ func (l *Link) Post(dst []byte) error {
 	if len(dst) > MaxPayload {
 		return fmt.Errorf("transport: a receive of %d bytes exceeds the frame limit of %d", len(dst), MaxPayload)
 	}
+	if err := l.halted(); err != nil {
+		return err
+	}
 	want := l.hdr
 	want.Index = l.recvIndex
 	want.Len = uint32(len(dst))
@@ -242,6 +321,8 @@ func (l *Link) Post(dst []byte) error {
 	select {
 	case l.posts <- inFrame{want: want, dst: dst}:
 		return nil
+	case <-l.halt:
+		return l.haltError()
 	case <-l.dead:
 		return l.deadError()
 	case <-l.fail.Done():
@@ -278,9 +359,11 @@ func (l *Link) Wait() error {
 			probe = nil
 			l.sendProbe()
 			continue
-		case <-l.slow:
-			l.slowed("receive")
+		case <-l.recvSlow:
+			l.slowed(&l.recvSlow, "receive")
 			continue
+		case <-l.halt:
+			return l.haltError()
 		case <-l.dead:
 			select {
 			case <-l.recvd:

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -545,6 +546,147 @@ func TestLinkShutdownAfterTooManyPosts(t *testing.T) {
 		<-done
 		t.Fatal("Shutdown hung with more than LinkDepth completed receives not waited for")
 	}
+}
+
+// TestLinkSidesOnTwoGoroutines drives each end's send side and receive side
+// from goroutines of their own during one operation, as the two halves of a
+// bidirectional ring do, with a slow channel that has already fired so that
+// both sides take the slow path at once. Run under -race it checks that the
+// sides share no unsynchronised state; it also checks that every frame
+// arrives intact and in order, and that each side reports slowness once.
+func TestLinkSidesOnTwoGoroutines(t *testing.T) {
+	for _, kind := range streamKinds {
+		t.Run(kind.name, func(t *testing.T) {
+			noLeaks(t)
+			sa, sb := kind.pair(t)
+			slow := make(chan time.Time)
+			close(slow) // fired before the operation begins: every wait sees it
+			var mu sync.Mutex
+			reports := map[string]int{} // "peer/what" -> OnSlow calls
+			opt := LinkOptions{ProbeAfter: time.Millisecond, OnSlow: func(peer int, what string) {
+				mu.Lock()
+				reports[fmt.Sprintf("%d/%s", peer, what)]++
+				mu.Unlock()
+			}}
+			fa, fb := NewFailure(nil), NewFailure(nil)
+			a := NewLinkWith(rankB, NewConn(sa), fa, nil, opt)
+			b := NewLinkWith(rankA, NewConn(sb), fb, nil, opt)
+			t.Cleanup(func() {
+				a.Shutdown(false, 0)
+				b.Shutdown(false, 0)
+			})
+			a.BeginOp(context.Background(), linkHdr, nil, slow)
+			b.BeginOp(context.Background(), linkHdr, nil, slow)
+
+			const frames = 300
+			size := func(i int) int { return 1 + (i*997)%(8<<10) }
+			var wg sync.WaitGroup
+			errs := make(chan error, 4)
+			send := func(l *Link, seed byte) {
+				defer wg.Done()
+				var last uint64
+				for i := range frames {
+					tk, err := l.Send(pattern(size(i), seed+byte(i)))
+					if err != nil {
+						errs <- fmt.Errorf("send %d: %w", i, err)
+						return
+					}
+					last = tk
+					// Flush now and then, as a schedule reusing a slot does.
+					if i%7 == 0 {
+						if err := l.Flush(tk); err != nil {
+							errs <- fmt.Errorf("flush %d: %w", i, err)
+							return
+						}
+					}
+				}
+				if err := l.Flush(last); err != nil {
+					errs <- err
+					return
+				}
+				errs <- l.FlushAll()
+			}
+			recv := func(l *Link, seed byte) {
+				defer wg.Done()
+				const ahead = 4 // receives posted ahead, fewer than LinkDepth
+				dsts := make([][]byte, frames)
+				for i := range dsts {
+					dsts[i] = make([]byte, size(i))
+				}
+				for i := range frames + ahead {
+					if i < frames {
+						if err := l.Post(dsts[i]); err != nil {
+							errs <- fmt.Errorf("post %d: %w", i, err)
+							return
+						}
+					}
+					if j := i - ahead; j >= 0 {
+						if err := l.Wait(); err != nil {
+							errs <- fmt.Errorf("wait %d: %w", j, err)
+							return
+						}
+						if !bytes.Equal(pattern(size(j), seed+byte(j)), dsts[j]) {
+							errs <- fmt.Errorf("frame %d arrived with other bytes", j)
+							return
+						}
+					}
+				}
+				errs <- nil
+			}
+			wg.Add(4)
+			go send(a, 1)
+			go recv(a, 2)
+			go send(b, 2)
+			go recv(b, 1)
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				require.NoError(t, err)
+			}
+			a.End()
+			b.End()
+			assert.NoError(t, fa.Err())
+			assert.NoError(t, fb.Err())
+			mu.Lock()
+			defer mu.Unlock()
+			for k, n := range reports {
+				assert.Equal(t, 1, n, "OnSlow %s: once per side and operation", k)
+			}
+		})
+	}
+}
+
+// TestLinkInterrupt checks that Interrupt wakes a blocked receive and a
+// blocked flush on two goroutines, makes later calls of the operation fail
+// too, leaves the communicator alone, and is forgotten by the next BeginOp.
+func TestLinkInterrupt(t *testing.T) {
+	noLeaks(t)
+	a, b := newLinkPair(t)
+	beginBoth(a, b, linkHdr)
+	// b posts nothing and sends nothing: a's receive cannot complete, and
+	// over the unbuffered pipe neither can a's send.
+	require.NoError(t, a.l.Post(make([]byte, 8)))
+	tk, err := a.l.Send(pattern(1000, 3))
+	require.NoError(t, err)
+	waited, flushed := make(chan error, 1), make(chan error, 1)
+	go func() { waited <- a.l.Wait() }()
+	go func() { flushed <- a.l.Flush(tk) }()
+	cause := errors.New("the other half failed")
+	a.l.Interrupt(cause)
+	a.l.Interrupt(errors.New("a second interrupt is ignored"))
+	for what, ch := range map[string]chan error{"wait": waited, "flush": flushed} {
+		err := recvErr(t, ch, what)
+		assert.ErrorIs(t, err, ErrInterrupted, what)
+		assert.ErrorIs(t, err, cause, what)
+	}
+	_, err = a.l.Send([]byte("x"))
+	assert.ErrorIs(t, err, cause, "a send after the interrupt")
+	assert.ErrorIs(t, a.l.Post(make([]byte, 1)), cause, "a post after the interrupt")
+	assert.NoError(t, a.fail.Err(), "the link leaves aborting to its caller")
+
+	a.l.End()
+	a.l.Begin(context.Background(), linkHdr, nil)
+	assert.NoError(t, a.l.Post(make([]byte, 1)), "the next operation is not interrupted")
 }
 
 // FuzzFrameStream feeds arbitrary bytes as the peer's side of a link that has
