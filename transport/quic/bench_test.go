@@ -20,6 +20,9 @@ import (
 //
 //	go test -run='^$' -bench=. -benchtime=20x ./transport/quic/
 //
+// (BenchmarkVersusRaw, in compare_test.go, interleaves the AllReduce with
+// its references and reports the ratios.)
+//
 // BenchmarkRawQUICGo is quic-go by itself: one stream, 16 MiB writes, default
 // quic-go configuration; BenchmarkStream is the same through ringo's link
 // Stream (ringo's windows); BenchmarkAllReduce is a float32 Sum AllReduce of a

@@ -10,14 +10,26 @@
 // fingerprint of its certificate. The job-token handshake still runs on the
 // stream afterwards.
 //
-// UDP buffers: quic-go asks the kernel for 7 MiB socket buffers. When
-// net.core.rmem_max / wmem_max are lower and the process may not exceed them
-// (no CAP_NET_ADMIN), quic-go logs once "failed to sufficiently increase
-// receive buffer size ..." and runs with the smaller buffers: bursts then
-// overflow the socket, packets are dropped and retransmitted, and throughput
-// falls. Raise the limits (sysctl -w net.core.rmem_max=7500000
+// UDP buffers: quic-go asks the kernel for 7 MiB socket buffers. A process
+// with CAP_NET_ADMIN (root) gets them whatever net.core.rmem_max says
+// (SO_RCVBUFFORCE). Without it, and with limits below 7 MiB (the common
+// default is 212992), quic-go logs once per process "failed to sufficiently
+// increase receive buffer size (was: 208 kiB, wanted: 7168 kiB, got: 416
+// kiB)" and runs with 416 KiB: bursts overflow the socket, the kernel drops
+// datagrams and quic-go retransmits them and slows down. Measured on the
+// netns testbed (README.md): about 4,000 drops per 4-rank 16 MiB ringbench
+// run on 1 Gbit/s links and 300-700 with 2 ranks on 250 Mbit/s links, none
+// with 7 MiB, and in neither case a busbw change beyond the noise; faster
+// links or longer round trips, where a loss costs more, were not measured.
+// Raise the limits (sysctl -w net.core.rmem_max=7500000
 // net.core.wmem_max=7500000) on hosts that run QUIC jobs, or set
 // QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING=true to silence the warning.
+// Nothing here depends on the limits.
+//
+// Throughput: quic-go spends 5-12 ns of CPU per byte a link carries
+// (sender and receiver, user and kernel; TCP about 2 ns on the same
+// testbed), in packets of at most 1452 bytes, so a link is CPU-bound long
+// before a fast network is. README.md has the measurements.
 package quic
 
 import (
@@ -38,8 +50,11 @@ import (
 
 // Flow-control windows: quic-go grows a window from initialWindow up to the
 // maximum as the RTT asks for it. The maxima cover 10 Gbit/s at ~10 ms RTT
-// (the window must hold bandwidth × RTT) and bound a link's memory; on
-// loopback a larger window did not make a link faster.
+// (the window must hold bandwidth × RTT) and bound a link's memory. On
+// loopback, quic-go's defaults (512 KiB growing to 6 MiB per stream, 15 MiB
+// per connection) and 4x these maxima gave the same AllReduce busbw and
+// CPU per byte as these, within the noise of a shared machine
+// (BenchmarkVersusRaw): the CPU, not the window, limits a link there.
 const (
 	streamWindow     = 16 << 20
 	connectionWindow = 24 << 20
@@ -97,6 +112,11 @@ type Listener struct {
 // handshake, so it may depend on what the caller learns after Listen); an
 // error refuses the connection. A nil allow accepts any certificate.
 func Listen(ctx context.Context, addr string, cert *transport.Certificate, allow func(fingerprint string) error) (*Listener, error) {
+	// The socket is handed to quic-go as the *net.UDPConn ListenPacket
+	// makes, never wrapped: quic-go recognises it and sends with GSO and
+	// receives with recvmmsg. Without GSO (QUIC_GO_DISABLE_GSO=true) a
+	// byte cost twice the CPU (14 against 7 ns on one stream) and a 4-rank
+	// AllReduce's busbw fell from 0.07-0.085 to 0.04-0.05 GB/s.
 	var lc net.ListenConfig
 	udp, err := lc.ListenPacket(ctx, "udp", addr)
 	if err != nil {
@@ -199,7 +219,7 @@ func Dial(ctx context.Context, addr string, cert *transport.Certificate, peer st
 		return nil, err
 	}
 	var lc net.ListenConfig
-	udp, err := lc.ListenPacket(ctx, "udp", ":0")
+	udp, err := lc.ListenPacket(ctx, "udp", ":0") // a *net.UDPConn, as in Listen
 	if err != nil {
 		return nil, err
 	}
@@ -240,8 +260,17 @@ type Stream struct {
 }
 
 func newStream(s *qgo.Stream, c *qgo.Conn, release func()) *Stream {
-	return &Stream{Stream: s, conn: c, release: release, done: make(chan struct{})}
+	st := &Stream{Stream: s, conn: c, release: release, done: make(chan struct{})}
+	if h := onNewStream; h != nil {
+		h(st)
+	}
+	return st
 }
+
+// onNewStream, when set, is told of every link made. The package's
+// benchmarks use it to read the QUIC statistics (loss, RTT) of the links a
+// communicator makes; it is nil otherwise.
+var onNewStream func(*Stream)
 
 var _ transport.Stream = (*Stream)(nil)
 
