@@ -108,6 +108,7 @@ func (m *meshConnector) release() {
 	m.stop()
 	_ = m.ln.close()
 	<-m.done
+	m.nw.close()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for k, ch := range m.arrivals {

@@ -13,8 +13,9 @@ import (
 // network is how a rank makes its peer links: plain TCP, TCP with TLS, or
 // QUIC. connectMesh is the same for all three.
 type network struct {
-	quic bool
-	cert *transport.Certificate // nil for plain TCP
+	quic   bool
+	dialer *quic.Dialer           // QUIC: one connection per peer, a stream per link
+	cert   *transport.Certificate // nil for plain TCP
 	// peers is the rendezvous table, set before any connection is accepted
 	// or dialed.
 	peers []rendezvous.Entry
@@ -29,7 +30,18 @@ func newNetwork(cfg Config) (*network, error) {
 		}
 		n.cert = cert
 	}
+	if n.quic {
+		n.dialer = quic.NewDialer(n.cert)
+	}
 	return n, nil
+}
+
+// close lets go of what the network keeps for later links (QUIC
+// connections); links made stay up until closed.
+func (n *network) close() {
+	if n.dialer != nil {
+		n.dialer.Close()
+	}
 }
 
 // fingerprint is what this rank publishes with its address ("" without TLS).
@@ -95,7 +107,7 @@ func (n *network) listen(ctx context.Context, host string) (peerListener, error)
 func (n *network) dial(ctx context.Context, rank int) (transport.Stream, error) {
 	e := n.peers[rank]
 	if n.quic {
-		return quic.Dial(ctx, e.Addr, n.cert, e.Fingerprint)
+		return n.dialer.Dial(ctx, e.Addr, e.Fingerprint)
 	}
 	conn, err := transport.DialTCP(ctx, e.Addr)
 	if err != nil || n.cert == nil {

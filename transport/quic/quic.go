@@ -1,7 +1,10 @@
 // Package quic is ringo's QUIC transport, on github.com/quic-go/quic-go. A
-// link between two ranks is one QUIC connection carrying one bidirectional
-// stream; it is a transport.Stream like a TCP connection, so the same framing,
-// handshake and links run over it.
+// link between two ranks is one bidirectional QUIC stream; it is a
+// transport.Stream like a TCP connection, so the same framing, handshake and
+// links run over it. A Dialer keeps one QUIC connection per peer and opens
+// every further link to that peer (a sub-communicator's, a point-to-point
+// channel's) as a new stream on it; a connection closes once its last
+// stream has.
 //
 // TLS 1.3 is always on. Each rank makes an ephemeral self-signed certificate
 // (transport.NewCertificate); a dialer accepts the listener only if its
@@ -84,7 +87,7 @@ func config() *qgo.Config {
 		HandshakeIdleTimeout:           handshakeTimeout,
 		MaxIdleTimeout:                 30 * time.Second,
 		KeepAlivePeriod:                5 * time.Second,
-		MaxIncomingStreams:             16,
+		MaxIncomingStreams:             maxStreams,
 		MaxIncomingUniStreams:          -1,
 		InitialStreamReceiveWindow:     initialWindow,
 		MaxStreamReceiveWindow:         streamWindow,
@@ -93,17 +96,69 @@ func config() *qgo.Config {
 	}
 }
 
-// Listener accepts links on one UDP socket.
+// maxStreams bounds the streams a peer may have open on one connection:
+// one per communicator and point-to-point channel between two ranks.
+const maxStreams = 1024
+
+// conn is a QUIC connection shared by the links (streams) on it. It closes
+// once nothing holds it: no stream, no Listener still accepting streams on
+// it, no Dialer keeping it for reuse.
+type conn struct {
+	*qgo.Conn
+	refs    atomic.Int64
+	release func() // frees what the connection ran on, once it is closed
+}
+
+func newConn(c *qgo.Conn, release func()) *conn {
+	cc := &conn{Conn: c, release: release}
+	cc.refs.Store(1)
+	return cc
+}
+
+// ref takes a reference, unless the connection is already let go.
+func (c *conn) ref() bool {
+	for {
+		n := c.refs.Load()
+		if n == 0 {
+			return false
+		}
+		if c.refs.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+func (c *conn) unref() {
+	if c.refs.Add(-1) == 0 {
+		_ = c.CloseWithError(codeClosed, "")
+		c.release()
+	}
+}
+
+// Listener accepts links on one UDP socket: the first stream of each new
+// connection, and every stream its dialer opens on it later.
 type Listener struct {
 	udp   net.PacketConn
 	tr    *qgo.Transport
 	ln    *qgo.Listener
 	allow func(string) error
 
-	// refs counts the listener and every accepted link: the socket closes
-	// when the last of them does.
-	refs atomic.Int64
-	once sync.Once
+	// refs counts the listener and every accepted connection: the socket
+	// closes when the last of them does.
+	refs     atomic.Int64
+	once     sync.Once
+	incoming chan accepted // links (or one connection's refusal) for Accept
+	stop     chan struct{} // closed by Close
+	serving  sync.WaitGroup
+}
+
+type accepted struct {
+	s   *Stream
+	err error
+	// The first stream of a connection comes with its certificate's
+	// fingerprint, for Accept to judge, and waits for the verdict.
+	fingerprint string
+	verdict     chan error
 }
 
 // Listen listens for links on the UDP address addr ("host:port"; port 0
@@ -129,19 +184,24 @@ func Listen(ctx context.Context, addr string, cert *transport.Certificate, allow
 		_ = udp.Close()
 		return nil, err
 	}
-	l := &Listener{udp: udp, tr: tr, ln: ln, allow: allow}
+	l := &Listener{udp: udp, tr: tr, ln: ln, allow: allow, incoming: make(chan accepted), stop: make(chan struct{})}
 	l.refs.Store(1)
+	l.serving.Add(1)
+	go l.acceptConns()
 	return l, nil
 }
 
 // Addr is the UDP address the listener is bound to.
 func (l *Listener) Addr() net.Addr { return l.udp.LocalAddr() }
 
-// Close stops accepting; links already accepted stay up.
+// Close stops accepting connections and streams; links already accepted
+// stay up.
 func (l *Listener) Close() error {
 	var err error
 	l.once.Do(func() {
+		close(l.stop)
 		err = l.ln.Close()
+		l.serving.Wait()
 		l.unref()
 	})
 	return err
@@ -159,39 +219,138 @@ func (l *Listener) unref() {
 // opened no stream) concerns one connection only: the caller may accept
 // again. Other errors (net.ErrClosed, ctx's) end the listener's use.
 func (l *Listener) Accept(ctx context.Context) (transport.Stream, error) {
-	c, err := l.ln.Accept(ctx)
-	if err != nil {
-		return nil, err
+	select {
+	case a := <-l.incoming:
+		if a.err != nil {
+			return nil, a.err
+		}
+		if a.verdict != nil {
+			var err error
+			if l.allow != nil {
+				err = l.allow(a.fingerprint)
+			}
+			a.verdict <- err
+			if err != nil {
+				return nil, fmt.Errorf("quic: refused %s: %w", a.s.RemoteAddr(), err)
+			}
+		}
+		return a.s, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-l.stop:
+		return nil, net.ErrClosed
 	}
-	fp, ok := fingerprint(c)
-	if !ok {
-		err = fmt.Errorf("%w: %s presented no certificate", transport.ErrAuth, c.RemoteAddr())
-	} else if l.allow != nil {
-		err = l.allow(fp)
-	}
-	if err != nil {
-		_ = c.CloseWithError(codeRefused, "certificate refused")
-		return nil, fmt.Errorf("quic: refused %s: %w", c.RemoteAddr(), err)
-	}
-	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
-	defer cancel()
-	str, err := c.AcceptStream(hctx)
-	if err == nil {
-		err = readPreamble(hctx, str)
-	}
-	if err != nil {
-		_ = c.CloseWithError(codeRefused, "no stream")
-		return nil, fmt.Errorf("%w: quic: %s opened no ringo stream: %w", transport.ErrProtocol, c.RemoteAddr(), err)
-	}
-	l.refs.Add(1)
-	return newStream(str, c, l.unref), nil
 }
 
-func readPreamble(ctx context.Context, str *qgo.Stream) error {
-	if d, ok := ctx.Deadline(); ok {
-		_ = str.SetReadDeadline(d)
-		defer str.SetReadDeadline(time.Time{})
+// acceptConns takes each new connection and serves it on a goroutine of its
+// own, so that a slow one holds up only itself.
+func (l *Listener) acceptConns() {
+	defer l.serving.Done()
+	for {
+		c, err := l.ln.Accept(context.Background())
+		if err != nil {
+			return // closed
+		}
+		l.serving.Add(1)
+		go l.serveConn(c)
 	}
+}
+
+// hand gives a link (or a refusal) to Accept, unless the listener closes first.
+func (l *Listener) hand(a accepted) bool {
+	select {
+	case l.incoming <- a:
+		return true
+	case <-l.stop:
+		if a.s != nil {
+			_ = a.s.Close()
+		}
+		return false
+	}
+}
+
+// serveConn accepts a new connection's streams until the connection ends or
+// the listener closes. The first stream must come within handshakeTimeout;
+// Accept judges its certificate (allow runs on the caller's goroutine, so it
+// may depend on what the caller learns after Listen) before any other
+// stream of the connection is accepted.
+func (l *Listener) serveConn(qc *qgo.Conn) {
+	defer l.serving.Done()
+	fp, ok := fingerprint(qc)
+	if !ok {
+		_ = qc.CloseWithError(codeRefused, "certificate refused")
+		l.hand(accepted{err: fmt.Errorf("quic: refused %s: %w: no certificate", qc.RemoteAddr(), transport.ErrAuth)})
+		return
+	}
+	l.refs.Add(1)
+	c := newConn(qc, l.unref) // this reference: "streams may still come"
+	defer c.unref()
+	ctx, cancel := context.WithCancel(qc.Context())
+	defer cancel()
+	go func() {
+		select {
+		case <-l.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for first := true; ; first = false {
+		sctx, scancel := ctx, context.CancelFunc(func() {})
+		if first {
+			sctx, scancel = context.WithTimeout(ctx, handshakeTimeout)
+		}
+		str, err := c.AcceptStream(sctx)
+		if err == nil {
+			if err = readPreamble(sctx, ctx, str); err != nil {
+				str.CancelRead(qgo.StreamErrorCode(codeRefused))
+				str.CancelWrite(qgo.StreamErrorCode(codeRefused))
+			}
+		}
+		scancel()
+		switch {
+		case err != nil && first:
+			_ = qc.CloseWithError(codeRefused, "no stream")
+			l.hand(accepted{err: fmt.Errorf("%w: quic: %s opened no ringo stream: %w", transport.ErrProtocol, qc.RemoteAddr(), err)})
+			return
+		case err != nil && ctx.Err() != nil:
+			return // the connection ended, or the listener closed
+		case err != nil:
+			continue // one bad stream; the connection goes on
+		}
+		c.ref()
+		a := accepted{s: newStream(str, c)}
+		if first {
+			a.fingerprint, a.verdict = fp, make(chan error, 1)
+		}
+		if !l.hand(a) {
+			return
+		}
+		if first {
+			select {
+			case err := <-a.verdict:
+				if err != nil {
+					_ = a.s.Close()
+					_ = qc.CloseWithError(codeRefused, "certificate refused")
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+// readPreamble reads a new stream's preamble, within handshakeTimeout (and
+// the deadline of ctx, if earlier); stop ends the wait early.
+func readPreamble(ctx, stop context.Context, str *qgo.Stream) error {
+	d := time.Now().Add(handshakeTimeout)
+	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
+		d = cd
+	}
+	_ = str.SetReadDeadline(d)
+	defer str.SetReadDeadline(time.Time{})
+	unblock := context.AfterFunc(stop, func() { _ = str.SetReadDeadline(time.Now()) })
+	defer unblock()
 	var got [len(preamble)]byte
 	if _, err := io.ReadFull(str, got[:]); err != nil {
 		return err
@@ -210,10 +369,18 @@ func fingerprint(c *qgo.Conn) (string, bool) {
 	return transport.Fingerprint(certs[0].Raw), true
 }
 
-// Dial opens a link to the listener at addr (UDP host:port), from a UDP
-// socket of its own, presenting cert and accepting the listener only if its
-// certificate's fingerprint is peer.
+// Dial opens a link to the listener at addr (UDP host:port) on a
+// connection of its own (from a UDP socket of its own), presenting cert and
+// accepting the listener only if its certificate's fingerprint is peer.
 func Dial(ctx context.Context, addr string, cert *transport.Certificate, peer string) (transport.Stream, error) {
+	c, err := dialConn(ctx, addr, cert, peer)
+	if err != nil {
+		return nil, err
+	}
+	return openStream(ctx, c, addr) // takes over the dial's reference
+}
+
+func dialConn(ctx context.Context, addr string, cert *transport.Certificate, peer string) (*conn, error) {
 	raddr, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, err
@@ -233,25 +400,121 @@ func Dial(ctx context.Context, addr string, cert *transport.Certificate, peer st
 		release()
 		return nil, fmt.Errorf("quic: dial %s: %w", addr, err)
 	}
-	str, err := c.OpenStreamSync(ctx)
+	return newConn(c, release), nil
+}
+
+// openStream opens a link on c, to which the caller has taken a reference
+// for it: the link's on success, dropped on failure.
+func openStream(ctx context.Context, c *conn, addr string) (*Stream, error) {
+	octx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	str, err := c.OpenStreamSync(octx)
 	if err == nil {
 		_ = str.SetWriteDeadline(time.Now().Add(handshakeTimeout))
 		_, err = str.Write(preamble[:])
 		_ = str.SetWriteDeadline(time.Time{})
+		if err != nil {
+			str.CancelRead(qgo.StreamErrorCode(codeClosed))
+			str.CancelWrite(qgo.StreamErrorCode(codeClosed))
+		}
 	}
 	if err != nil {
-		_ = c.CloseWithError(codeClosed, "")
-		release()
+		c.unref()
 		return nil, fmt.Errorf("quic: open stream to %s: %w", addr, err)
 	}
-	return newStream(str, c, release), nil
+	return newStream(str, c), nil
 }
 
-// Stream is one link: a QUIC stream whose connection it owns.
+// Dialer dials links and keeps their connections: a later Dial to the same
+// listener and certificate opens a new stream on the same connection, so
+// two ranks share one QUIC connection (one handshake, one congestion
+// controller) whatever the number of communicators between them. Close
+// lets the kept connections go; each closes once its last link has.
+type Dialer struct {
+	cert *transport.Certificate
+
+	mu     sync.Mutex
+	conns  map[dialKey]*conn
+	closed bool
+}
+
+type dialKey struct{ addr, peer string }
+
+// NewDialer returns a Dialer presenting cert.
+func NewDialer(cert *transport.Certificate) *Dialer {
+	return &Dialer{cert: cert, conns: make(map[dialKey]*conn)}
+}
+
+// Dial opens a link to the listener at addr whose certificate has the
+// fingerprint peer: a new stream on the kept connection, or on a new one.
+func (d *Dialer) Dial(ctx context.Context, addr, peer string) (transport.Stream, error) {
+	key := dialKey{addr, peer}
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil, fmt.Errorf("quic: dial %s: %w", addr, net.ErrClosed)
+	}
+	c := d.conns[key]
+	if c != nil && !c.ref() {
+		c = nil
+	}
+	d.mu.Unlock()
+	if c != nil {
+		s, err := openStream(ctx, c, addr)
+		if err == nil {
+			return s, nil
+		}
+		// The kept connection is gone (the peer closed it, or it timed out).
+		d.forget(key, c)
+	}
+	c, err := dialConn(ctx, addr, d.cert, peer)
+	if err != nil {
+		return nil, err
+	}
+	c.ref() // the link's; the dial's is the Dialer's
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		c.unref()
+	} else {
+		old := d.conns[key]
+		d.conns[key] = c
+		d.mu.Unlock()
+		if old != nil {
+			old.unref()
+		}
+	}
+	return openStream(ctx, c, addr)
+}
+
+// forget drops the Dialer's reference to c, if it still keeps it for key.
+func (d *Dialer) forget(key dialKey, c *conn) {
+	d.mu.Lock()
+	kept := d.conns[key] == c
+	if kept {
+		delete(d.conns, key)
+	}
+	d.mu.Unlock()
+	if kept {
+		c.unref()
+	}
+}
+
+// Close lets every kept connection go; links on them stay up until closed.
+func (d *Dialer) Close() {
+	d.mu.Lock()
+	conns := d.conns
+	d.conns, d.closed = nil, true
+	d.mu.Unlock()
+	for _, c := range conns {
+		c.unref()
+	}
+}
+
+// Stream is one link: a QUIC stream, holding a reference to its connection.
 type Stream struct {
 	*qgo.Stream
-	conn    *qgo.Conn
-	release func()
+	conn *conn
 
 	readMu sync.Mutex // held by Read; Close's drain takes it after the reader left
 	closed atomic.Bool
@@ -259,8 +522,8 @@ type Stream struct {
 	done   chan struct{} // closed once the connection is closed and released
 }
 
-func newStream(s *qgo.Stream, c *qgo.Conn, release func()) *Stream {
-	st := &Stream{Stream: s, conn: c, release: release, done: make(chan struct{})}
+func newStream(s *qgo.Stream, c *conn) *Stream {
+	st := &Stream{Stream: s, conn: c, done: make(chan struct{})}
 	if h := onNewStream; h != nil {
 		h(st)
 	}
@@ -366,7 +629,7 @@ func (s *Stream) Close() error {
 
 func (s *Stream) linger() {
 	defer close(s.done)
-	defer s.release()
+	defer s.conn.unref()
 	s.readMu.Lock() // the reader has left
 	defer s.readMu.Unlock()
 	_ = s.Stream.SetReadDeadline(time.Now().Add(lingerTimeout))
@@ -376,7 +639,6 @@ func (s *Stream) linger() {
 			break // the peer's FIN, its connection close, or the timeout
 		}
 	}
-	_ = s.conn.CloseWithError(codeClosed, "")
 }
 
 // Done is closed once a closed link has released its connection.

@@ -68,3 +68,68 @@ func TestCloseDoesNotWaitForThePeer(t *testing.T) {
 	<-c.Done()
 	<-s.Done()
 }
+
+// A Dialer opens every link to one listener as a stream of one connection;
+// each link is independent (its own data, its own close), and the
+// connection closes after the last link and the Dialer let it go.
+func TestDialerSharesOneConnectionPerPeer(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sc, err := transport.NewCertificate()
+	require.NoError(t, err)
+	cc, err := transport.NewCertificate()
+	require.NoError(t, err)
+	ln, err := quic.Listen(ctx, "127.0.0.1:0", sc, transport.ExpectFingerprint(cc.Fingerprint()))
+	require.NoError(t, err)
+	defer ln.Close()
+	d := quic.NewDialer(cc)
+	const links = 5
+	var dialed, acceptd []*quic.Stream
+	for range links {
+		c, err := d.Dial(ctx, ln.Addr().String(), sc.Fingerprint())
+		require.NoError(t, err)
+		s, err := ln.Accept(ctx)
+		require.NoError(t, err)
+		dialed, acceptd = append(dialed, c.(*quic.Stream)), append(acceptd, s.(*quic.Stream))
+	}
+	for i := 1; i < links; i++ {
+		require.Equal(t, dialed[0].LocalAddr(), dialed[i].LocalAddr(), "link %d has a connection of its own", i)
+	}
+	// Each link carries its own bytes, in both directions, all at once.
+	for i := range links {
+		msg := []byte{byte(i), 'x', byte(i)}
+		_, err := dialed[i].Write(msg)
+		require.NoError(t, err)
+		_, err = acceptd[i].Write(msg)
+		require.NoError(t, err)
+	}
+	for i := range links {
+		for _, s := range []*quic.Stream{acceptd[i], dialed[i]} {
+			got := make([]byte, 3)
+			_, err := io.ReadFull(s, got)
+			require.NoError(t, err)
+			require.Equal(t, []byte{byte(i), 'x', byte(i)}, got)
+		}
+	}
+	// Closing one link ends only that link: its peer reads EOF, the others
+	// go on.
+	require.NoError(t, dialed[0].Close())
+	_, err = acceptd[0].Read(make([]byte, 1))
+	require.ErrorIs(t, err, io.EOF)
+	require.NoError(t, acceptd[0].Close())
+	_, err = dialed[1].Write([]byte("on"))
+	require.NoError(t, err)
+	got := make([]byte, 2)
+	_, err = io.ReadFull(acceptd[1], got)
+	require.NoError(t, err)
+	require.Equal(t, "on", string(got))
+	d.Close()
+	for i := range links {
+		require.NoError(t, dialed[i].Close())
+		require.NoError(t, acceptd[i].Close())
+	}
+	for i := range links {
+		<-dialed[i].Done()
+		<-acceptd[i].Done()
+	}
+}
