@@ -7,6 +7,7 @@ import (
 	"github.com/ringo-ml/ringo/doubling"
 	"github.com/ringo-ml/ringo/internal/kernel"
 	"github.com/ringo-ml/ringo/ring"
+	"github.com/ringo-ml/ringo/tree"
 )
 
 // algorithm names how a collective moves its data. It travels in the high
@@ -39,15 +40,21 @@ func parseAlgorithm(s string) (algorithm, error) {
 		return algoRing, nil
 	case "doubling", "recursive-doubling":
 		return algoDoubling, nil
+	case "rabenseifner", "halving-doubling":
+		return algoRabenseifner, nil
 	case "bidir", "bidirectional":
 		return algoBidir, nil
 	}
-	return algoAuto, invalidf("unknown algorithm %q (want ring, bidir, doubling or auto)", s)
+	return algoAuto, invalidf("unknown algorithm %q (want ring, bidir, doubling, rabenseifner or auto)", s)
 }
 
-// doublingMaxBytes is the largest AllReduce that goes by recursive doubling
-// when the algorithm is chosen by size, for up to 4 ranks. Measured on the
-// 2-CPU development machine (2026-11-23), median us per call of
+// allReduceAlgorithm picks the algorithm for a vector of the given size:
+// the one forced by Config.Algorithm (RINGO_ALGO), else the cost model's
+// cheapest of ring, doubling and rabenseifner (costmodel.go).
+//
+// The model replaced a hand-set threshold (doubling up to 512 KiB on up to 4
+// ranks) drawn from this measurement on the 2-CPU development machine
+// (2026-11-23), median us per call of
 //
 //	RINGO_ALGO=ring|doubling ringrun -np N -x RINGO_ALGO -- examples/allreduce -sizes ...
 //
@@ -58,12 +65,11 @@ func parseAlgorithm(s string) (algorithm, error) {
 //	ring  348   674     1969-2983 3065    3209   10200
 //	dbl   266   310     870-1302  1510    4270   8041
 //
-// Doubling moves log2(N)/(2(N-1)/N) times the ring's bytes, so for more
-// ranks the threshold shrinks with log2(N) (not measured: this machine has 2
-// CPUs, and 8 ranks on it measure the scheduler more than the algorithm).
-const doublingMaxBytes = 512 << 10
-
-// allReduceAlgorithm picks the algorithm for a vector of the given size.
+// The model agrees on doubling for small vectors. Its crossovers (2026-11-23
+// fit): 2 ranks doubling below 1 MiB, then the ring; 3, 5, 6 and 7 ranks
+// the ring from 32-256 KiB (the fold makes doubling and Rabenseifner pay the
+// whole vector twice more); 4 and 8 ranks Rabenseifner from 128-256 KiB, the
+// ring from 16-32 MiB (where Rabenseifner's 4 MiB frames go in lockstep).
 func (c *Comm) allReduceAlgorithm(bytes int) algorithm {
 	switch {
 	case c.size == 1:
@@ -71,14 +77,7 @@ func (c *Comm) allReduceAlgorithm(bytes int) algorithm {
 	case c.algo != algoAuto:
 		return c.algo
 	}
-	limit := doublingMaxBytes
-	if rounds := bitsLen(c.size - 1); rounds > 2 {
-		limit = limit * 2 / rounds
-	}
-	if bytes <= limit {
-		return algoDoubling
-	}
-	return algoRing
+	return model.bestAllReduce(c.size, bytes)
 }
 
 // bitsLen is ceil(log2(n+1)): the rounds of recursive doubling for n+1 ranks.
@@ -96,10 +95,16 @@ func allReduce[T Elem](c *Comm, algo algorithm, buf []T, red ring.Reducer[T]) er
 	case algoBidir:
 		return ring.AllReduceBidirectional(c.ring, c.ringRev, buf, red)
 	case algoDoubling:
-	default:
-		return ring.AllReduce(c.ring, buf, red)
+		return doubling.AllReduce(c.rank, c.size, c.peers, buf, scratchOf[T](c, doubling.ScratchLen[T](len(buf))), red)
+	case algoRabenseifner:
+		return doubling.Rabenseifner(c.rank, c.size, c.peers, buf, scratchOf[T](c, len(buf)), red)
 	}
-	return doubling.AllReduce(c.rank, c.size, c.peers, buf, scratchOf[T](c, len(buf)), red)
+	return ring.AllReduce(c.ring, buf, red)
+}
+
+// broadcastTree runs the binomial-tree broadcast (begin has been called).
+func broadcastTree[T Elem](c *Comm, buf []T, root int) error {
+	return tree.Broadcast(c.rank, c.size, root, c.peers, buf)
 }
 
 // scratchOf returns scratch space for n elements of T, grown (once) as needed.
@@ -115,4 +120,20 @@ func grow[T Elem](buf *[]uint64, n int) []T {
 		return nil
 	}
 	return unsafe.Slice((*T)(unsafe.Pointer(&(*buf)[0])), n)
+}
+
+// broadcastAlgorithm picks the Broadcast schedule: algoDoubling is the
+// binomial tree, algoRing the ring's chain. "doubling" forces the tree,
+// "ring" and "bidir" the chain; otherwise the cost model chooses (there is
+// no Rabenseifner broadcast: "rabenseifner" leaves it to the model too).
+func (c *Comm) broadcastAlgorithm(bytes int) algorithm {
+	switch {
+	case c.size == 1:
+		return algoRing
+	case c.algo == algoDoubling || c.algo == algoRing:
+		return c.algo
+	case c.algo == algoBidir:
+		return algoRing
+	}
+	return model.bestBroadcast(c.size, bytes)
 }

@@ -15,7 +15,7 @@ import (
 )
 
 func TestAllReduceEveryTypeOpSizeAndCount(t *testing.T) {
-	for _, algo := range []string{"ring", "doubling", "bidir"} {
+	for _, algo := range []string{"ring", "doubling", "rabenseifner", "bidir"} {
 		t.Run(algo, func(t *testing.T) {
 			t.Run("int8", allReduceMatrix[int8](algo))
 			t.Run("uint8", allReduceMatrix[uint8](algo))

@@ -63,12 +63,23 @@ func AllGather[T Elem](ctx context.Context, c *Comm, send, recv []T) error {
 }
 
 // Broadcast copies root's buf into buf on every rank.
+//
+// Small buffers go down a binomial tree (ceil(log2 Size) latencies), large
+// ones along the ring's pipelined chain (Size-1 latencies, every link busy
+// at once); the cost model chooses, Config.Algorithm "doubling" forces the
+// tree and "ring" the chain.
 func Broadcast[T Elem](ctx context.Context, c *Comm, buf []T, root int) error {
-	if err := c.begin(ctx, signature[T](kindBroadcast, 0, len(buf), root)); err != nil {
+	algo := c.broadcastAlgorithm(len(buf) * kernel.Size[T]())
+	sig := signature[T](kindBroadcast, 0, len(buf), root)
+	sig.Op |= uint8(algo) << 4 // ranks that chose differently fail with ErrMismatch
+	if err := c.begin(ctx, sig); err != nil {
 		return err
 	}
 	if err := checkRoot(c, "Broadcast", root); err != nil {
 		return c.end(err)
+	}
+	if algo == algoDoubling {
+		return c.end(broadcastTree(c, buf, root))
 	}
 	lastRank := (root + c.size - 1) % c.size
 	var ackFrom, ackTo ring.Link

@@ -14,6 +14,10 @@
 // not above N and rem = N-p2, each even rank below 2·rem first hands its
 // vector to the odd rank above it and sits out; the odd rank stands in for
 // both, and gets the final result back to its partner at the end.
+//
+// The package also holds Rabenseifner's algorithm (rabenseifner.go), the
+// same exchanges on halving and doubling ranges of the vector instead of the
+// whole of it: the ring's bytes in 2·log2(N) latencies, for mid-size vectors.
 package doubling
 
 import (
@@ -22,13 +26,24 @@ import (
 	"github.com/ringo-ml/ringo/ring"
 )
 
+// ScratchLen is how many elements of scratch AllReduce wants for n: twice n
+// for a vector that fits one frame (so that no round waits for its own send
+// to be written, see exchangeRounds), n otherwise.
+func ScratchLen[T kernel.Elem](n int) int {
+	if n*kernel.Size[T]() <= xfer.MaxPiece {
+		return 2 * n
+	}
+	return n
+}
+
 // AllReduce reduces buf in place across size ranks. links[p] connects to
-// rank p (nil at rank itself); scratch holds at least len(buf) elements.
+// rank p (nil at rank itself); scratch holds at least len(buf) elements,
+// ScratchLen(len(buf)) for the fastest schedule.
 func AllReduce[T kernel.Elem](rank, size int, links []ring.Link, buf, scratch []T, red ring.Reducer[T]) error {
 	if size == 1 {
 		return nil
 	}
-	scratch = scratch[:len(buf)]
+	n := len(buf)
 	p2 := 1
 	for p2*2 <= size {
 		p2 *= 2
@@ -50,13 +65,36 @@ func AllReduce[T kernel.Elem](rank, size int, links []ring.Link, buf, scratch []
 			}
 			return xfer.Recv(links[rank+1], buf)
 		}
-		if err := xfer.Recv(links[rank-1], scratch); err != nil {
+		in := scratch[:n]
+		if err := xfer.Recv(links[rank-1], in); err != nil {
 			return err
 		}
-		red.Kernel.ReduceTo(buf, scratch, buf) // the lower rank's value first
+		red.Kernel.ReduceTo(buf, in, buf) // the lower rank's value first
 		vrank = rank / 2
 	}
 
+	var err error
+	if n*kernel.Size[T]() <= xfer.MaxPiece && len(scratch) >= 2*n {
+		err = exchangeRounds(rank, vrank, p2, real, links, buf, scratch[:n], scratch[n:2*n], red)
+	} else {
+		err = exchangeWhole(rank, vrank, p2, real, links, buf, scratch[:n], red)
+	}
+	if err != nil {
+		return err
+	}
+	if red.Div != nil {
+		red.Div(buf, size)
+	}
+	if rank < 2*rem {
+		return xfer.Send(links[rank-1], buf)
+	}
+	return nil
+}
+
+// exchangeWhole runs the rounds for a vector of any length: each round sends
+// buf, receives into scratch and reduces into buf, so it must wait for its
+// send to be written before it reduces.
+func exchangeWhole[T kernel.Elem](rank, vrank, p2 int, real func(int) int, links []ring.Link, buf, scratch []T, red ring.Reducer[T]) error {
 	for mask := 1; mask < p2; mask <<= 1 {
 		partner := real(vrank ^ mask)
 		if err := xfer.Exchange(links[partner], buf, scratch); err != nil {
@@ -68,11 +106,60 @@ func AllReduce[T kernel.Elem](rank, size int, links []ring.Link, buf, scratch []
 			red.Kernel.ReduceTo(buf, buf, scratch)
 		}
 	}
-	if red.Div != nil {
-		red.Div(buf, size)
+	return nil
+}
+
+// exchangeRounds runs the rounds for a vector of one frame, latency-bound:
+// three buffers take turns, so that a round sends the one it has just
+// reduced into, receives into the one sent two rounds before and never
+// waits for its own send to be written (the wait costs a wake-up, a large
+// part of a round's time for a small vector). Only before reusing a buffer
+// does it check that buffer's send is done (long since, in practice), and
+// all sends before it returns. The result is copied into buf at the end.
+func exchangeRounds[T kernel.Elem](rank, vrank, p2 int, real func(int) int, links []ring.Link, buf, a, b []T, red ring.Reducer[T]) error {
+	bufs := [3][]T{buf, a, b}
+	var sentOn [3]ring.Link // the link each buffer's pending send went on
+	var tickets [3]uint64
+	flush := func(i int) error {
+		if sentOn[i] == nil {
+			return nil
+		}
+		err := sentOn[i].Flush(tickets[i])
+		sentOn[i] = nil
+		return err
 	}
-	if rank < 2*rem {
-		return xfer.Send(links[rank-1], buf)
+	cur := 0 // the buffer holding this rank's partial result
+	for mask := 1; mask < p2; mask <<= 1 {
+		in := (cur + 1) % 3 // sent two rounds ago, if ever
+		if err := flush(in); err != nil {
+			return err
+		}
+		link := links[real(vrank^mask)]
+		if err := link.Post(kernel.Bytes(bufs[in])); err != nil {
+			return err
+		}
+		t, err := link.Send(kernel.Bytes(bufs[cur]))
+		if err != nil {
+			return err
+		}
+		sentOn[cur], tickets[cur] = link, t
+		if err := link.Wait(); err != nil {
+			return err
+		}
+		if real(vrank^mask) < rank {
+			red.Kernel.ReduceTo(bufs[in], bufs[in], bufs[cur])
+		} else {
+			red.Kernel.ReduceTo(bufs[in], bufs[cur], bufs[in])
+		}
+		cur = in
+	}
+	for i := range bufs {
+		if err := flush(i); err != nil {
+			return err
+		}
+	}
+	if cur != 0 {
+		copy(buf, bufs[cur])
 	}
 	return nil
 }
