@@ -1,8 +1,9 @@
 module github.com/ringo-ml/ringo
 
-go 1.24.0
+go 1.25
 
 require (
+	github.com/klauspost/compress v1.20.3
 	github.com/stretchr/testify v1.12.1
 	go.uber.org/goleak v1.3.0
 )

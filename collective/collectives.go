@@ -3,22 +3,32 @@ package collective
 import (
 	"context"
 
+	"github.com/ringo-ml/ringo/internal/codec"
 	"github.com/ringo-ml/ringo/internal/kernel"
 	"github.com/ringo-ml/ringo/ring"
 )
 
 // AllReduce reduces buf element-wise across all ranks, in place: afterwards
 // every rank holds op(buf of rank 0, ..., buf of rank Size-1).
+//
+// Bandwidth-bound calls send their traffic through Config.Compression's
+// codec (see there).
 func AllReduce[T Elem](ctx context.Context, c *Comm, buf []T, op Op) error {
 	red, err := reducer[T](op)
 	algo := c.allReduceAlgorithm(len(buf) * kernel.Size[T]())
-	sig := signature[T](kindAllReduce, op, len(buf), 0)
+	algo, comp := allReduceCodec[T](c, algo, op)
+	// The codec rides in the otherwise unused root: ranks compressing
+	// differently fail with ErrMismatch instead of decoding garbage.
+	sig := signature[T](kindAllReduce, op, len(buf), int(comp))
 	sig.Op |= uint8(algo) << 4
 	if err := c.begin(ctx, sig); err != nil {
 		return err
 	}
 	if err != nil {
 		return c.end(err)
+	}
+	if comp != codec.None {
+		return c.end(allReduceCompressed(c, comp, buf, red))
 	}
 	return c.end(allReduce(c, algo, buf, red))
 }

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ringo-ml/ringo/internal/codec"
 	"github.com/ringo-ml/ringo/ring"
 	"github.com/ringo-ml/ringo/transport"
 )
@@ -47,7 +48,10 @@ type Comm struct {
 	ring  *ring.Ring
 	// ringRev runs the other way over the same links (bidirectional ring).
 	ringRev *ring.Ring
-	algo    algorithm // forced by Config.Algorithm, or algoAuto
+	// codec is Config.Compression; compressed its ring, made on first use.
+	codec      codec.Kind
+	compressed *ring.Compressed
+	algo       algorithm // forced by Config.Algorithm, or algoAuto
 	// scratch backs the small algorithms' receive buffers, work the copy a
 	// Reduce reduces (8-byte aligned, grown once as needed).
 	scratch, work []uint64
@@ -82,7 +86,8 @@ func newComm(rank, size int, streams []transport.Stream, cfg Config, w world) *C
 		slow:    time.NewTimer(time.Hour),
 		slowAt:  cfg.slowWarning(),
 	}
-	c.algo, _ = parseAlgorithm(cfg.Algorithm) // New and Local have checked it
+	c.algo, _ = parseAlgorithm(cfg.Algorithm) // New and Local have checked them
+	c.codec, _ = parseCompression("Config.Compression", cfg.Compression)
 	c.timer.Stop()
 	c.slow.Stop()
 	linkOpt := c.linkOptions()
@@ -169,6 +174,9 @@ func (c *Comm) Close() error {
 		}
 		wg.Wait()
 		c.world.conn.release()
+		if c.compressed != nil {
+			c.compressed.Close()
+		}
 	})
 	return nil
 }

@@ -34,7 +34,8 @@ func Init(ctx context.Context) (*Comm, error) {
 //   - RINGO_TOKEN, RINGO_JOB_ID (else TORCHELASTIC_RUN_ID or SLURM_JOB_ID),
 //     RINGO_TRANSPORT (tcp or quic), RINGO_TLS=1 (TLS over TCP),
 //     RINGO_IFACE, RINGO_TIMEOUT (a Go duration such as "90s", or seconds),
-//     RINGO_HEARTBEAT (the same), RINGO_ALGO, RINGO_DEBUG (any value:
+//     RINGO_HEARTBEAT (the same), RINGO_ALGO, RINGO_COMPRESSION (none, s2,
+//     zstd, bf16 or fp16: see Config.Compression), RINGO_DEBUG (any value:
 //     debug logs on stderr).
 func ConfigFromEnv() (Config, error) {
 	return configFrom(os.Getenv)
@@ -115,6 +116,10 @@ func configFrom(getenv func(string) string) (Config, error) {
 		return cfg, err
 	}
 	cfg.Algorithm = getenv("RINGO_ALGO")
+	cfg.Compression = getenv("RINGO_COMPRESSION")
+	if _, err := parseCompression("RINGO_COMPRESSION", cfg.Compression); err != nil {
+		return cfg, err
+	}
 	if cfg.Heartbeat, err = envDuration(getenv, "RINGO_HEARTBEAT"); err != nil {
 		return cfg, err
 	}

@@ -55,6 +55,8 @@ func TestConfigFromEnvironment(t *testing.T) {
 			Config{Rank: 0, Size: 1, Heartbeat: 2 * time.Second}},
 		{"heartbeat in seconds", envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "1", "RINGO_HEARTBEAT", "1.5"),
 			Config{Rank: 0, Size: 1, Heartbeat: 1500 * time.Millisecond}},
+		{"compression", envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "1", "RINGO_COMPRESSION", "bf16"),
+			Config{Rank: 0, Size: 1, Compression: "bf16"}},
 		{"ringo wins over torchrun", envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "1", "RANK", "3", "WORLD_SIZE", "4"),
 			Config{Rank: 0, Size: 1}},
 	}
@@ -79,6 +81,7 @@ func TestConfigFromEnvironmentErrors(t *testing.T) {
 		"bad master port": envOf("RANK", "0", "WORLD_SIZE", "2", "MASTER_ADDR", "m", "MASTER_PORT", "x"),
 		"bad external":    envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "2", "RINGO_ADDR", "h:1", "RINGO_RENDEZVOUS_EXTERNAL", "launcher"),
 		"bad TLS":         envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "2", "RINGO_ADDR", "h:1", "RINGO_TLS", "yes please"),
+		"bad compression": envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "1", "RINGO_COMPRESSION", "gzip"),
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := configFrom(env)

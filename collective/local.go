@@ -20,6 +20,9 @@ func LocalConfig(n int, cfg Config) ([]*Comm, error) {
 	if _, err := parseAlgorithm(cfg.Algorithm); err != nil {
 		return nil, err
 	}
+	if _, err := parseCompression("Config.Compression", cfg.Compression); err != nil {
+		return nil, err
+	}
 	streams := make([][]transport.Stream, n)
 	for i := range streams {
 		streams[i] = make([]transport.Stream, n)

@@ -24,6 +24,9 @@ func New(ctx context.Context, cfg Config) (*Comm, error) {
 	if _, err := parseAlgorithm(cfg.Algorithm); err != nil {
 		return nil, err
 	}
+	if _, err := parseCompression("Config.Compression", cfg.Compression); err != nil {
+		return nil, err
+	}
 	switch cfg.Transport {
 	case "", "tcp", "quic":
 	case "mem":

@@ -3,6 +3,7 @@ package collective
 import (
 	"fmt"
 
+	"github.com/ringo-ml/ringo/internal/codec"
 	"github.com/ringo-ml/ringo/internal/kernel"
 	"github.com/ringo-ml/ringo/ring"
 	"github.com/ringo-ml/ringo/transport"
@@ -110,6 +111,12 @@ func describe(s transport.Signature) string {
 	case kindSendRecv:
 		return fmt.Sprintf("Send/Recv(%v, count=%d, tag=%d)", dt, s.Count, s.Root)
 	case kindBroadcast:
+		switch algorithm(s.Op >> 4) {
+		case algoDoubling:
+			return fmt.Sprintf("Broadcast(%v, count=%d, root=%d, tree)", dt, s.Count, s.Root)
+		case algoRing:
+			return fmt.Sprintf("Broadcast(%v, count=%d, root=%d, chain)", dt, s.Count, s.Root)
+		}
 		return fmt.Sprintf("Broadcast(%v, count=%d, root=%d)", dt, s.Count, s.Root)
 	case kindAllToAllV:
 		return fmt.Sprintf("AllToAllV(%v)", dt)
@@ -119,6 +126,9 @@ func describe(s transport.Signature) string {
 		return fmt.Sprintf("%v(%v, count=%d, root=%d)", k, dt, s.Count, s.Root)
 	case kindReduce:
 		return fmt.Sprintf("Reduce(%v, count=%d, %v, root=%d)", dt, s.Count, Op(s.Op&0xf), s.Root)
+	}
+	if k == kindAllReduce && s.Root != 0 { // the codec (Config.Compression)
+		return fmt.Sprintf("AllReduce(%v, count=%d, %v, %v, compression=%v)", dt, s.Count, Op(s.Op&0xf), algorithm(s.Op>>4), codec.Kind(s.Root))
 	}
 	if algo := algorithm(s.Op >> 4); algo != algoAuto {
 		return fmt.Sprintf("%v(%v, count=%d, %v, %v)", k, dt, s.Count, Op(s.Op&0xf), algo)

@@ -84,6 +84,9 @@ func runRank(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	} else if cfg.Algorithm != "" {
 		o.algo = cfg.Algorithm // the launcher's RINGO_ALGO, for the report
 	}
+	if o.compression != "" {
+		cfg.Compression = o.compression
+	}
 	c, err := collective.New(ctx, cfg)
 	if err != nil {
 		return err
@@ -101,6 +104,7 @@ func runRank(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	if c.Rank() != 0 {
 		return nil
 	}
+	reportCompression(c, stderr)
 	return report(o, c.Size(), "processes", rows, stdout)
 }
 
@@ -120,7 +124,7 @@ func runInProcess(ctx context.Context, o *options, stdout, stderr io.Writer) err
 
 // sweepInProcess forms o.np ranks in this process and returns rank 0's rows.
 func sweepInProcess(ctx context.Context, o *options, progress func(int, int, int64)) ([]row, error) {
-	comms, err := formInProcess(ctx, o.np, o.transport, o.algo)
+	comms, err := formInProcess(ctx, o.np, o.transport, o.algo, o.compression)
 	if err != nil {
 		return nil, err
 	}
@@ -129,6 +133,7 @@ func sweepInProcess(ctx context.Context, o *options, progress func(int, int, int
 			c.Close()
 		}
 	}()
+	defer reportCompression(comms[0], os.Stderr) // before the closes
 	rows := make([][]row, len(comms))
 	errs := make([]error, len(comms))
 	var wg sync.WaitGroup
@@ -150,11 +155,11 @@ func sweepInProcess(ctx context.Context, o *options, progress func(int, int, int
 	return rows[0], errors.Join(errs...)
 }
 
-func formInProcess(ctx context.Context, n int, transport, algo string) ([]*collective.Comm, error) {
+func formInProcess(ctx context.Context, n int, transport, algo, compression string) ([]*collective.Comm, error) {
 	if transport == "mem" {
-		return collective.LocalConfig(n, collective.Config{Algorithm: algo})
+		return collective.LocalConfig(n, collective.Config{Algorithm: algo, Compression: compression})
 	}
-	return collective.LocalNetwork(ctx, n, collective.Config{Token: randomHex(16), Transport: transport, Algorithm: algo})
+	return collective.LocalNetwork(ctx, n, collective.Config{Token: randomHex(16), Transport: transport, Algorithm: algo, Compression: compression})
 }
 
 // spawn starts o.np copies of this program as the ranks of a local job, with

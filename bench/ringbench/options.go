@@ -28,6 +28,8 @@ type options struct {
 	root               int
 	transport          string
 	algo               string
+	compression        string        // Config.Compression ("" = the launcher's RINGO_COMPRESSION, else none)
+	data               string        // the values timed calls reduce (see dataPatterns)
 	minSample          time.Duration // one sample lasts at least this long (calls are batched)
 	budget             time.Duration // if > 0: samples per size so that a size takes about this long
 
@@ -48,7 +50,7 @@ func defaultOptions() options {
 		minBytes: 8, maxBytes: 64 << 20, factor: 2,
 		iters: 20, warmup: 5, check: 1,
 		collective: "allreduce", dtype: "float32", op: "sum",
-		transport: "tcp", algo: "auto",
+		transport: "tcp", algo: "auto", data: "zeros",
 		minSample: time.Millisecond,
 		np:        2,
 	}
@@ -92,6 +94,8 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.root, "root", 0, "root rank of broadcast, reduce, gather, scatter")
 	fs.StringVar(&o.transport, "transport", o.transport, "transport: tcp, quic (or mem, with -inproc)")
 	fs.StringVar(&o.algo, "algo", o.algo, "AllReduce algorithm: auto (by size), ring, doubling (as RINGO_ALGO; under a launcher, RINGO_ALGO rules unless --algo is given)")
+	fs.StringVar(&o.compression, "compression", "", "AllReduce wire compression: none, s2, zstd, bf16, fp16 (as RINGO_COMPRESSION, which rules under a launcher unless this is given; -c then allows bf16/fp16 their rounding)")
+	fs.StringVar(&o.data, "data", o.data, "values of the timed calls: zeros (sum/avg; ones for prod), random (normal(0, 1e-3) floats, small random integers), noise (random bits: incompressible with -d uint32), sparse90 (90% zeros at the same positions on every rank, the rest random), rows90 (90% of the rows of 256 elements zero, the same rows on every rank); use -r avg with random data to keep values bounded")
 	fs.DurationVar(&o.minSample, "min-sample", o.minSample, "batch calls so that one timed sample lasts at least this long (0: one call per sample)")
 	fs.DurationVar(&o.budget, "budget", 0, "if set: samples per size to fill about this much time (10..500), instead of -n")
 	fs.IntVar(&o.np, "np", o.np, "standalone: number of local ranks to start (ignored when run as a rank of a job)")
@@ -127,6 +131,9 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.label == "" {
 		o.label = "ringo-" + o.transport
+		if o.compression != "" && o.compression != "none" {
+			o.label += "-" + o.compression
+		}
 	}
 	return o, o.validate()
 }
@@ -169,6 +176,16 @@ func (o *options) validate() error {
 		return fmt.Errorf("--algo %s: %w", o.algo, err)
 	}
 	comms[0].Close()
+	switch o.compression {
+	case "", "none", "s2", "zstd", "bf16", "fp16":
+	default:
+		return fmt.Errorf("--compression %q: unknown (want none, s2, zstd, bf16 or fp16)", o.compression)
+	}
+	switch o.data {
+	case "zeros", "random", "noise", "sparse90", "rows90":
+	default:
+		return fmt.Errorf("--data %q: unknown (want zeros, random, noise, sparse90 or rows90)", o.data)
+	}
 	switch o.transport {
 	case "tcp", "quic":
 	case "mem":

@@ -190,6 +190,7 @@ func runSize[T collective.Elem](ctx context.Context, c *collective.Comm, o *opti
 			return r, err
 		}
 		r.Wrong = wrong[0]
+		c.CompressionStats() // the check's values are not the timed ones: reset
 	}
 	b.steady()
 
