@@ -1,12 +1,14 @@
 module github.com/ringo-ml/ringo
 
-go 1.25
+go 1.26.0
 
 require (
 	github.com/klauspost/compress v1.20.3
 	github.com/stretchr/testify v1.12.1
 	go.uber.org/goleak v1.3.0
 )
+
+require golang.org/x/term v0.47.0
 
 require (
 	codeberg.org/go-fonts/liberation v0.5.0 // indirect
@@ -25,6 +27,6 @@ require (
 
 require (
 	go.yaml.in/yaml/v3 v3.0.5 // indirect
-	golang.org/x/sys v0.41.0
+	golang.org/x/sys v0.49.0
 	gonum.org/v1/gonum v0.17.0
 )

@@ -26,8 +26,9 @@ import (
 	"strconv"
 	"sync"
 
+	"golang.org/x/term"
+
 	"github.com/ringo-ml/ringo/collective"
-	"golang.org/x/sys/unix"
 )
 
 func main() {
@@ -248,7 +249,4 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-func isTerminal(f *os.File) bool {
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
-}
+func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }

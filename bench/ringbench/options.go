@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -109,7 +110,15 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
-	fs.Visit(func(f *flag.Flag) { o.algoSet = o.algoSet || f.Name == "algo" })
+	transportSet := false
+	fs.Visit(func(f *flag.Flag) {
+		o.algoSet = o.algoSet || f.Name == "algo"
+		transportSet = transportSet || f.Name == "transport"
+	})
+	if t := os.Getenv("RINGO_TRANSPORT"); !transportSet && t != "" {
+		// A rank of a job runs the job's transport: label it so.
+		o.transport = t
+	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}

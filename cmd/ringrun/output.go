@@ -10,6 +10,8 @@ import (
 	"os"
 	"strconv"
 	"sync"
+
+	"golang.org/x/term"
 )
 
 // maxLine bounds how much of one line is held before it is written out; a
@@ -33,11 +35,8 @@ func newOutput(stdout, stderr io.Writer, tty bool) *output {
 	return &output{stdout: stdout, stderr: stderr, tty: tty}
 }
 
-// isTerminal tells whether f is a character device (a terminal).
-func isTerminal(f *os.File) bool {
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
-}
+// isTerminal tells whether f is a terminal (not merely a character device such as /dev/null).
+func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
 
 const eraseLine = "\r\x1b[K"
 
