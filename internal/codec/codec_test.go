@@ -146,7 +146,8 @@ func TestDecompressRejectsGarbage(t *testing.T) {
 
 func FuzzDecompress(f *testing.F) {
 	f.Add([]byte{}, 10)
-	f.Add([]byte{0x0a, 0x00, 0x00}, 10)
+	f.Add([]byte{methodCodec, 0x0a, 0x00, 0x00}, 10)
+	f.Add([]byte{methodSparse, 0x02, 1, 2, 3, 4, 5, 6}, 10)
 	f.Fuzz(func(t *testing.T, payload []byte, n int) {
 		if n < 1 || n > 1<<16 {
 			return
@@ -328,4 +329,65 @@ func BenchmarkCodecs(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestSparseForm: segments of mostly zero words take the bitmap form, which
+// round-trips bit for bit at every length (tails that are not whole words,
+// -0 and NaN payloads kept) and shrinks 90% scattered zeros at least 5x;
+// denser segments fall back to S2 or zstd.
+func TestSparseForm(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	for _, k := range []Kind{S2, Zstd} {
+		c, err := New(k)
+		require.NoError(t, err)
+		for _, n := range []int{64, 65, 66, 67, 100, 1001, 4096, 1 << 19} {
+			src := sample(rng, n, "sparse")
+			src[0], src[1], src[2], src[3] = 0, 0, 0, 0x80 // -0 is not zero
+			if n >= 12 {
+				binary.LittleEndian.PutUint32(src[8:], 0x7fc00001) // a NaN payload
+			}
+			for i := 4 * (n / 4); i < n; i++ {
+				src[i] = byte(i) // the tail
+			}
+			dst := make([]byte, MaxEncoded(n))
+			c.skip, c.wait = 0, 0
+			out, flag := c.Compress(dst, src)
+			require.Equal(t, Compressed, flag, "%v n=%d", k, n)
+			require.Equal(t, methodSparse, out[0], "%v n=%d", k, n)
+			if n >= 4096 {
+				require.Less(t, 5*len(out), n, "%v n=%d: %d bytes", k, n, len(out))
+			}
+			got := make([]byte, n)
+			require.NoError(t, c.Decompress(got, out))
+			require.Equal(t, src, got, "%v n=%d", k, n)
+		}
+		// Half the words non-zero: too dense for the bitmap, S2/zstd then.
+		src := sample(rng, 4096, "text")
+		out, flag := c.Compress(make([]byte, MaxEncoded(4096)), src)
+		require.Equal(t, Compressed, flag)
+		require.Equal(t, methodCodec, out[0])
+		c.Close()
+	}
+}
+
+// TestSparseFormRefusesBadPayloads: lengths and bitmaps are checked before
+// a byte is written.
+func TestSparseFormRefusesBadPayloads(t *testing.T) {
+	c, err := New(S2)
+	require.NoError(t, err)
+	defer c.Close()
+	dst := make([]byte, 10) // 2 words and 2 tail bytes: 1 bitmap byte
+	for _, p := range [][]byte{
+		{},
+		{methodSparse},                   // no bitmap
+		{methodSparse, 0x01},             // one word marked, none sent
+		{methodSparse, 0x04, 0, 0, 0, 0}, // a word past the segment
+		{methodSparse, 0x00, 1},          // tail cut short
+		{methodSparse, 0x00, 1, 2, 3},    // tail too long
+		{9, 0, 0},                        // unknown method
+	} {
+		require.ErrorIs(t, c.Decompress(dst, p), ErrCorrupt, "%x", p)
+	}
+	require.NoError(t, c.Decompress(dst, []byte{methodSparse, 0x02, 1, 2, 3, 4, 5, 6}))
+	require.Equal(t, []byte{0, 0, 0, 0, 1, 2, 3, 4, 5, 6}, dst)
 }
