@@ -175,43 +175,21 @@ func (x *zrunner[T]) run() error {
 			}
 		}
 	}
-	for q := 0; q < s.rounds; q++ {
-		if q == 0 {
-			if err := x.startRound(0); err != nil {
-				return err
-			}
-			if x.fixed {
-				for k := 0; k < s.depth; k++ {
-					if err := x.post(0, 0, k); err != nil {
-						return err
-					}
-				}
-			}
+	// Fixed-length payloads are posted ahead as the plain ring's are;
+	// lossless ones post their own, header first, as they consume.
+	// The switch is written out here: a method value (x.do) or a call
+	// through one moves x to the heap, an allocation per call.
+	err := s.walk(x.fixed, func(m move, q, t, k int) error {
+		switch m {
+		case moveStartRound:
+			return x.startRound(q)
+		case movePost:
+			return x.post(q, t, k)
 		}
-		for t := 0; t < s.steps; t++ {
-			if t == s.steps-1 && q+1 < s.rounds {
-				if err := x.startRound(q + 1); err != nil {
-					return err
-				}
-			}
-			for k := 0; k < s.depth; k++ {
-				if err := x.consume(q, t, k); err != nil {
-					return err
-				}
-				if !x.fixed {
-					continue
-				}
-				nq, nt := q, t+1
-				if nt == s.steps {
-					nq, nt = q+1, 0
-				}
-				if nq < s.rounds {
-					if err := x.post(nq, nt, k); err != nil {
-						return err
-					}
-				}
-			}
-		}
+		return x.consume(q, t, k)
+	})
+	if err != nil {
+		return err
 	}
 	return x.c.r.right.Flush(x.lastSend)
 }

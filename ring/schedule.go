@@ -103,41 +103,78 @@ func run[T kernel.Elem](r *Ring, sched schedule, own, out []T, red Reducer[T]) e
 	for i := range r.tickets {
 		r.tickets[i] = 0
 	}
+	// The switch is written out here: a method value (x.do) or a call
+	// through one moves x to the heap, an allocation per call.
+	err := s.walk(true, func(m move, q, t, k int) error {
+		switch m {
+		case moveStartRound:
+			return x.startRound(q)
+		case movePost:
+			return x.post(q, t, k)
+		}
+		return x.consume(q, t, k)
+	})
+	if err != nil {
+		return err
+	}
+	return r.right.Flush(x.lastSend)
+}
+
+// move is one kind of thing a schedule run does with a piece.
+type move uint8
+
+const (
+	moveStartRound move = iota // queue step 0 of round q: the rank's own pieces
+	movePost                   // post the receive of piece k of step t of round q
+	moveConsume                // complete piece k of step t of round q and pass it on
+)
+
+// walk calls do with the schedule's moves, in the order every rank follows
+// them, until one fails. Step 0 of round q+1 is queued once every send of
+// round q is (its last step has begun). With postAhead, receives run Depth
+// pieces ahead: each piece consumed posts the same piece of the next step;
+// without it, do posts its own receives (payloads of unknown length).
+//
+// A callback rather than an interface: do is a closure on the caller's
+// stack, so a run allocates nothing.
+func (s *schedule) walk(postAhead bool, do func(m move, q, t, k int) error) error {
 	for q := 0; q < s.rounds; q++ {
 		if q == 0 {
-			if err := x.startRound(0); err != nil {
+			if err := do(moveStartRound, 0, 0, 0); err != nil {
 				return err
 			}
-			for k := 0; k < s.depth; k++ {
-				if err := x.post(0, 0, k); err != nil {
+			for k := 0; postAhead && k < s.depth; k++ {
+				if err := do(movePost, 0, 0, k); err != nil {
 					return err
 				}
 			}
 		}
 		for t := 0; t < s.steps; t++ {
 			if t == s.steps-1 && q+1 < s.rounds {
-				// Every send of round q is queued: the next round may begin.
-				if err := x.startRound(q + 1); err != nil {
+				if err := do(moveStartRound, q+1, 0, 0); err != nil {
 					return err
 				}
 			}
 			for k := 0; k < s.depth; k++ {
-				if err := x.consume(q, t, k); err != nil {
+				if err := do(moveConsume, q, t, k); err != nil {
 					return err
+				}
+				if !postAhead {
+					continue
 				}
 				nq, nt := q, t+1
 				if nt == s.steps {
 					nq, nt = q+1, 0
 				}
 				if nq < s.rounds {
-					if err := x.post(nq, nt, k); err != nil {
+					if err := do(movePost, nq, nt, k); err != nil {
 						return err
 					}
 				}
 			}
 		}
 	}
-	return r.right.Flush(x.lastSend)
+	return nil
 }
 
 // runner holds the state of one schedule run.
