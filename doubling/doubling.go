@@ -44,40 +44,16 @@ func AllReduce[T kernel.Elem](rank, size int, links []ring.Link, buf, scratch []
 		return nil
 	}
 	n := len(buf)
-	p2 := 1
-	for p2*2 <= size {
-		p2 *= 2
-	}
-	rem := size - p2
-	real := func(v int) int { // the rank standing for virtual rank v
-		if v < rem {
-			return 2*v + 1
-		}
-		return v + rem
-	}
-
-	vrank := rank - rem
-	if rank < 2*rem {
-		if rank%2 == 0 {
-			// Folded out: hand the vector over, get the result back.
-			if err := xfer.Send(links[rank+1], buf); err != nil {
-				return err
-			}
-			return xfer.Recv(links[rank+1], buf)
-		}
-		in := scratch[:n]
-		if err := xfer.Recv(links[rank-1], in); err != nil {
-			return err
-		}
-		red.Kernel.ReduceTo(buf, in, buf) // the lower rank's value first
-		vrank = rank / 2
+	f := newFold(rank, size)
+	if out, err := foldIn(f, links, buf, scratch, red); out || err != nil {
+		return err
 	}
 
 	var err error
 	if n*kernel.Size[T]() <= xfer.MaxPiece && len(scratch) >= 2*n {
-		err = exchangeRounds(rank, vrank, p2, real, links, buf, scratch[:n], scratch[n:2*n], red)
+		err = exchangeRounds(f, links, buf, scratch[:n], scratch[n:2*n], red)
 	} else {
-		err = exchangeWhole(rank, vrank, p2, real, links, buf, scratch[:n], red)
+		err = exchangeWhole(f, links, buf, scratch[:n], red)
 	}
 	if err != nil {
 		return err
@@ -85,22 +61,19 @@ func AllReduce[T kernel.Elem](rank, size int, links []ring.Link, buf, scratch []
 	if red.Div != nil {
 		red.Div(buf, size)
 	}
-	if rank < 2*rem {
-		return xfer.Send(links[rank-1], buf)
-	}
-	return nil
+	return foldOut(f, links, buf)
 }
 
 // exchangeWhole runs the rounds for a vector of any length: each round sends
 // buf, receives into scratch and reduces into buf, so it must wait for its
 // send to be written before it reduces.
-func exchangeWhole[T kernel.Elem](rank, vrank, p2 int, real func(int) int, links []ring.Link, buf, scratch []T, red ring.Reducer[T]) error {
-	for mask := 1; mask < p2; mask <<= 1 {
-		partner := real(vrank ^ mask)
+func exchangeWhole[T kernel.Elem](f fold, links []ring.Link, buf, scratch []T, red ring.Reducer[T]) error {
+	for mask := 1; mask < f.p2; mask <<= 1 {
+		partner := f.real(f.vrank ^ mask)
 		if err := xfer.Exchange(links[partner], buf, scratch); err != nil {
 			return err
 		}
-		if partner < rank {
+		if partner < f.rank {
 			red.Kernel.ReduceTo(buf, scratch, buf)
 		} else {
 			red.Kernel.ReduceTo(buf, buf, scratch)
@@ -116,7 +89,7 @@ func exchangeWhole[T kernel.Elem](rank, vrank, p2 int, real func(int) int, links
 // part of a round's time for a small vector). Only before reusing a buffer
 // does it check that buffer's send is done (long since, in practice), and
 // all sends before it returns. The result is copied into buf at the end.
-func exchangeRounds[T kernel.Elem](rank, vrank, p2 int, real func(int) int, links []ring.Link, buf, a, b []T, red ring.Reducer[T]) error {
+func exchangeRounds[T kernel.Elem](f fold, links []ring.Link, buf, a, b []T, red ring.Reducer[T]) error {
 	bufs := [3][]T{buf, a, b}
 	var sentOn [3]ring.Link // the link each buffer's pending send went on
 	var tickets [3]uint64
@@ -129,12 +102,13 @@ func exchangeRounds[T kernel.Elem](rank, vrank, p2 int, real func(int) int, link
 		return err
 	}
 	cur := 0 // the buffer holding this rank's partial result
-	for mask := 1; mask < p2; mask <<= 1 {
+	for mask := 1; mask < f.p2; mask <<= 1 {
 		in := (cur + 1) % 3 // sent two rounds ago, if ever
 		if err := flush(in); err != nil {
 			return err
 		}
-		link := links[real(vrank^mask)]
+		partner := f.real(f.vrank ^ mask)
+		link := links[partner]
 		if err := link.Post(kernel.Bytes(bufs[in])); err != nil {
 			return err
 		}
@@ -146,7 +120,7 @@ func exchangeRounds[T kernel.Elem](rank, vrank, p2 int, real func(int) int, link
 		if err := link.Wait(); err != nil {
 			return err
 		}
-		if real(vrank^mask) < rank {
+		if partner < f.rank {
 			red.Kernel.ReduceTo(bufs[in], bufs[in], bufs[cur])
 		} else {
 			red.Kernel.ReduceTo(bufs[in], bufs[cur], bufs[in])

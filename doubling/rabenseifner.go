@@ -37,35 +37,14 @@ func Rabenseifner[T kernel.Elem](rank, size int, links []ring.Link, buf, scratch
 	}
 	n := len(buf)
 	scratch = scratch[:n]
-	p2 := 1
-	for p2*2 <= size {
-		p2 *= 2
-	}
-	rem := size - p2
-	real := func(v int) int { // the rank standing for virtual rank v
-		if v < rem {
-			return 2*v + 1
-		}
-		return v + rem
-	}
+	f := newFold(rank, size)
+	p2, vrank, real := f.p2, f.vrank, f.real
 	// off is where block b starts: the first n%p2 blocks are one longer.
 	q, r := n/p2, n%p2
 	off := func(b int) int { return b*q + min(b, r) }
 
-	vrank := rank - rem
-	if rank < 2*rem {
-		if rank%2 == 0 {
-			// Folded out: hand the vector over, get the result back.
-			if err := xfer.Send(links[rank+1], buf); err != nil {
-				return err
-			}
-			return xfer.Recv(links[rank+1], buf)
-		}
-		if err := xfer.Recv(links[rank-1], scratch); err != nil {
-			return err
-		}
-		red.Kernel.ReduceTo(buf, scratch, buf) // the lower rank's value first
-		vrank = rank / 2
+	if out, err := foldIn(f, links, buf, scratch, red); out || err != nil {
+		return err
 	}
 
 	// Reduce-scatter by recursive halving: [lo, hi) are the blocks this
@@ -105,8 +84,5 @@ func Rabenseifner[T kernel.Elem](rank, size int, links []ring.Link, buf, scratch
 		lo, hi = min(lo, plo), max(hi, phi)
 	}
 
-	if rank < 2*rem {
-		return xfer.Send(links[rank-1], buf)
-	}
-	return nil
+	return foldOut(f, links, buf)
 }
