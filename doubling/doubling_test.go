@@ -11,52 +11,9 @@ import (
 
 	"github.com/ringo-ml/ringo/doubling"
 	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/internal/linktest"
 	"github.com/ringo-ml/ringo/ring"
 )
-
-// chanLink is one end of an in-memory connection: frames are copied into a
-// channel on Send and out of it on Wait, which checks that the frame fits
-// the receive posted for it exactly, as the real transport does.
-type chanLink struct {
-	in, out chan []byte
-	posted  [][]byte
-}
-
-func (l *chanLink) Post(dst []byte) error { l.posted = append(l.posted, dst); return nil }
-
-func (l *chanLink) Wait() error {
-	dst := l.posted[0]
-	l.posted = l.posted[1:]
-	f := <-l.in
-	if len(f) != len(dst) {
-		return fmt.Errorf("frame of %d bytes for a receive of %d", len(f), len(dst))
-	}
-	copy(dst, f)
-	return nil
-}
-
-func (l *chanLink) Send(src []byte) (uint64, error) {
-	l.out <- append([]byte(nil), src...)
-	return 0, nil
-}
-
-func (l *chanLink) Flush(uint64) error { return nil }
-
-// mesh returns links[r][p], the link from rank r to rank p.
-func mesh(n int) [][]ring.Link {
-	links := make([][]ring.Link, n)
-	for r := range links {
-		links[r] = make([]ring.Link, n)
-	}
-	for a := range n {
-		for b := a + 1; b < n; b++ {
-			ab, ba := make(chan []byte, 64), make(chan []byte, 64)
-			links[a][b] = &chanLink{in: ba, out: ab}
-			links[b][a] = &chanLink{in: ab, out: ba}
-		}
-	}
-	return links
-}
 
 type allReduceFunc[T kernel.Elem] func(rank, size int, links []ring.Link, buf, scratch []T, red ring.Reducer[T]) error
 
@@ -64,7 +21,7 @@ type allReduceFunc[T kernel.Elem] func(rank, size int, links []ring.Link, buf, s
 func run[T kernel.Elem](t *testing.T, algo allReduceFunc[T], bufs [][]T, red ring.Reducer[T]) {
 	t.Helper()
 	n := len(bufs)
-	links := mesh(n)
+	links, _ := linktest.Mesh(n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for r := range n {

@@ -1,43 +1,14 @@
 package tree_test
 
 import (
-	"fmt"
 	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/ringo-ml/ringo/ring"
+	"github.com/ringo-ml/ringo/internal/linktest"
 	"github.com/ringo-ml/ringo/tree"
 )
-
-// chanLink is one end of an in-memory connection: frames are copied into a
-// channel on Send and out of it on Wait, which checks that each frame fits
-// the receive posted for it exactly, as the real transport does.
-type chanLink struct {
-	in, out chan []byte
-	posted  [][]byte
-}
-
-func (l *chanLink) Post(dst []byte) error { l.posted = append(l.posted, dst); return nil }
-
-func (l *chanLink) Wait() error {
-	dst := l.posted[0]
-	l.posted = l.posted[1:]
-	f := <-l.in
-	if len(f) != len(dst) {
-		return fmt.Errorf("frame of %d bytes for a receive of %d", len(f), len(dst))
-	}
-	copy(dst, f)
-	return nil
-}
-
-func (l *chanLink) Send(src []byte) (uint64, error) {
-	l.out <- append([]byte(nil), src...)
-	return 0, nil
-}
-
-func (l *chanLink) Flush(uint64) error { return nil }
 
 // TestBroadcast runs every root on 1..9 ranks and checks every rank got the
 // root's bytes and that no frame was left unread on any link (each rank
@@ -46,18 +17,7 @@ func TestBroadcast(t *testing.T) {
 	for n := 1; n <= 9; n++ {
 		for root := range n {
 			for _, count := range []int{0, 1, 7, 1000} {
-				links := make([][]ring.Link, n)
-				ends := make([][]*chanLink, n)
-				for r := range links {
-					links[r], ends[r] = make([]ring.Link, n), make([]*chanLink, n)
-				}
-				for a := range n {
-					for b := a + 1; b < n; b++ {
-						ab, ba := make(chan []byte, 64), make(chan []byte, 64)
-						ends[a][b], ends[b][a] = &chanLink{in: ba, out: ab}, &chanLink{in: ab, out: ba}
-						links[a][b], links[b][a] = ends[a][b], ends[b][a]
-					}
-				}
+				links, ends := linktest.Mesh(n)
 				bufs := make([][]int32, n)
 				for r := range bufs {
 					bufs[r] = make([]int32, count)
@@ -82,7 +42,7 @@ func TestBroadcast(t *testing.T) {
 					require.Equal(t, bufs[root], bufs[r], "n=%d root=%d count=%d rank %d", n, root, count, r)
 					for p, e := range ends[r] {
 						if e != nil {
-							require.Empty(t, e.in, "n=%d root=%d: frame from %d left unread at %d", n, root, p, r)
+							require.Zero(t, e.Unread(), "n=%d root=%d: frame from %d left unread at %d", n, root, p, r)
 						}
 					}
 				}
