@@ -7,8 +7,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"runtime/debug"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,164 +17,14 @@ import (
 	"github.com/ringo-ml/ringo/transport"
 )
 
-// bdHangAfter bounds every wait for the ranks of a test, so that a hang shows
-// up as a failure; nothing waits for it to pass.
-const bdHangAfter = 2 * time.Minute
-
-// bdCountingStream counts the bytes written to the wrapped stream.
-type bdCountingStream struct {
-	transport.Stream
-	n *atomic.Int64
-}
-
-func (s bdCountingStream) Write(p []byte) (int, error) {
-	n, err := s.Stream.Write(p)
-	s.n.Add(int64(n))
-	return n, err
-}
-
-// bdRank is one rank of a bdRing.
-type bdRank struct {
-	fail     *transport.Failure
-	links    []*transport.Link // every link of the rank, to begin and end operations
-	streams  []transport.Stream
-	fwd, rev *Ring
-}
-
-// bdRing is size ranks joined in a ring over in-process pipes with real
-// transport links, each rank with its own Failure as if it ran in a process
-// of its own. A rank whose Failure fires closes its streams, as a dying
-// process would, so that a failure spreads around the ring (the collective
-// layer spreads it with abort notices) and no rank is left waiting.
-type bdRing struct {
-	ranks []*bdRank
-	sent  [][]*atomic.Int64 // sent[r][p]: bytes rank r wrote to rank p
-	seq   uint64
-}
-
-// newBDRing builds the ring. wrap, if set, may replace a rank's link to its
-// right neighbour as the rings see it.
-func newBDRing(t *testing.T, size int, opt Options, wrap func(rank int, right *transport.Link) Link) *bdRing {
-	t.Helper()
-	tr := &bdRing{ranks: make([]*bdRank, size), sent: make([][]*atomic.Int64, size)}
-	linkTo := make([][]*transport.Link, size)
-	for r := range size {
-		rk := &bdRank{}
-		rk.fail = transport.NewFailure(func(error) {
-			for _, s := range rk.streams {
-				_ = s.Close()
-			}
-		})
-		tr.ranks[r] = rk
-		linkTo[r] = make([]*transport.Link, size)
-		tr.sent[r] = make([]*atomic.Int64, size)
-		for p := range size {
-			tr.sent[r][p] = new(atomic.Int64)
-		}
-	}
-	connect := func(a, b int) {
-		sa, sb := transport.Pipe()
-		ca := bdCountingStream{sa, tr.sent[a][b]}
-		cb := bdCountingStream{sb, tr.sent[b][a]}
-		tr.ranks[a].streams = append(tr.ranks[a].streams, ca)
-		tr.ranks[b].streams = append(tr.ranks[b].streams, cb)
-		linkTo[a][b] = transport.NewLink(b, transport.NewConn(ca), tr.ranks[a].fail, nil)
-		linkTo[b][a] = transport.NewLink(a, transport.NewConn(cb), tr.ranks[b].fail, nil)
-		tr.ranks[a].links = append(tr.ranks[a].links, linkTo[a][b])
-		tr.ranks[b].links = append(tr.ranks[b].links, linkTo[b][a])
-	}
-	switch {
-	case size == 2:
-		connect(0, 1) // one connection is both neighbours
-	case size > 2:
-		for r := range size {
-			connect(r, (r+1)%size)
-		}
-	}
-	for r, rk := range tr.ranks {
-		var left, right Link
-		if size > 1 {
-			left, right = linkTo[r][(r+size-1)%size], linkTo[r][(r+1)%size]
-			if wrap != nil {
-				right = wrap(r, linkTo[r][(r+1)%size])
-			}
-			if size == 2 {
-				left = right
-			}
-		}
-		rk.fwd = New(r, size, left, right, opt)
-		rk.rev = rk.fwd.Reversed()
-	}
-	t.Cleanup(func() {
-		var wg sync.WaitGroup
-		for _, rk := range tr.ranks {
-			for _, l := range rk.links {
-				wg.Add(1)
-				go func() { defer wg.Done(); l.Shutdown(false, 0) }()
-			}
-		}
-		wg.Wait()
-	})
-	return tr
-}
-
 // bdRun runs one bidirectional allreduce of bufs[r] on every rank in
-// ranks (all if nil), each on its own goroutine, and returns their errors
-// by rank. expire, if not nil, is rank 0's deadline channel. A rank that
-// fails does what a communicator does: it fails and quiesces its links.
-func bdRun[T kernel.Elem](t *testing.T, tr *bdRing, bufs [][]T, red Reducer[T], ranks []int, expire <-chan time.Time) []error {
+// ranks (all if nil) and returns their errors by rank (see testRing.run).
+func bdRun[T kernel.Elem](t *testing.T, tr *testRing, bufs [][]T, red Reducer[T], ranks []int, expire <-chan time.Time) []error {
 	t.Helper()
-	tr.seq++
-	if ranks == nil {
-		for r := range tr.ranks {
-			ranks = append(ranks, r)
-		}
-	}
-	hdr := transport.Header{Comm: 7, Seq: tr.seq, Sig: transport.Signature{Kind: 1, DType: uint8(kernel.TypeOf[T]()), Root: -1, Count: uint64(len(bufs[0]))}}
-	errs := make([]error, len(tr.ranks))
-	var wg sync.WaitGroup
-	for _, r := range ranks {
+	return tr.run(t, ranks, expire, func(r int) error {
 		rk := tr.ranks[r]
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var exp <-chan time.Time
-			if r == 0 {
-				exp = expire
-			}
-			for _, l := range rk.links {
-				l.Begin(context.Background(), hdr, exp)
-			}
-			err := AllReduceBidirectional(rk.fwd, rk.rev, bufs[r], red)
-			for _, l := range rk.links {
-				l.End()
-			}
-			if err != nil {
-				rk.fail.Fail(err)
-				for _, l := range rk.links {
-					l.Quiesce()
-				}
-			}
-			errs[r] = err
-		}()
-	}
-	bdWaitAll(t, &wg)
-	return errs
-}
-
-// bdWaitAll waits for wg, failing the test if the ranks hang.
-func bdWaitAll(t *testing.T, wg *sync.WaitGroup) {
-	t.Helper()
-	done := make(chan struct{})
-	go func() {
-		wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(bdHangAfter):
-		t.Fatalf("ranks still running after %v: a hang", bdHangAfter)
-	}
+		return AllReduceBidirectional(rk.fwd, rk.rev, bufs[r], red)
+	})
 }
 
 func bdIsFloat[T kernel.Elem]() bool {
@@ -245,7 +93,7 @@ func bdSum[T kernel.Elem](t *testing.T) Reducer[T] {
 
 // bdCase runs the allreduce of fresh bdInputs on tr twice (the second
 // run reuses the rings' scratch and links) and checks both results.
-func bdCase[T kernel.Elem](t *testing.T, tr *bdRing, n int) {
+func bdCase[T kernel.Elem](t *testing.T, tr *testRing, n int) {
 	t.Helper()
 	size := len(tr.ranks)
 	for run := range 2 {
@@ -271,17 +119,17 @@ func TestAllReduceBidirectional(t *testing.T) {
 	mid := Options{SegmentBytes: 4 << 10, MinSegmentBytes: 256, Depth: 2}
 	for size := 1; size <= 8; size++ {
 		t.Run(fmt.Sprintf("size=%d", size), func(t *testing.T) {
-			tr := newBDRing(t, size, tiny, nil)
+			tr := newTestRing(t, size, tiny, nil)
 			for _, n := range []int{0, 1, max(size-1, 1), size + 1, 2, 7, 13, 31, 97, 257, 1009} {
 				t.Run(fmt.Sprintf("tiny/float32/n=%d", n), func(t *testing.T) { bdCase[float32](t, tr, n) })
 				t.Run(fmt.Sprintf("tiny/int8/n=%d", n), func(t *testing.T) { bdCase[int8](t, tr, n) })
 			}
-			tr = newBDRing(t, size, mid, nil)
+			tr = newTestRing(t, size, mid, nil)
 			for _, n := range []int{10_007, 65_537} {
 				t.Run(fmt.Sprintf("mid/float64/n=%d", n), func(t *testing.T) { bdCase[float64](t, tr, n) })
 				t.Run(fmt.Sprintf("mid/int32/n=%d", n), func(t *testing.T) { bdCase[int32](t, tr, n) })
 			}
-			tr = newBDRing(t, size, DefaultOptions, nil)
+			tr = newTestRing(t, size, DefaultOptions, nil)
 			for _, n := range []int{5, 300_007} {
 				t.Run(fmt.Sprintf("default/float32/n=%d", n), func(t *testing.T) { bdCase[float32](t, tr, n) })
 			}
@@ -294,7 +142,7 @@ func TestAllReduceBidirectional(t *testing.T) {
 // the other (the one-way ring sends all of its data one way).
 func TestAllReduceBidirectionalUsesBothDirections(t *testing.T) {
 	const size, n = 4, 1 << 18
-	tr := newBDRing(t, size, DefaultOptions, nil)
+	tr := newTestRing(t, size, DefaultOptions, nil)
 	require.NotZero(t, bidirSplit(tr.ranks[0].fwd, n, 4))
 	bdCase[float32](t, tr, n)
 	for r := range size {
@@ -327,7 +175,7 @@ func TestAllReduceBidirectionalAllocatesNothing(t *testing.T) {
 		t.Skip("the race detector allocates, and sync.Pool drops items under it")
 	}
 	const size, n = 4, 1 << 16
-	tr := newBDRing(t, size, DefaultOptions, nil)
+	tr := newTestRing(t, size, DefaultOptions, nil)
 	require.NotZero(t, bidirSplit(tr.ranks[0].fwd, n, 4))
 	red := bdSum[float32](t)
 	bufs := bdInputs[float32](size, n, 1)
@@ -401,8 +249,8 @@ func TestAllReduceBidirectionalPeerFailure(t *testing.T) {
 	for _, size := range []int{3, 4, 5, 8} {
 		for _, victim := range []int{0, size / 2, size - 1} {
 			t.Run(fmt.Sprintf("size=%d/victim=%d", size, victim), func(t *testing.T) {
-				var tr *bdRing
-				tr = newBDRing(t, size, opt, func(rank int, right *transport.Link) Link {
+				var tr *testRing
+				tr = newTestRing(t, size, opt, func(rank int, right *transport.Link) Link {
 					if rank != victim {
 						return right
 					}
@@ -430,7 +278,7 @@ func TestAllReduceBidirectionalPeerFailure(t *testing.T) {
 // return the timeout.
 func TestAllReduceBidirectionalTimeoutStopsBothHalves(t *testing.T) {
 	const size, n = 4, 4096
-	tr := newBDRing(t, size, Options{SegmentBytes: 256, MinSegmentBytes: 64, Depth: 2}, nil)
+	tr := newTestRing(t, size, Options{SegmentBytes: 256, MinSegmentBytes: 64, Depth: 2}, nil)
 	expire := make(chan time.Time, 1)
 	expire <- time.Now() // rank 2 never calls: every wait of rank 0 is stuck
 	bufs := bdInputs[float32](size, n, 1)
@@ -446,7 +294,7 @@ func TestAllReduceBidirectionalTimeoutStopsBothHalves(t *testing.T) {
 // to split, and rings of two, run on fwd alone: rev's scratch stays unmade.
 func TestAllReduceBidirectionalSmallUsesOneRing(t *testing.T) {
 	for _, size := range []int{2, 3} {
-		tr := newBDRing(t, size, DefaultOptions, nil)
+		tr := newTestRing(t, size, DefaultOptions, nil)
 		bdCase[float32](t, tr, 1000)
 		for r, rk := range tr.ranks {
 			assert.Nil(t, rk.rev.recvSlots, "size %d, rank %d: the reverse ring ran", size, r)
@@ -483,7 +331,7 @@ func (bdPeerLink) Wait() error                 { return nil }
 func (bdPeerLink) Send([]byte) (uint64, error) { return 0, nil }
 func (bdPeerLink) Flush(uint64) error          { return nil }
 
-func bdRingOf(rank, size int) *Ring {
+func testRingOf(rank, size int) *Ring {
 	return New(rank, size, bdPeerLink((rank+size-1)%size), bdPeerLink((rank+1)%size), DefaultOptions)
 }
 
@@ -499,7 +347,7 @@ func TestReversedIsARing(t *testing.T) {
 			rankAt[i] = -1
 		}
 		for r := range size {
-			rev := bdRingOf(r, size).Reversed()
+			rev := testRingOf(r, size).Reversed()
 			require.Equal(t, size, rev.size)
 			p := rev.rank
 			require.Equal(t, -1, rankAt[p], "size %d: two ranks at position %d", size, p)
@@ -508,7 +356,7 @@ func TestReversedIsARing(t *testing.T) {
 			assert.Equal(t, bdPeerLink((r+size-1)%size), rev.right, "size %d, rank %d sends to its left", size, r)
 		}
 		for r := range size {
-			rev := bdRingOf(r, size).Reversed()
+			rev := testRingOf(r, size).Reversed()
 			from, to := int(rev.left.(bdPeerLink)), int(rev.right.(bdPeerLink))
 			assert.Equal(t, mod(posOf[r]-1, size), posOf[from], "size %d, rank %d", size, r)
 			assert.Equal(t, mod(posOf[r]+1, size), posOf[to], "size %d, rank %d", size, r)

@@ -1,104 +1,23 @@
 package ring
 
 import (
-	"context"
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/internal/codec"
 	"github.com/ringo-ml/ringo/internal/kernel"
-	"github.com/ringo-ml/ringo/transport"
 )
 
-// codecRing is n ranks joined in a ring by mem-transport links (unbuffered
-// pipes, so a schedule that relies on buffering deadlocks here).
-type codecRing struct {
-	rings []*Ring
-	links [][]*transport.Link // per rank: its links (1 for n = 2, 2 beyond)
-	seq   uint64
-}
-
-func newCodecRing(t testing.TB, n int, opt Options) *codecRing {
-	t.Helper()
-	tr := &codecRing{rings: make([]*Ring, n), links: make([][]*transport.Link, n)}
-	fails := make([]*transport.Failure, n)
-	for r := range fails {
-		fails[r] = transport.NewFailure(nil)
-	}
-	left := make([]Link, n)
-	right := make([]Link, n)
-	if n > 1 {
-		pairs := n
-		if n == 2 {
-			pairs = 1 // one connection is both neighbours
-		}
-		for r := range pairs {
-			nb := (r + 1) % n
-			a, b := transport.Pipe()
-			la := transport.NewLink(nb, transport.NewConn(a), fails[r], nil)
-			lb := transport.NewLink(r, transport.NewConn(b), fails[nb], nil)
-			right[r], left[nb] = la, lb
-			if n == 2 {
-				left[r], right[nb] = la, lb
-			}
-			tr.links[r] = append(tr.links[r], la)
-			tr.links[nb] = append(tr.links[nb], lb)
-		}
-	}
-	for r := range n {
-		tr.rings[r] = New(r, n, left[r], right[r], opt)
-	}
-	t.Cleanup(func() {
-		for _, ls := range tr.links {
-			for _, l := range ls {
-				l.Shutdown(false, 0)
-			}
-		}
-	})
-	return tr
-}
-
-// do runs fn on every rank as one operation and returns the first error.
-func (tr *codecRing) do(fn func(rank int) error) error {
-	tr.seq++
-	hdr := transport.Header{Comm: 1, Seq: tr.seq, Sig: transport.Signature{Kind: 1, Count: tr.seq}}
-	for _, ls := range tr.links {
-		for _, l := range ls {
-			l.BeginOp(context.Background(), hdr, nil, nil)
-		}
-	}
-	errs := make([]error, len(tr.rings))
-	var wg sync.WaitGroup
-	for r := range tr.rings {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[r] = fn(r)
-		}()
-	}
-	wg.Wait()
-	for _, ls := range tr.links {
-		for _, l := range ls {
-			l.End()
-		}
-	}
-	for r, err := range errs {
-		if err != nil {
-			return fmt.Errorf("rank %d: %w", r, err)
-		}
-	}
-	return nil
-}
-
-func (tr *codecRing) compressed(t testing.TB, k codec.Kind) []*Compressed {
-	cs := make([]*Compressed, len(tr.rings))
-	for r, ring := range tr.rings {
-		c, err := newCompressed(ring, k, 0) // the ring's own (small) pieces
+// compressedRings gives every rank of tr a compressed twin of its ring with
+// codec k, cutting lossless pieces as the plain ring does (small, for tests).
+func compressedRings(t testing.TB, tr *testRing, k codec.Kind) []*Compressed {
+	cs := make([]*Compressed, len(tr.ranks))
+	for r, rk := range tr.ranks {
+		c, err := newCompressed(rk.fwd, k, 0)
 		require.NoError(t, err)
 		t.Cleanup(c.Close)
 		cs[r] = c
@@ -145,8 +64,8 @@ func TestCompressedLosslessBitwise(t *testing.T) {
 		for _, opt := range opts {
 			for _, n := range []int{1, 2, 3, 4, 5, 8} {
 				t.Run(fmt.Sprintf("%v/seg=%d/n=%d", k, opt.SegmentBytes, n), func(t *testing.T) {
-					tr := newCodecRing(t, n, opt)
-					cs := tr.compressed(t, k)
+					tr := newTestRing(t, n, opt, nil)
+					cs := compressedRings(t, tr, k)
 					for _, count := range codecCounts {
 						for _, pat := range []string{"sparse", "random", "mixed"} {
 							checkLossless[float32](t, tr, cs, count, pat)
@@ -162,9 +81,9 @@ func TestCompressedLosslessBitwise(t *testing.T) {
 	}
 }
 
-func checkLossless[T kernel.Elem](t *testing.T, tr *codecRing, cs []*Compressed, count int, pat string) {
+func checkLossless[T kernel.Elem](t *testing.T, tr *testRing, cs []*Compressed, count int, pat string) {
 	t.Helper()
-	n := len(tr.rings)
+	n := len(tr.ranks)
 	want := make([][]T, n)
 	got := make([][]T, n)
 	for r := range n {
@@ -172,8 +91,8 @@ func checkLossless[T kernel.Elem](t *testing.T, tr *codecRing, cs []*Compressed,
 		codecPattern(want[r], r, pat)
 		got[r] = append([]T(nil), want[r]...)
 	}
-	require.NoError(t, tr.do(func(r int) error { return AllReduce(tr.rings[r], want[r], codecSum[T]()) }))
-	require.NoError(t, tr.do(func(r int) error { return AllReduceCompressed(cs[r], got[r], codecSum[T]()) }))
+	require.NoError(t, tr.do(t, func(r int) error { return AllReduce(tr.ranks[r].fwd, want[r], codecSum[T]()) }))
+	require.NoError(t, tr.do(t, func(r int) error { return AllReduceCompressed(cs[r], got[r], codecSum[T]()) }))
 	for r := range n {
 		require.Equal(t, kernel.Bytes(want[r]), kernel.Bytes(got[r]), "%v count=%d %s rank %d", kernel.TypeOf[T](), count, pat, r)
 	}
@@ -186,8 +105,8 @@ func TestCompressedLossy(t *testing.T) {
 		for _, n := range []int{1, 2, 3, 4, 6, 7, 8} {
 			for _, avg := range []bool{false, true} {
 				t.Run(fmt.Sprintf("%v/n=%d/avg=%v", k, n, avg), func(t *testing.T) {
-					tr := newCodecRing(t, n, Options{SegmentBytes: 512, MinSegmentBytes: 64, Depth: 4})
-					cs := tr.compressed(t, k)
+					tr := newTestRing(t, n, Options{SegmentBytes: 512, MinSegmentBytes: 64, Depth: 4}, nil)
+					cs := compressedRings(t, tr, k)
 					red := codecSum[float32]()
 					if avg {
 						red.Div = kernel.DivFunc[float32]()
@@ -204,7 +123,7 @@ func TestCompressedLossy(t *testing.T) {
 								scale[i] += math.Abs(float64(v))
 							}
 						}
-						require.NoError(t, tr.do(func(r int) error { return AllReduceCompressed(cs[r], bufs[r], red) }))
+						require.NoError(t, tr.do(t, func(r int) error { return AllReduceCompressed(cs[r], bufs[r], red) }))
 						for r := 1; r < n; r++ {
 							require.Equal(t, kernel.Bytes(bufs[0]), kernel.Bytes(bufs[r]), "count=%d rank %d differs from rank 0", count, r)
 						}
@@ -239,8 +158,8 @@ func TestCompressedLossy(t *testing.T) {
 // still arrives; zeros are compressed every time.
 func TestCompressedBacksOff(t *testing.T) {
 	opt := Options{SegmentBytes: 1024, MinSegmentBytes: 1024, Depth: 4}
-	tr := newCodecRing(t, 3, opt)
-	cs := tr.compressed(t, codec.S2)
+	tr := newTestRing(t, 3, opt, nil)
+	cs := compressedRings(t, tr, codec.S2)
 	bufs := make([][]uint8, 3)
 	for r := range bufs {
 		bufs[r] = make([]uint8, 1<<20)
@@ -249,7 +168,7 @@ func TestCompressedBacksOff(t *testing.T) {
 			bufs[r][i] = uint8(rng.Uint32())
 		}
 	}
-	require.NoError(t, tr.do(func(r int) error { return AllReduceCompressed(cs[r], bufs[r], codecSum[uint8]()) }))
+	require.NoError(t, tr.do(t, func(r int) error { return AllReduceCompressed(cs[r], bufs[r], codecSum[uint8]()) }))
 	st := cs[0].Stats()
 	pieces := st.Tried + st.Skipped
 	require.Greater(t, pieces, 500)
@@ -261,7 +180,7 @@ func TestCompressedBacksOff(t *testing.T) {
 	for r := range bufs {
 		clear(bufs[r])
 	}
-	require.NoError(t, tr.do(func(r int) error { return AllReduceCompressed(cs[r], bufs[r], codecSum[uint8]()) }))
+	require.NoError(t, tr.do(t, func(r int) error { return AllReduceCompressed(cs[r], bufs[r], codecSum[uint8]()) }))
 	st = cs[0].Stats()
 	// The back-off left from the random call delays the first tries only.
 	require.Greater(t, st.Compressed, pieces*3/4, "%+v", st)
@@ -276,8 +195,8 @@ func TestCompressedNoAllocs(t *testing.T) {
 	}
 	for _, k := range []codec.Kind{codec.S2, codec.Zstd, codec.BF16} {
 		t.Run(k.String(), func(t *testing.T) {
-			tr := newCodecRing(t, 3, Options{SegmentBytes: 4096, MinSegmentBytes: 1024, Depth: 4})
-			cs := tr.compressed(t, k)
+			tr := newTestRing(t, 3, Options{SegmentBytes: 4096, MinSegmentBytes: 1024, Depth: 4}, nil)
+			cs := compressedRings(t, tr, k)
 			bufs := make([][]float32, 3)
 			for r := range bufs {
 				bufs[r] = make([]float32, 50_000)
@@ -285,16 +204,16 @@ func TestCompressedNoAllocs(t *testing.T) {
 			}
 			red := codecSum[float32]()
 			for range 10 { // buffers grow to their steady size (zstd's tables, too)
-				require.NoError(t, tr.do(func(r int) error { return AllReduceCompressed(cs[r], bufs[r], red) }))
+				require.NoError(t, tr.do(t, func(r int) error { return AllReduceCompressed(cs[r], bufs[r], red) }))
 			}
 			harness := testing.AllocsPerRun(5, func() {
-				require.NoError(t, tr.do(func(int) error { return nil }))
+				require.NoError(t, tr.do(t, func(int) error { return nil }))
 			})
 			allocs := testing.AllocsPerRun(10, func() {
-				require.NoError(t, tr.do(func(r int) error { return AllReduceCompressed(cs[r], bufs[r], red) }))
+				require.NoError(t, tr.do(t, func(r int) error { return AllReduceCompressed(cs[r], bufs[r], red) }))
 			})
 			plain := testing.AllocsPerRun(5, func() {
-				require.NoError(t, tr.do(func(r int) error { return AllReduce(tr.rings[r], bufs[r], red) }))
+				require.NoError(t, tr.do(t, func(r int) error { return AllReduce(tr.ranks[r].fwd, bufs[r], red) }))
 			})
 			t.Logf("harness %v plain %v compressed %v", harness, plain, allocs)
 			// The harness's goroutines allocate (a few, varying); the
@@ -314,10 +233,10 @@ func BenchmarkCompressedAllReduce(b *testing.B) {
 	for _, data := range []string{"sparse", "random"} {
 		for _, k := range []codec.Kind{codec.None, codec.S2, codec.Zstd, codec.BF16} {
 			b.Run(fmt.Sprintf("%s/%v", data, k), func(b *testing.B) {
-				tr := newCodecRing(b, n, DefaultOptions)
+				tr := newTestRing(b, n, DefaultOptions, nil)
 				cs := make([]*Compressed, n) // as collective makes them (512 KiB lossless pieces)
-				for r, ring := range tr.rings {
-					c, err := NewCompressed(ring, k)
+				for r, rk := range tr.ranks {
+					c, err := NewCompressed(rk.fwd, k)
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -333,9 +252,9 @@ func BenchmarkCompressedAllReduce(b *testing.B) {
 				red.Div = kernel.DivFunc[float32]() // Avg keeps the values where they are
 				b.SetBytes(4 * count)
 				for b.Loop() {
-					err := tr.do(func(r int) error {
+					err := tr.do(b, func(r int) error {
 						if k == codec.None {
-							return AllReduce(tr.rings[r], bufs[r], red)
+							return AllReduce(tr.ranks[r].fwd, bufs[r], red)
 						}
 						return AllReduceCompressed(cs[r], bufs[r], red)
 					})
