@@ -2,6 +2,7 @@ package quic_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -13,7 +14,6 @@ import (
 
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/transport"
-	"github.com/ringo-ml/ringo/transport/quic"
 )
 
 // The QUIC figures to compare, measured in one run:
@@ -75,20 +75,9 @@ func BenchmarkRawQUICGo(b *testing.B) {
 }
 
 func BenchmarkStream(b *testing.B) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	sc, err := transport.NewCertificate()
-	require.NoError(b, err)
-	cc, err := transport.NewCertificate()
-	require.NoError(b, err)
-	ln, err := quic.Listen(ctx, "127.0.0.1:0", sc, transport.ExpectFingerprint(cc.Fingerprint()))
-	require.NoError(b, err)
+	ln, c, s := link(b)
 	defer ln.Close()
-	c, err := quic.Dial(ctx, ln.Addr().String(), cc, sc.Fingerprint())
-	require.NoError(b, err)
 	defer c.Close()
-	s, err := ln.Accept(ctx)
-	require.NoError(b, err)
 	defer s.Close()
 	got := make(chan int64, 1)
 	go func() {
@@ -116,24 +105,7 @@ func BenchmarkAllReduce(b *testing.B) {
 				for r := range bufs {
 					bufs[r] = make([]float32, size/4)
 				}
-				run := func() error {
-					errs := make([]error, n)
-					var wg sync.WaitGroup
-					for r := range n {
-						wg.Add(1)
-						go func() {
-							defer wg.Done()
-							errs[r] = collective.AllReduce(context.Background(), comms[r], bufs[r], collective.Sum)
-						}()
-					}
-					wg.Wait()
-					for _, err := range errs {
-						if err != nil {
-							return err
-						}
-					}
-					return nil
-				}
+				run := func() error { return allReduceAll(comms, bufs) }
 				require.NoError(b, run())
 				b.SetBytes(int64(size))
 				b.ResetTimer()
@@ -158,4 +130,19 @@ func formQUIC(b *testing.B, n int) []*collective.Comm {
 		}
 	})
 	return comms
+}
+
+// allReduceAll runs one float32 Sum AllReduce on every rank at once.
+func allReduceAll(comms []*collective.Comm, bufs [][]float32) error {
+	errs := make([]error, len(comms))
+	var wg sync.WaitGroup
+	for r, c := range comms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[r] = collective.AllReduce(context.Background(), c, bufs[r], collective.Sum)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }

@@ -14,7 +14,6 @@ import (
 	qgo "github.com/quic-go/quic-go"
 	"github.com/stretchr/testify/require"
 
-	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/transport"
 	"github.com/ringo-ml/ringo/transport/quic"
 )
@@ -65,24 +64,7 @@ func versusRaw(b *testing.B, n, size int) {
 	for r := range bufs {
 		bufs[r] = make([]float32, size/4)
 	}
-	allReduce := func() error {
-		errs := make([]error, n)
-		var wg sync.WaitGroup
-		for r := range n {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				errs[r] = collective.AllReduce(context.Background(), comms[r], bufs[r], collective.Sum)
-			}()
-		}
-		wg.Wait()
-		for _, err := range errs {
-			if err != nil {
-				return err
-			}
-		}
-		return nil
-	}
+	allReduce := func() error { return allReduceAll(comms, bufs) }
 	runs := []func() error{
 		func() error { return single.send(perLink) },
 		func() error { return ring.send(perLink) },

@@ -17,16 +17,25 @@ import (
 // included) once it and its listener are closed.
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func link(t *testing.T) (*quic.Listener, *quic.Stream, *quic.Stream) {
+// listener makes a server and a client certificate and a listener that
+// accepts only the client's.
+func listener(t testing.TB) (ln *quic.Listener, server, client *transport.Certificate) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
 	sc, err := transport.NewCertificate()
 	require.NoError(t, err)
 	cc, err := transport.NewCertificate()
 	require.NoError(t, err)
-	ln, err := quic.Listen(ctx, "127.0.0.1:0", sc, transport.ExpectFingerprint(cc.Fingerprint()))
+	ln, err = quic.Listen(context.Background(), "127.0.0.1:0", sc, transport.ExpectFingerprint(cc.Fingerprint()))
 	require.NoError(t, err)
+	return ln, sc, cc
+}
+
+// link dials one link to a new listener: the dialed and the accepted end.
+func link(t testing.TB) (*quic.Listener, *quic.Stream, *quic.Stream) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ln, sc, cc := listener(t)
 	c, err := quic.Dial(ctx, ln.Addr().String(), cc, sc.Fingerprint())
 	require.NoError(t, err)
 	s, err := ln.Accept(ctx)
@@ -75,12 +84,7 @@ func TestCloseDoesNotWaitForThePeer(t *testing.T) {
 func TestDialerSharesOneConnectionPerPeer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	sc, err := transport.NewCertificate()
-	require.NoError(t, err)
-	cc, err := transport.NewCertificate()
-	require.NoError(t, err)
-	ln, err := quic.Listen(ctx, "127.0.0.1:0", sc, transport.ExpectFingerprint(cc.Fingerprint()))
-	require.NoError(t, err)
+	ln, sc, cc := listener(t)
 	defer ln.Close()
 	d := quic.NewDialer(cc)
 	const links = 5
@@ -114,7 +118,7 @@ func TestDialerSharesOneConnectionPerPeer(t *testing.T) {
 	// Closing one link ends only that link: its peer reads EOF, the others
 	// go on.
 	require.NoError(t, dialed[0].Close())
-	_, err = acceptd[0].Read(make([]byte, 1))
+	_, err := acceptd[0].Read(make([]byte, 1))
 	require.ErrorIs(t, err, io.EOF)
 	require.NoError(t, acceptd[0].Close())
 	_, err = dialed[1].Write([]byte("on"))
