@@ -92,6 +92,7 @@ func newComm(rank, size int, streams []transport.Stream, cfg Config, w world) *C
 	c.slow.Stop()
 	linkOpt := c.linkOptions()
 	linkOpt.OnSlow = c.slowWait
+	linkOpt.OnDead = c.p2p.peerGone
 	c.fail = transport.NewFailure(c.onFail)
 	c.p2p.init(size)
 	for p, s := range streams {
@@ -257,17 +258,24 @@ func (c *Comm) end(err error) error {
 // opError turns the error an operation stopped on into the error it returns,
 // aborting the communicator with a cause that names this rank and the call.
 func (c *Comm) opError(err error) error {
+	c.failCall(err, fmt.Sprintf("%s at op #%d", describe(c.cur), c.seq))
+	return fmt.Errorf("ringo: %s op #%d on rank %d: %w", describe(c.cur), c.seq, c.rank, c.Err())
+}
+
+// failCall aborts the communicator after a call (named by call, e.g.
+// "AllReduce(…) at op #3") failed with err, with a cause that names this
+// rank and the call and keeps err's class.
+func (c *Comm) failCall(err error, call string) {
 	switch {
 	case errors.Is(err, ErrTimeout):
-		c.fail.Fail(fmt.Errorf("rank %d: %s op #%d: %w after %v", c.rank, describe(c.cur), c.seq, ErrTimeout, c.timeout))
+		c.fail.Fail(fmt.Errorf("rank %d: %s: %w after %v", c.rank, call, ErrTimeout, c.timeout))
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		c.fail.Fail(fmt.Errorf("rank %d abandoned %s op #%d: %w", c.rank, describe(c.cur), c.seq, err))
+		c.fail.Fail(fmt.Errorf("rank %d abandoned %s: %w", c.rank, call, err))
 	case errors.Is(err, ErrInvalid):
-		c.fail.Fail(fmt.Errorf("rank %d called %s at op #%d: %w", c.rank, describe(c.cur), c.seq, err))
+		c.fail.Fail(fmt.Errorf("rank %d called %s: %w", c.rank, call, err))
 	default:
 		c.fail.Fail(err)
 	}
-	return fmt.Errorf("ringo: %s op #%d on rank %d: %w", describe(c.cur), c.seq, c.rank, c.Err())
 }
 
 // explain rewrites transport errors in the words of the calls that caused them.

@@ -2,7 +2,6 @@ package collective
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"sync"
@@ -57,8 +56,37 @@ type p2pLinks struct {
 
 type p2pChan struct {
 	turn turnstile
-	link *transport.Link // made on first use, by the call whose turn it is
-	seq  uint64          // messages so far
+	// The rest belongs to the call whose turn it is.
+	link         *transport.Link // made on first use
+	seq          uint64          // messages so far
+	expire, slow *time.Timer     // made on first use, reset by every call
+}
+
+// timers arms the channel's timers for one call: the communicator's timeout
+// and slow warning (nil channels when they are off). Reused, not made per
+// call: a small message should cost no allocation.
+func (ch *p2pChan) timers(timeout, slowAt time.Duration) (expire, slow <-chan time.Time) {
+	arm := func(t **time.Timer, d time.Duration) <-chan time.Time {
+		if d <= 0 {
+			return nil
+		}
+		if *t == nil {
+			*t = time.NewTimer(d)
+		} else {
+			(*t).Reset(d)
+		}
+		return (*t).C
+	}
+	return arm(&ch.expire, timeout), arm(&ch.slow, slowAt)
+}
+
+// stopTimers ends the call's timers.
+func (ch *p2pChan) stopTimers() {
+	for _, t := range []*time.Timer{ch.expire, ch.slow} {
+		if t != nil {
+			t.Stop()
+		}
+	}
 }
 
 func (p *p2pLinks) init(size int) {
@@ -95,6 +123,19 @@ func (p *p2pLinks) close() {
 	p.mu.Lock()
 	p.closed = true
 	p.mu.Unlock()
+}
+
+// peerGone interrupts the point-to-point calls on the links to peer, whose
+// collective link has stopped (it closed its communicator, or was lost):
+// the peer will never match them. It is the collective link's OnDead.
+func (p *p2pLinks) peerGone(peer int, _ error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, ch := range []*p2pChan{p.out[peer], p.in[peer]} {
+		if ch.link != nil {
+			ch.link.Interrupt(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
+		}
+	}
 }
 
 // busy reports whether a point-to-point call runs or waits.
@@ -161,7 +202,7 @@ func (c *Comm) p2pCall(ctx context.Context, send bool, peer int, sig transport.S
 	if err := c.p2pCheck(send, peer, sig); err != nil {
 		return fmt.Errorf("ringo: rank %d: %w", c.rank, err)
 	}
-	name := p2pDescribe(send, peer, sig)
+	name := func() string { return p2pDescribe(send, peer, sig) } // for errors only: it allocates
 	ch := c.p2pChan(send, peer)
 	t, ok := ctx.Value(p2pTicketKey{}).(uint64)
 	if !ok {
@@ -171,44 +212,32 @@ func (c *Comm) p2pCall(ctx context.Context, send bool, peer int, sig transport.S
 	defer ch.turn.pass()
 	switch {
 	case c.closed.Load():
-		return fmt.Errorf("ringo: %s on rank %d: %w", name, c.rank, ErrClosed)
+		return fmt.Errorf("ringo: %s on rank %d: %w", name(), c.rank, ErrClosed)
 	case c.Err() != nil:
-		return fmt.Errorf("ringo: %s on rank %d: %w", name, c.rank, c.Err())
+		return fmt.Errorf("ringo: %s on rank %d: %w", name(), c.rank, c.Err())
 	case ctx.Err() != nil:
-		return fmt.Errorf("ringo: %s on rank %d: %w", name, c.rank, context.Cause(ctx))
+		return fmt.Errorf("ringo: %s on rank %d: %w", name(), c.rank, context.Cause(ctx))
 	}
-	// A peer that closes its communicator (or is lost) will never match
-	// this call: its collective link says so.
-	if cl := c.links[peer]; cl != nil {
-		var cancel context.CancelCauseFunc
-		ctx, cancel = context.WithCancelCause(ctx)
-		defer cancel(nil)
-		go func() {
-			select {
-			case <-cl.Dead():
-				cancel(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
-			case <-ctx.Done():
-			}
-		}()
-	}
-	var expire, slow <-chan time.Time
-	if c.timeout > 0 {
-		t := time.NewTimer(c.timeout)
-		defer t.Stop()
-		expire = t.C
-	}
-	if c.slowAt > 0 {
-		t := time.NewTimer(c.slowAt)
-		defer t.Stop()
-		slow = t.C
-	}
+	expire, slow := ch.timers(c.timeout, c.slowAt)
+	defer ch.stopTimers()
 	l, err := c.p2pLink(ctx, send, peer, ch, expire)
 	if err != nil {
 		// Nothing has moved: the call is simply not made.
-		return fmt.Errorf("ringo: %s on rank %d: %w", name, c.rank, err)
+		return fmt.Errorf("ringo: %s on rank %d: %w", name(), c.rank, err)
 	}
 	ch.seq++
 	l.BeginOp(ctx, transport.Header{Comm: c.id, Seq: ch.seq, Sig: sig}, expire, slow)
+	// A peer whose collective link has stopped will never match this call:
+	// checked after BeginOp, which clears an earlier interrupt, so that a
+	// stop from now on interrupts the call (peerGone) and one before is seen
+	// here.
+	if cl := c.links[peer]; cl != nil {
+		select {
+		case <-cl.Dead():
+			l.Interrupt(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
+		default:
+		}
+	}
 	if send {
 		err = xfer.Send(l, buf)
 	} else {
@@ -218,16 +247,9 @@ func (c *Comm) p2pCall(ctx context.Context, send bool, peer int, sig transport.S
 	if err == nil {
 		return nil
 	}
-	switch {
-	case errors.Is(err, ErrTimeout):
-		c.fail.Fail(fmt.Errorf("rank %d: %s, message #%d: %w after %v", c.rank, name, ch.seq, ErrTimeout, c.timeout))
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		c.fail.Fail(fmt.Errorf("rank %d abandoned %s, message #%d: %w", c.rank, name, ch.seq, err))
-	default:
-		c.fail.Fail(err)
-	}
+	c.failCall(err, fmt.Sprintf("%s, message #%d", name(), ch.seq))
 	l.Quiesce()
-	return fmt.Errorf("ringo: %s, message #%d, on rank %d: %w", name, ch.seq, c.rank, c.Err())
+	return fmt.Errorf("ringo: %s, message #%d, on rank %d: %w", name(), ch.seq, c.rank, c.Err())
 }
 
 // p2pLink returns the channel's link, connecting it on first use.
@@ -239,19 +261,25 @@ func (c *Comm) p2pLink(ctx context.Context, send bool, peer int, ch *p2pChan, ex
 	if !send {
 		from, to = to, from
 	}
+	// First use only: wait for the peer's side until the timeout, or until
+	// its collective link says it is gone.
+	var gone <-chan struct{}
+	if cl := c.links[peer]; cl != nil {
+		gone = cl.Dead()
+	}
 	cctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	if expire != nil {
-		stop := make(chan struct{})
-		defer close(stop)
-		go func() {
-			select {
-			case <-expire:
-				cancel(fmt.Errorf("%w: rank %d did not come to connect within %v", ErrTimeout, peer, c.timeout))
-			case <-stop:
-			}
-		}()
-	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-expire:
+			cancel(fmt.Errorf("%w: rank %d did not come to connect within %v", ErrTimeout, peer, c.timeout))
+		case <-gone:
+			cancel(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
+		case <-stop:
+		}
+	}()
 	s, err := c.world.conn.connect(cctx, channelOf(c.world.channel, "p2p", uint64(from), uint64(to)), c.world.rank(peer))
 	if err != nil {
 		return nil, err

@@ -108,6 +108,10 @@ type LinkOptions struct {
 	// OnSlow is called on the waiting goroutine when a wait outlives the
 	// slow channel given to BeginOp; what says "receive" or "send".
 	OnSlow func(peer int, what string)
+	// OnDead is called once, on the reader's goroutine, when the reader
+	// stops (the peer said goodbye or was lost, or the link was shut down),
+	// after Dead is closed: for whoever waits on the peer by other links.
+	OnDead func(peer int, err error)
 	// ProbeAfter is how long a receive waits before it sends the peer a
 	// probe naming the current operation (zero: never).
 	ProbeAfter time.Duration
@@ -669,6 +673,9 @@ func (l *Link) die(err error, failComm bool) {
 	}
 	l.deadErr = err
 	close(l.dead)
+	if l.opt.OnDead != nil {
+		l.opt.OnDead(l.peer, err)
+	}
 }
 
 func (l *Link) readError(err error) error {
