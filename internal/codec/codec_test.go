@@ -7,6 +7,7 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/stretchr/testify/require"
 )
 
@@ -312,6 +313,14 @@ func BenchmarkCodecs(b *testing.B) {
 			}
 			c.Close()
 		}
+		// S2 by itself, what Compress did before it tried the bitmap form.
+		b.Run("s2-alone/"+data+"/compress", func(b *testing.B) {
+			dst := make([]byte, s2.MaxEncodedLen(len(src)))
+			b.SetBytes(int64(len(src)))
+			for b.Loop() {
+				s2.Encode(dst, src)
+			}
+		})
 	}
 	v := unsafe.Slice((*float32)(unsafe.Pointer(&sample(rng, 256<<10, "sparse")[0])), 64<<10)
 	wire := make([]byte, BF16.WireSize(len(v)))
