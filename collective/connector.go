@@ -2,6 +2,7 @@ package collective
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -33,24 +34,17 @@ type connector interface {
 // parent: the same on every rank that derives it from the same inputs, and
 // different from its siblings'.
 func channelOf(parent uint64, what string, n ...uint64) uint64 {
-	h := fnv.New64a()
-	var b [8]byte
-	put := func(v uint64) {
-		for i := range b {
-			b[i] = byte(v >> (8 * i))
-		}
-		h.Write(b[:])
-	}
-	put(parent)
-	h.Write([]byte(what))
+	b := binary.LittleEndian.AppendUint64(nil, parent)
+	b = append(b, what...)
 	for _, v := range n {
-		put(v)
+		b = binary.LittleEndian.AppendUint64(b, v)
 	}
-	ch := h.Sum64()
-	if ch == 0 { // channel 0 is the world's
-		ch = 1
+	h := fnv.New64a()
+	h.Write(b)
+	if ch := h.Sum64(); ch != 0 {
+		return ch
 	}
-	return ch
+	return 1 // channel 0 is the world's
 }
 
 // meshConnector connects over the network: the higher world rank of a pair

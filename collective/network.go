@@ -13,8 +13,7 @@ import (
 // network is how a rank makes its peer links: plain TCP, TCP with TLS, or
 // QUIC. connectMesh is the same for all three.
 type network struct {
-	quic   bool
-	dialer *quic.Dialer           // QUIC: one connection per peer, a stream per link
+	dialer *quic.Dialer           // QUIC only: one connection per peer, a stream per link
 	cert   *transport.Certificate // nil for plain TCP
 	// peers is the rendezvous table, set before any connection is accepted
 	// or dialed.
@@ -22,15 +21,16 @@ type network struct {
 }
 
 func newNetwork(cfg Config) (*network, error) {
-	n := &network{quic: cfg.Transport == "quic"}
-	if n.quic || cfg.TLS {
+	n := &network{}
+	isQUIC := cfg.Transport == "quic"
+	if isQUIC || cfg.TLS {
 		cert, err := transport.NewCertificate()
 		if err != nil {
 			return nil, err
 		}
 		n.cert = cert
 	}
-	if n.quic {
+	if isQUIC {
 		n.dialer = quic.NewDialer(n.cert)
 	}
 	return n, nil
@@ -88,7 +88,7 @@ func (n *network) checkPeer(s transport.Stream, rank int) error {
 
 func (n *network) listen(ctx context.Context, host string) (peerListener, error) {
 	addr := net.JoinHostPort(host, "0")
-	if n.quic {
+	if n.dialer != nil {
 		ln, err := quic.Listen(ctx, addr, n.cert, n.allow)
 		if err != nil {
 			return nil, err
@@ -106,7 +106,7 @@ func (n *network) listen(ctx context.Context, host string) (peerListener, error)
 // certificate rank registered.
 func (n *network) dial(ctx context.Context, rank int) (transport.Stream, error) {
 	e := n.peers[rank]
-	if n.quic {
+	if n.dialer != nil {
 		return n.dialer.Dial(ctx, e.Addr, e.Fingerprint)
 	}
 	conn, err := transport.DialTCP(ctx, e.Addr)

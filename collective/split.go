@@ -44,7 +44,7 @@ func (c *Comm) Group(ctx context.Context, ranks []int) (*Comm, error) {
 	color, key := Undefined, 0
 	var bad error
 	seen := make(map[int]bool, len(ranks))
-	h := fnv.New64a()
+	var list []byte // the ranks as bytes, hashed: every rank must pass the same
 	for i, r := range ranks {
 		switch {
 		case r < 0 || r >= c.size:
@@ -56,13 +56,14 @@ func (c *Comm) Group(ctx context.Context, ranks []int) (*Comm, error) {
 		if r == c.rank {
 			color, key = 0, i
 		}
-		_ = binary.Write(h, binary.LittleEndian, int64(r))
+		list = binary.LittleEndian.AppendUint64(list, uint64(r))
 	}
 	if bad != nil {
 		color = badColor
 	}
-	list := h.Sum64() | 1 // never 0, which Split sends
-	sub, err := c.split(ctx, "Group", color, key, list)
+	h := fnv.New64a()
+	h.Write(list)
+	sub, err := c.split(ctx, "Group", color, key, h.Sum64()|1) // never 0, which Split sends
 	if err == nil && bad != nil {
 		err = fmt.Errorf("ringo: Group on rank %d: %w", c.rank, bad)
 	}
