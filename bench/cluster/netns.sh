@@ -31,7 +31,9 @@ PREFIX=${RINGO_NETNS_PREFIX:-ringo-}
 SUBNET=${RINGO_NETNS_SUBNET:-10.77.0}
 BRIDGE=${PREFIX}br
 
-die() { echo "netns.sh: $*" >&2; exit 1; }
+NAME=netns.sh
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
 usage() {
 	sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2
@@ -39,25 +41,13 @@ usage() {
 }
 
 check_env() {
-	command -v ip >/dev/null || die "ip (iproute2) is not installed"
-	command -v tc >/dev/null || die "tc (iproute2) is not installed"
-	[ "$(id -u)" = 0 ] || die "must run as root"
-	[ "${#PREFIX}" -le 11 ] || die "RINGO_NETNS_PREFIX=$PREFIX is longer than 11 characters"
-	[[ $PREFIX =~ ^[A-Za-z0-9_.-]+$ ]] || die "RINGO_NETNS_PREFIX=$PREFIX may hold only letters, digits, '_', '.' and '-'"
+	need_root_and_tools
+	check_prefix RINGO_NETNS_PREFIX "$PREFIX" 11
 	[[ $SUBNET =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "RINGO_NETNS_SUBNET=$SUBNET is not three octets"
 }
 
 # hosts lists the indices of this prefix's existing namespaces.
-hosts() {
-	ip netns list | awk '{print $1}' | while read -r ns; do
-		case $ns in
-		"${PREFIX}h"*)
-			i=${ns#"${PREFIX}h"}
-			[[ $i =~ ^[0-9]+$ ]] && echo "$i"
-			;;
-		esac
-	done | sort -n
-}
+hosts() { hosts_named "${PREFIX}h"; }
 
 ns_exists() { ip netns list | awk '{print $1}' | grep -qxF -- "$1"; }
 link_exists() { ip link show dev "$1" >/dev/null 2>&1; }

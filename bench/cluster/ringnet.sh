@@ -21,7 +21,9 @@ set -euo pipefail
 PREFIX=${RINGO_RINGNET_PREFIX:-ringo-rh}
 NET=${RINGO_RINGNET_NET:-10.76}
 
-die() { echo "ringnet.sh: $*" >&2; exit 1; }
+NAME=ringnet.sh
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
 usage() {
 	sed -n '5,6p' "$0" | sed 's/^# \{0,1\}//' >&2
@@ -29,24 +31,12 @@ usage() {
 }
 
 check_env() {
-	command -v ip >/dev/null || die "ip (iproute2) is not installed"
-	command -v tc >/dev/null || die "tc (iproute2) is not installed"
-	[ "$(id -u)" = 0 ] || die "must run as root"
-	[ "${#PREFIX}" -le 10 ] || die "RINGO_RINGNET_PREFIX=$PREFIX is longer than 10 characters"
-	[[ $PREFIX =~ ^[A-Za-z0-9_.-]+$ ]] || die "RINGO_RINGNET_PREFIX=$PREFIX may hold only letters, digits, '_', '.' and '-'"
+	need_root_and_tools
+	check_prefix RINGO_RINGNET_PREFIX "$PREFIX" 10
 	[[ $NET =~ ^[0-9]+\.[0-9]+$ ]] || die "RINGO_RINGNET_NET=$NET is not two octets"
 }
 
-hosts() {
-	ip netns list | awk '{print $1}' | while read -r ns; do
-		case $ns in
-		"$PREFIX"*)
-			i=${ns#"$PREFIX"}
-			[[ $i =~ ^[0-9]+$ ]] && echo "$i"
-			;;
-		esac
-	done | sort -n
-}
+hosts() { hosts_named "$PREFIX"; }
 
 cmd_down() {
 	local i
