@@ -3,7 +3,6 @@ package ring
 import (
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/ringo-ml/ringo/internal/kernel"
 )
@@ -76,10 +75,10 @@ func AllReduceBidirectional[T kernel.Elem](fwd, rev *Ring, buf []T, red Reducer[
 	if rev == nil || rev.size != fwd.size || rev.rank != (fwd.size-fwd.rank)%fwd.size {
 		return fmt.Errorf("ring: bidirectional allreduce needs fwd.Reversed() as its reverse ring")
 	}
-	pool := &halfPools[kernel.TypeOf[T]()]
-	h, _ := pool.Get().(*half[T])
+	h, _ := rev.half.(*half[T]) // the last call's, if it had the same type
 	if h == nil {
 		h = &half[T]{done: make(chan error, 1)}
+		rev.half = h
 	}
 	h.r, h.buf, h.red = rev, buf[mid:], red
 	go halfWorker()
@@ -88,9 +87,8 @@ func AllReduceBidirectional[T kernel.Elem](fwd, rev *Ring, buf []T, red Reducer[
 	if err != nil {
 		interrupt(fwd)
 	}
-	revErr := <-h.done // the second half must stop before buf goes back to the caller
-	*h = half[T]{done: h.done}
-	pool.Put(h)
+	revErr := <-h.done         // the second half must stop before buf goes back to the caller
+	*h = half[T]{done: h.done} // drop the references to the caller's buffer
 	switch {
 	case err != nil && !errors.Is(err, errOtherHalf):
 		return err
@@ -103,7 +101,8 @@ func AllReduceBidirectional[T kernel.Elem](fwd, rev *Ring, buf []T, red Reducer[
 }
 
 // half is the second half of a bidirectional allreduce, run by a
-// halfWorker. Its done channel is made once and reused with it.
+// halfWorker. The reverse ring keeps it (Ring.half) for the next call, with
+// its done channel.
 type half[T kernel.Elem] struct {
 	r    *Ring
 	buf  []T
@@ -119,11 +118,8 @@ func (h *half[T]) run() {
 	h.done <- err
 }
 
-// halfPools keep halves by element type, so that a call in steady state
-// takes one that a previous call made.
-var halfPools [kernel.Float64 + 1]sync.Pool
-
-// halves hands each halfWorker the half it runs. Every call starts one
+// halves hands each halfWorker the half it runs: a rendezvous only, it holds
+// nothing between calls. Every call starts one
 // worker and sends one half, so each worker runs exactly one (which one does
 // not matter: a half carries everything it needs).
 var halves = make(chan interface{ run() })

@@ -79,6 +79,9 @@ type Ring struct {
 	recvSlots [][]byte // Depth slots the left neighbour's partial sums land in
 	sendSlots [][]byte // 2·Depth slots of reduced pieces waiting to be sent
 	tickets   []uint64 // per send slot: the send that must finish before reuse
+	// half is the *half[T] a bidirectional allreduce last ran on this
+	// (reverse) ring, reused by the next call of the same element type.
+	half any
 }
 
 // New returns the ring of rank among size ranks, receiving from left and
