@@ -9,23 +9,21 @@ import (
 	"github.com/ringo-ml/ringo/collective"
 )
 
-// driver runs the same AllReduce on every rank, rank 0 on the calling
-// goroutine and the others on goroutines that wait for a signal, so that one
-// call of run is one collective and allocates nothing of its own.
+// driver runs one call on every rank, rank 0 on the calling goroutine and
+// the others on goroutines that wait for a signal, so that one call of run
+// is one collective and allocates nothing of its own.
 type driver struct {
 	comms []*collective.Comm
-	bufs  [][]float32
+	call  func(rank int, c *collective.Comm) error
 	start []chan struct{}
 	done  chan error
 	stop  chan struct{}
 }
 
-func newDriver(t testing.TB, comms []*collective.Comm, count int) *driver {
-	d := &driver{comms: comms, done: make(chan error, len(comms)), stop: make(chan struct{})}
-	d.bufs = make([][]float32, len(comms))
+func newDriver(t testing.TB, comms []*collective.Comm, call func(rank int, c *collective.Comm) error) *driver {
+	d := &driver{comms: comms, call: call, done: make(chan error, len(comms)), stop: make(chan struct{})}
 	d.start = make([]chan struct{}, len(comms))
 	for r := range comms {
-		d.bufs[r] = make([]float32, count)
 		d.start[r] = make(chan struct{})
 	}
 	for r := 1; r < len(comms); r++ {
@@ -33,7 +31,7 @@ func newDriver(t testing.TB, comms []*collective.Comm, count int) *driver {
 			for {
 				select {
 				case <-d.start[r]:
-					d.done <- collective.AllReduce(ctx, comms[r], d.bufs[r], collective.Sum)
+					d.done <- call(r, comms[r])
 				case <-d.stop:
 					return
 				}
@@ -44,17 +42,45 @@ func newDriver(t testing.TB, comms []*collective.Comm, count int) *driver {
 	return d
 }
 
+// allReduceDriver drives a float32 Sum AllReduce of count elements.
+func allReduceDriver(t testing.TB, comms []*collective.Comm, count int) *driver {
+	bufs := make([][]float32, len(comms))
+	for r := range bufs {
+		bufs[r] = make([]float32, count)
+	}
+	return newDriver(t, comms, func(r int, c *collective.Comm) error {
+		return collective.AllReduce(ctx, c, bufs[r], collective.Sum)
+	})
+}
+
 func (d *driver) run() error {
 	for r := 1; r < len(d.comms); r++ {
 		d.start[r] <- struct{}{}
 	}
-	err := collective.AllReduce(ctx, d.comms[0], d.bufs[0], collective.Sum)
+	err := d.call(0, d.comms[0])
 	for r := 1; r < len(d.comms); r++ {
 		if e := <-d.done; err == nil {
 			err = e
 		}
 	}
 	return err
+}
+
+// requireNoAllocs runs d a few times (scratch buffers, iovecs and links are
+// made then), then checks that a run allocates nothing, across all ranks.
+func requireNoAllocs(t *testing.T, d *driver, what string) {
+	t.Helper()
+	for range 3 {
+		require.NoError(t, d.run())
+	}
+	var err error
+	allocs := testing.AllocsPerRun(20, func() {
+		if e := d.run(); e != nil {
+			err = e
+		}
+	})
+	require.NoError(t, err)
+	require.Zero(t, allocs, "allocations per %s across all ranks", what)
 }
 
 func TestAllReduceSteadyStateAllocatesNothing(t *testing.T) {
@@ -64,19 +90,7 @@ func TestAllReduceSteadyStateAllocatesNothing(t *testing.T) {
 	for _, tr := range []string{"mem", "tcp"} {
 		for _, count := range []int{1, 16 << 10, 1 << 20} {
 			t.Run(fmt.Sprintf("%s/%d", tr, count), func(t *testing.T) {
-				comms := formComms(t, tr, 3, collective.Config{})
-				d := newDriver(t, comms, count)
-				for range 3 {
-					require.NoError(t, d.run()) // warm up: scratch buffers, iovecs
-				}
-				var err error
-				allocs := testing.AllocsPerRun(20, func() {
-					if e := d.run(); e != nil {
-						err = e
-					}
-				})
-				require.NoError(t, err)
-				require.Zero(t, allocs, "allocations per AllReduce across all ranks")
+				requireNoAllocs(t, allReduceDriver(t, formComms(t, tr, 3, collective.Config{}), count), "AllReduce")
 			})
 		}
 	}
@@ -109,7 +123,7 @@ func BenchmarkAllReduce(b *testing.B) {
 				comms := formComms(b, tr, n, collective.Config{})
 				for _, size := range benchSizes {
 					b.Run(size.name, func(b *testing.B) {
-						d := newDriver(b, comms, size.bytes/4)
+						d := allReduceDriver(b, comms, size.bytes/4)
 						require.NoError(b, d.run())
 						b.SetBytes(int64(size.bytes))
 						b.ReportAllocs()

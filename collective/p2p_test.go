@@ -226,37 +226,13 @@ func TestSendRecvSteadyStateAllocatesNothing(t *testing.T) {
 		t.Run(tr, func(t *testing.T) {
 			comms := formComms(t, tr, 2, collective.Config{})
 			out, in := []float32{1, 2, 3}, make([]float32, 3)
-			start, done := make(chan struct{}), make(chan error)
-			stop := make(chan struct{})
-			defer close(stop)
-			go func() {
-				for {
-					select {
-					case <-start:
-						done <- collective.Recv(ctx, comms[1], in, 0, 5)
-					case <-stop:
-						return
-					}
+			requireNoAllocs(t, newDriver(t, comms, func(r int, c *collective.Comm) error {
+				if r == 0 {
+					return collective.Send(ctx, c, out, 1, 5)
 				}
-			}()
-			var err error
-			pair := func() {
-				start <- struct{}{}
-				if e := collective.Send(ctx, comms[0], out, 1, 5); e != nil {
-					err = e
-				}
-				if e := <-done; e != nil {
-					err = e
-				}
-			}
-			for range 3 {
-				pair() // makes the links
-			}
-			require.NoError(t, err)
-			allocs := testing.AllocsPerRun(50, pair)
-			require.NoError(t, err)
+				return collective.Recv(ctx, c, in, 0, 5)
+			}), "Send and Recv")
 			require.Equal(t, out, in)
-			require.Zero(t, allocs, "allocations per Send and Recv")
 		})
 	}
 }
