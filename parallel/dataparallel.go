@@ -164,7 +164,10 @@ func NewDataParallel(ctx context.Context, comm *collective.Comm, params []*Param
 func (dp *DataParallel) broadcastData(ctx context.Context) error {
 	for _, bk := range dp.buckets {
 		if dp.comm.Rank() == 0 {
-			dp.gather(bk, func(p *Param) []float32 { return p.Data })
+			off := 0
+			for _, i := range bk.params {
+				off += copy(bk.grad[off:], dp.params[i].Data)
+			}
 		}
 		if err := collective.Broadcast(ctx, dp.comm, bk.grad, 0); err != nil {
 			return err
@@ -175,15 +178,6 @@ func (dp *DataParallel) broadcastData(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// gather copies each of bk's parameters' slice (as field gives it) into
-// bk.grad.
-func (dp *DataParallel) gather(bk *bucket, field func(*Param) []float32) {
-	off := 0
-	for _, i := range bk.params {
-		off += copy(bk.grad[off:off+len(dp.views[i])], field(dp.params[i]))
-	}
 }
 
 // Ready says that p.Grad is final for this step: once every parameter of
