@@ -84,4 +84,10 @@
 // never a hang, never a wrong average. The communicator is then aborted;
 // restart the job, for example from a checkpoint (SaveCheckpoint,
 // LoadCheckpoint and package checkpoint).
+//
+// The check rides on the collectives' signatures (kind, type, length, op),
+// so one case escapes it: a rank one Sync short whose next call is an
+// AllReduce exactly like a bucket's (float32, Avg, the bucket's length), on
+// a model of a single bucket, is paired with that bucket. With two buckets
+// or more, the next bucket fails every rank's Sync.
 package parallel
