@@ -12,7 +12,7 @@ import (
 // rendezvous so that a rank of another job is refused; few give a secret.
 type launcher struct {
 	name       string
-	rank, size string                          // the variables of the rank and the world size
+	rank, size string                                  // the variables of the rank and the world size
 	jobID      func(getenv func(string) string) string // "" when the launcher gives none
 	token      func(getenv func(string) string) string // nil or "": no secret from this launcher
 }

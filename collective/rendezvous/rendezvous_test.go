@@ -108,7 +108,7 @@ func serveOnWith(t *testing.T, ln net.Listener, id transport.Identity, progress 
 	}
 	opts := ServeOptions{
 		Progress: progress,
-		Log: slog.New(slog.NewTextHandler(s.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Log:      slog.New(slog.NewTextHandler(s.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		OnRegister: func(rank int, addr string) {
 			s.registered <- [2]string{fmt.Sprint(rank), addr}
 		},
