@@ -2,6 +2,7 @@ package collective
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -51,8 +52,14 @@ func ConfigFromEnv() (Config, error) {
 	return configFrom(os.Getenv)
 }
 
-// errNoRank is what a program started on its own, without a launcher, gets.
-const errNoRank = "no rank in the environment: this program is one rank of a job. " +
+// ErrNoRank is what Init and ConfigFromEnv return (with ErrInvalid) in a
+// process that no launcher started: a program is one rank of a job, and
+// its environment says which. A program may fall back to running every rank
+// itself (Local, LocalNetwork) when errors.Is(err, ErrNoRank).
+var ErrNoRank = errors.New("no rank in the environment")
+
+// noRankHelp says how to start a job.
+const noRankHelp = "this program is one rank of a job. " +
 	"Start it with a launcher (ringrun -np 4 ./prog, or torchrun, mpirun, srun with RINGO_ADDR), " +
 	"or set RINGO_RANK, RINGO_WORLD_SIZE and RINGO_ADDR yourself; in tests, use collective.Local"
 
@@ -78,7 +85,7 @@ func configFrom(getenv func(string) string) (Config, error) {
 		break
 	}
 	if from == nil {
-		return cfg, invalidf(errNoRank)
+		return cfg, fmt.Errorf("%w: %w: %s", ErrInvalid, ErrNoRank, noRankHelp)
 	}
 	if cfg.Size < 1 || cfg.Rank < 0 || cfg.Rank >= cfg.Size {
 		return cfg, invalidf("rank %d is outside world size %d", cfg.Rank, cfg.Size)

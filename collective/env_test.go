@@ -149,6 +149,7 @@ func TestJobIDAndTokenOfEachLauncher(t *testing.T) {
 func TestNoRankSaysHowToStartAJob(t *testing.T) {
 	_, err := configFrom(envOf())
 	require.ErrorIs(t, err, ErrInvalid)
+	require.ErrorIs(t, err, ErrNoRank)
 	for _, want := range []string{"no rank in the environment", "one rank of a job", "ringrun -np 4", "collective.Local"} {
 		assert.Contains(t, err.Error(), want)
 	}

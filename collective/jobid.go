@@ -11,7 +11,6 @@ import (
 // and a world size; most give an id of the job, which ranks present at the
 // rendezvous so that a rank of another job is refused; few give a secret.
 type launcher struct {
-	name       string
 	rank, size string                                  // the variables of the rank and the world size
 	jobID      func(getenv func(string) string) string // "" when the launcher gives none
 	token      func(getenv func(string) string) string // nil or "": no secret from this launcher
@@ -22,15 +21,15 @@ type launcher struct {
 // any launcher gives.
 func launchers() []launcher {
 	return []launcher{
-		{name: "ringo", rank: "RINGO_RANK", size: "RINGO_WORLD_SIZE",
+		{rank: "RINGO_RANK", size: "RINGO_WORLD_SIZE",
 			jobID: func(getenv func(string) string) string { return getenv("RINGO_JOB_ID") }},
-		{name: "torchrun", rank: "RANK", size: "WORLD_SIZE", jobID: torchrunJobID},
-		{name: "OpenMPI", rank: "OMPI_COMM_WORLD_RANK", size: "OMPI_COMM_WORLD_SIZE", jobID: openMPIJobID,
+		{rank: "RANK", size: "WORLD_SIZE", jobID: torchrunJobID},
+		{rank: "OMPI_COMM_WORLD_RANK", size: "OMPI_COMM_WORLD_SIZE", jobID: openMPIJobID,
 			// A random key OpenMPI (4.x, ORTE) gives every process of one
 			// job, for the PSM transports: a secret the launcher shares.
 			token: func(getenv func(string) string) string { return getenv("OMPI_MCA_orte_precondition_transports") }},
-		{name: "MPICH", rank: "PMI_RANK", size: "PMI_SIZE", jobID: slurmJobID},
-		{name: "Slurm", rank: "SLURM_PROCID", size: "SLURM_NTASKS", jobID: slurmJobID},
+		{rank: "PMI_RANK", size: "PMI_SIZE", jobID: slurmJobID},
+		{rank: "SLURM_PROCID", size: "SLURM_NTASKS", jobID: slurmJobID},
 	}
 }
 
