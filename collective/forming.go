@@ -39,9 +39,13 @@ func secured(cfg Config, log *slog.Logger) (Config, error) {
 	case cfg.Token != "":
 	case cfg.JobID != "":
 		cfg.Token = derivedToken(cfg.JobID)
-		if exposed != "" && cfg.Rank == 0 {
+		switch {
+		case cfg.Rank != 0:
+		case exposed != "":
 			log.Warn(fmt.Sprintf("ringo: no RINGO_TOKEN: the job token is derived from the job id %q, which is no secret: "+
 				"anyone who can reach %s and knows the job id can join. Set RINGO_TOKEN to the same random secret on every rank", cfg.JobID, exposed))
+		default: // on loopback only this machine's users can reach the job
+			log.Debug(fmt.Sprintf("ringo: no RINGO_TOKEN: the job token is derived from the job id %q, which is no secret", cfg.JobID))
 		}
 	case exposed != "" && !cfg.Insecure:
 		return cfg, invalidf("rank %d would listen on %s without a job token, where anyone who can reach it could join the job. "+

@@ -1,6 +1,7 @@
 package collective
 
 import (
+	"log/slog"
 	"testing"
 	"time"
 
@@ -47,19 +48,20 @@ func TestExposedHost(t *testing.T) {
 }
 
 func TestSecuredDerivesTheTokenFromTheJobID(t *testing.T) {
-	a, err := secured(Config{Addr: "127.0.0.1:1", JobID: "slurm-1.0"}, nil)
+	quiet := slog.New(slog.DiscardHandler)
+	a, err := secured(Config{Addr: "127.0.0.1:1", JobID: "slurm-1.0"}, quiet)
 	require.NoError(t, err)
-	b, err := secured(Config{Addr: "127.0.0.1:1", Rank: 3, JobID: "slurm-1.0"}, nil)
+	b, err := secured(Config{Addr: "127.0.0.1:1", Rank: 3, JobID: "slurm-1.0"}, quiet)
 	require.NoError(t, err)
-	c, err := secured(Config{Addr: "127.0.0.1:1", JobID: "slurm-1.1"}, nil)
+	c, err := secured(Config{Addr: "127.0.0.1:1", JobID: "slurm-1.1"}, quiet)
 	require.NoError(t, err)
 	assert.NotEmpty(t, a.Token)
 	assert.Equal(t, a.Token, b.Token, "every rank of a job derives the same token")
 	assert.NotEqual(t, a.Token, c.Token, "another job, another token")
-	own, err := secured(Config{Addr: "10.0.0.1:1", JobID: "slurm-1.0", Token: "mine"}, nil)
+	own, err := secured(Config{Addr: "10.0.0.1:1", JobID: "slurm-1.0", Token: "mine"}, quiet)
 	require.NoError(t, err)
 	assert.Equal(t, "mine", own.Token, "a token given is kept")
-	none, err := secured(Config{Addr: "127.0.0.1:1"}, nil)
+	none, err := secured(Config{Addr: "127.0.0.1:1"}, quiet)
 	require.NoError(t, err, "loopback needs no token")
 	assert.Empty(t, none.Token)
 }

@@ -21,14 +21,19 @@ type launcher struct {
 // any launcher gives.
 func launchers() []launcher {
 	return []launcher{
+		// ringrun, or a person setting the variables by hand.
 		{rank: "RINGO_RANK", size: "RINGO_WORLD_SIZE",
 			jobID: func(getenv func(string) string) string { return getenv("RINGO_JOB_ID") }},
+		// torchrun (torch.distributed.run).
 		{rank: "RANK", size: "WORLD_SIZE", jobID: torchrunJobID},
+		// OpenMPI's mpirun.
 		{rank: "OMPI_COMM_WORLD_RANK", size: "OMPI_COMM_WORLD_SIZE", jobID: openMPIJobID,
 			// A random key OpenMPI (4.x, ORTE) gives every process of one
 			// job, for the PSM transports: a secret the launcher shares.
 			token: func(getenv func(string) string) string { return getenv("OMPI_MCA_orte_precondition_transports") }},
+		// MPICH (Hydra gives no job id; under srun, Slurm's).
 		{rank: "PMI_RANK", size: "PMI_SIZE", jobID: slurmJobID},
+		// Slurm's srun.
 		{rank: "SLURM_PROCID", size: "SLURM_NTASKS", jobID: slurmJobID},
 	}
 }
