@@ -48,6 +48,7 @@ type reply struct {
 	MACs         [][]byte `json:"macs,omitempty"`
 	Error        string   `json:"error,omitempty"`
 	Ended        bool     `json:"ended,omitempty"` // the server gave up: Error says why
+	Class        string   `json:"class,omitempty"` // of the server's reason: "timeout", "deadline", "canceled"
 	Waiting      bool     `json:"waiting,omitempty"`
 	Missing      []int    `json:"missing,omitempty"`
 	Joined       int      `json:"joined,omitempty"`
@@ -325,15 +326,38 @@ func (s *serverState) progress() {
 	}
 }
 
+// endClasses are the classes of a server's reason to give up that travel
+// to the ranks, so that their errors match the same sentinel.
+var endClasses = map[string]error{
+	"timeout":  transport.ErrTimeout,
+	"deadline": context.DeadlineExceeded,
+	"canceled": context.Canceled,
+}
+
+// serverEnded is the error of a rank whose rendezvous server gave up: the
+// server's reason, matching the sentinel of its class.
+type serverEnded struct {
+	text  string
+	class error
+}
+
+func (e *serverEnded) Error() string { return e.text }
+func (e *serverEnded) Unwrap() error { return e.class }
+
 // giveUp ends a rendezvous that ctx cut short: the registered ranks are
 // told who was missing, and so is the caller.
 func (s *serverState) giveUp(cause error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	missing := s.missingLocked()
-	why := fmt.Sprintf("%s (%d of %d ranks had)", notJoinedPhrase(missing), len(s.conns), s.id.Size)
+	why := waitingPhrase(s.missingLocked(), len(s.conns), s.id.Size)
+	msg := reply{Ended: true, Error: fmt.Sprintf("%v: %s", cause, why)}
+	for class, err := range endClasses {
+		if errors.Is(cause, err) {
+			msg.Class = class
+		}
+	}
 	for _, conn := range s.conns {
-		s.tellLocked(conn, reply{Ended: true, Error: fmt.Sprintf("%v: %s", cause, why)})
+		s.tellLocked(conn, msg)
 	}
 	return fmt.Errorf("rendezvous: %w: %s", cause, why)
 }
@@ -434,8 +458,8 @@ func JoinWith(ctx context.Context, addr string, id transport.Identity, advertise
 		select {
 		case <-ctx.Done():
 			if heard.valid {
-				return nil, fmt.Errorf("the rendezvous server at %s: %w: it was still waiting for %s (%d of %d ranks had joined)",
-					addr, context.Cause(ctx), ranksNoun(heard.missing), heard.joined, id.Size)
+				return nil, fmt.Errorf("the rendezvous server at %s: %w: %s",
+					addr, context.Cause(ctx), waitingPhrase(heard.missing, heard.joined, id.Size))
 			}
 			return nil, fmt.Errorf("the rendezvous server at %s: %w (last attempt: %w)", addr, context.Cause(ctx), err)
 		case <-time.After(backoff):
@@ -504,7 +528,7 @@ func joinOnce(ctx context.Context, addr string, id transport.Identity, advertise
 		*heard = progress{valid: true, missing: r.Missing, joined: r.Joined}
 	}
 	if r.Ended {
-		return nil, &finalError{fmt.Errorf("the rendezvous server at %s gave up: %s", addr, r.Error)}
+		return nil, &finalError{fmt.Errorf("the rendezvous server at %s gave up: %w", addr, &serverEnded{r.Error, endClasses[r.Class]})}
 	}
 	if r.Error != "" {
 		return nil, &finalError{fmt.Errorf("rendezvous at %s refused rank %d: %s", addr, id.Rank, r.Error)}
@@ -608,10 +632,7 @@ func missingPhrase(missing []int) string {
 	return ranksNoun(missing) + " are missing"
 }
 
-// notJoinedPhrase is "rank 2 had not joined" or "ranks 2,5 had not joined".
-func notJoinedPhrase(missing []int) string {
-	if len(missing) == 0 {
-		return "every rank had joined"
-	}
-	return ranksNoun(missing) + " had not joined"
+// waitingPhrase is "still waiting for rank 2 (3 of 4 ranks had joined)".
+func waitingPhrase(missing []int, joined, size int) string {
+	return fmt.Sprintf("still waiting for %s (%d of %d ranks had joined)", ranksNoun(missing), joined, size)
 }

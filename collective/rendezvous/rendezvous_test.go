@@ -293,7 +293,7 @@ func TestServeReturnsWhenCancelled(t *testing.T) {
 	// names the ranks that had not joined.
 	res := result(t, waiting)
 	require.Error(t, res.err)
-	assert.Contains(t, res.err.Error(), "the rendezvous server at "+s.addr+" gave up: the launcher stops the job: ranks 1-2 had not joined (1 of 3 ranks had)")
+	assert.Contains(t, res.err.Error(), "the rendezvous server at "+s.addr+" gave up: the launcher stops the job: still waiting for ranks 1-2 (1 of 3 ranks had joined)")
 }
 
 func TestStrangerIsIgnored(t *testing.T) {
@@ -344,11 +344,28 @@ func TestProgressNamesTheMissingRanks(t *testing.T) {
 	for _, ch := range waiting {
 		res := result(t, ch)
 		require.ErrorIs(t, res.err, context.DeadlineExceeded)
-		assert.Contains(t, res.err.Error(), "the rendezvous server at "+s.addr+": context deadline exceeded: it was still waiting for rank 2 (3 of 4 ranks had joined)")
+		assert.Contains(t, res.err.Error(), "the rendezvous server at "+s.addr+": context deadline exceeded: still waiting for rank 2 (3 of 4 ranks had joined)")
 	}
 	s.cancel(errors.New("the job timed out"))
 	err = s.wait(t)
-	assert.Contains(t, err.Error(), "rendezvous: the job timed out: rank 2 had not joined (3 of 4 ranks had)")
+	assert.Contains(t, err.Error(), "rendezvous: the job timed out: still waiting for rank 2 (3 of 4 ranks had joined)")
+}
+
+// A server that gives up tells the waiting ranks why, in words and in
+// class: a rank's error matches the sentinel of the server's reason.
+func TestServerThatGivesUpPassesOnTheClassOfItsReason(t *testing.T) {
+	for _, cause := range []error{transport.ErrTimeout, context.DeadlineExceeded, context.Canceled} {
+		id := jobID(2)
+		s := startServer(t, id)
+		waiting := join(t.Context(), s.addr, id, 1)
+		s.nextRegistered(t)
+		s.cancel(fmt.Errorf("%w: forming took too long", cause))
+		require.ErrorIs(t, s.wait(t), cause)
+		res := result(t, waiting)
+		require.ErrorIs(t, res.err, cause)
+		assert.Contains(t, res.err.Error(), "gave up: ")
+		assert.Contains(t, res.err.Error(), "forming took too long: still waiting for rank 0 (1 of 2 ranks had joined)")
+	}
 }
 
 // A rank of another job at this job's rendezvous (two jobs given the same
