@@ -313,7 +313,8 @@ func (c *Comm) explain(err error) error {
 // connections so that nothing stays blocked on them.
 func (c *Comm) onFail(err error) {
 	err = c.explain(err)
-	c.log.Warn("ringo: communicator aborted", "err", err, "status", c.Status().String())
+	c.log.Warn("ringo: communicator aborted", "err", err)
+	c.logStatus("ringo: at the abort")
 	hdr := transport.Header{Type: transport.Abort, Comm: c.id}
 	reason := append([]byte{abortCode(err)}, err.Error()...)
 	var remote *transport.RemoteAbortError
