@@ -61,13 +61,14 @@ type Comm struct {
 	closed atomic.Bool
 	seq    uint64
 	cur    transport.Signature
-	// callCtx is the context of the call in progress: an error that is its
-	// cancellation is reported as the call being abandoned.
-	callCtx context.Context
 	timer  *time.Timer
 	slow   *time.Timer // fires SlowWarning into a call: "who is missing"
 	slowAt time.Duration
 	rec    recorder
+
+	// callCtx is the context of the call in progress: an error that is its
+	// cancellation is reported as the call being abandoned.
+	callCtx context.Context
 
 	closeOnce  sync.Once
 	abortClose *time.Timer // closes the connections abortGrace after an abort
