@@ -44,5 +44,8 @@
 // type or count that differs fails both with ErrMismatch. An abandoned Send
 // or Recv counts as the k-th all the same and aborts the communicator, so the
 // next Send never meets the previous Recv. Only a call refused for its
-// arguments (a peer that is not a rank, a negative tag) takes no place.
+// arguments (a peer that is not a rank, a negative tag) takes no place. A
+// Send's nil says its message was handed to the connection (its buffer is
+// free again); the matching Recv then returns nil with exactly that message,
+// or an error.
 package collective
