@@ -24,8 +24,11 @@
 // the order and aborts the communicator on every rank, at once: the other
 // ranks' calls fail promptly with an error that matches ErrAborted and
 // context.Canceled (or DeadlineExceeded) and names the rank and the call, as
-// in "rank 1 abandoned AllReduce(float32, count=1, Sum) at op #7". A rank
-// can therefore never pair its next call with its peers' abandoned one.
+// in "rank 1 abandoned AllReduce(float32, count=1, Sum) at op #7". (A peer
+// to which the abandoning rank was still writing a frame, one the peer had
+// not asked for yet, may instead see that rank as lost: the notice cannot
+// overtake the frame.) A rank can therefore never pair its next call with
+// its peers' abandoned one.
 // Cancelling a context is thus a way to abandon the communicator, not to
 // skip one call.
 //
