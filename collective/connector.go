@@ -214,7 +214,8 @@ func (m *meshConnector) admit(ctx context.Context, conn transport.Stream) {
 	from := remoteAddr(conn)
 	hctx, cancel := context.WithDeadline(ctx, handshakeDeadline(ctx))
 	defer cancel()
-	stopOnCancel := context.AfterFunc(hctx, func() { _ = conn.SetDeadline(time.Now()) })
+	raw := conn // not conn itself: secure replaces it while the func may run
+	stopOnCancel := context.AfterFunc(hctx, func() { _ = raw.SetDeadline(time.Now()) })
 	defer stopOnCancel()
 	conn, err := m.ln.secure(hctx, conn)
 	if err != nil {
