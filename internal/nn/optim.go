@@ -125,7 +125,7 @@ func NewAdamW(lr, weightDecay float32) *Adam {
 }
 
 func (o *Adam) StateNames() []string { return []string{"exp_avg", "exp_avg_sq"} }
-func (o *Adam) StateLen(n int) int    { return 2 * n }
+func (o *Adam) StateLen(n int) int   { return 2 * n }
 
 func (o *Adam) Update(step int, data, grad, state []float32) error {
 	if err := checkUpdate(o, step, data, grad, state); err != nil {
