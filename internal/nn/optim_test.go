@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/ringo-ml/ringo/checkpoint"
 	"github.com/ringo-ml/ringo/parallel"
 )
 
@@ -198,13 +199,16 @@ func TestOptimizerStateRoundTrip(t *testing.T) {
 		}
 		require.Equal(t, po.State(), po2.State())
 
-		require.ErrorContains(t, po2.LoadState(1, tensors[1:]), "tensors")
+		require.ErrorContains(t, po2.LoadState(1, tensors[1:]), "lacks a whole tensor a.")
 		bad := slices.Clone(tensors)
-		bad[0] = Tensor{Name: bad[0].Name, Data: make([]float32, 3)}
+		bad[0] = checkpoint.Tensor{Name: bad[0].Name, Data: make([]float32, 3)}
 		require.ErrorContains(t, po2.LoadState(1, bad), "has 3 values, want 4")
-		bad[0] = Tensor{Name: "zzz", Data: make([]float32, 4)}
-		require.ErrorContains(t, po2.LoadState(1, bad), "lacks a.")
+		bad[0] = checkpoint.Tensor{Name: bad[0].Name, Shape: []int{8}, Offset: 4, Data: make([]float32, 4)}
+		require.ErrorContains(t, po2.LoadState(1, bad), "lacks a whole tensor a.")
 		require.Equal(t, po.State(), po2.State(), "a failed load changes nothing")
+		// Other tensors (a checkpoint's parameters) are ignored.
+		require.NoError(t, po2.LoadState(3, append([]checkpoint.Tensor{{Name: "a", Data: []float32{1}}}, tensors...)))
+		require.Equal(t, 3, po2.Steps())
 	}
 }
 

@@ -3,15 +3,9 @@ package nn
 import (
 	"fmt"
 
+	"github.com/ringo-ml/ringo/checkpoint"
 	"github.com/ringo-ml/ringo/parallel"
 )
-
-// Tensor is a named flat tensor, the form optimizer state takes in a
-// checkpoint.
-type Tensor struct {
-	Name string
-	Data []float32
-}
 
 // ParamOptimizer applies an Optimizer to a list of parameters, keeping
 // their state as if the parameters were one flat vector in list order:
@@ -69,18 +63,19 @@ func (po *ParamOptimizer) Steps() int { return po.step }
 // owned by po.
 func (po *ParamOptimizer) State() []float32 { return po.state }
 
-// StateTensors exports the state for a checkpoint: one tensor per
-// parameter and state kind, named "<param>.<kind>" (fc0.weight.exp_avg),
-// in parameter order and then kind order. The tensors are copies.
-func (po *ParamOptimizer) StateTensors() []Tensor {
+// StateTensors exports the state for a checkpoint: one whole tensor per
+// parameter and state kind, named "<param>.<kind>" (fc0.weight.exp_avg), of
+// the parameter's length, in parameter order and then kind order. The
+// tensors are copies.
+func (po *ParamOptimizer) StateTensors() []checkpoint.Tensor {
 	names := po.opt.StateNames()
 	k := len(names)
-	out := make([]Tensor, 0, k*len(po.params))
+	out := make([]checkpoint.Tensor, 0, k*len(po.params))
 	for j, p := range po.params {
 		lo, hi := StateRange(po.opt, po.offsets[j], po.offsets[j+1])
 		st := po.state[lo:hi]
 		for s, name := range names {
-			t := Tensor{Name: p.Name + "." + name, Data: make([]float32, len(p.Data))}
+			t := checkpoint.Tensor{Name: p.Name + "." + name, Data: make([]float32, len(p.Data))}
 			for i := range t.Data {
 				t.Data[i] = st[k*i+s]
 			}
@@ -90,10 +85,11 @@ func (po *ParamOptimizer) StateTensors() []Tensor {
 	return out
 }
 
-// LoadState restores the state StateTensors exported and the number of
-// steps taken. Every tensor must be present with the right length; extra
-// ones are an error too, since they mean a different model or optimizer.
-func (po *ParamOptimizer) LoadState(steps int, tensors []Tensor) error {
+// LoadState restores the number of steps taken and the state StateTensors
+// exported, found by name among tensors (which may hold others, such as the
+// parameters of a checkpoint). Every state tensor must be there, whole and
+// of the right length; on error nothing changes.
+func (po *ParamOptimizer) LoadState(steps int, tensors []checkpoint.Tensor) error {
 	if steps < 0 {
 		return fmt.Errorf("nn: optimizer state at step %d", steps)
 	}
@@ -101,17 +97,17 @@ func (po *ParamOptimizer) LoadState(steps int, tensors []Tensor) error {
 	k := len(names)
 	byName := make(map[string][]float32, len(tensors))
 	for _, t := range tensors {
+		if t.Offset != 0 || (t.Shape != nil && !(len(t.Shape) == 1 && t.Shape[0] == len(t.Data))) {
+			continue // a slice of a bigger tensor is not a whole state tensor
+		}
 		byName[t.Name] = t.Data
-	}
-	if len(byName) != len(tensors) || len(tensors) != k*len(po.params) {
-		return fmt.Errorf("nn: optimizer state has %d tensors, want %d (%v per parameter)", len(tensors), k*len(po.params), names)
 	}
 	// Check everything before changing anything.
 	for _, p := range po.params {
 		for _, name := range names {
 			data, ok := byName[p.Name+"."+name]
 			if !ok {
-				return fmt.Errorf("nn: optimizer state lacks %s.%s", p.Name, name)
+				return fmt.Errorf("nn: optimizer state lacks a whole tensor %s.%s", p.Name, name)
 			}
 			if len(data) != len(p.Data) {
 				return fmt.Errorf("nn: optimizer state %s.%s has %d values, want %d", p.Name, name, len(data), len(p.Data))
