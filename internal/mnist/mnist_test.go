@@ -23,17 +23,36 @@ func TestLoadRealMNIST(t *testing.T) {
 		counts[y]++
 	}
 	require.Equal(t, 5923, counts[0]) // every digit is present; the zeros as published
-	lo, hi := (0-pixelMean)/pixelStd, (1-pixelMean)/pixelStd
-	var sum float64
-	vmin, vmax := train.Images[0], train.Images[0]
-	for _, v := range train.Images {
-		vmin, vmax = min(vmin, v), max(vmax, v)
-		sum += float64(v)
+	require.Equal(t, byte(0), train.Images[0], "a corner pixel is background")
+
+	// Gathered rows are normalised: the whole training set has mean 0 and
+	// standard deviation 1 (to the published statistics' precision).
+	all := make([]int, train.Len())
+	for i := range all {
+		all[i] = i
 	}
-	require.InDelta(t, lo, float64(vmin), 1e-6)
-	require.InDelta(t, hi, float64(vmax), 1e-6)
-	require.InDelta(t, 0, sum/float64(len(train.Images)), 1e-3, "normalised to mean 0")
-	require.Equal(t, vmin, train.Image(0)[0], "a corner pixel is background")
+	x := make([]float32, len(all)*Pixels)
+	labels := make([]int32, len(all))
+	require.NoError(t, train.Gather(all, x, labels))
+	require.Equal(t, train.Labels, labels)
+	var sum, sq float64
+	for _, v := range x {
+		sum += float64(v)
+		sq += float64(v) * float64(v)
+	}
+	mean := sum / float64(len(x))
+	require.InDelta(t, 0, mean, 1e-3)
+	require.InDelta(t, 1, sq/float64(len(x))-mean*mean, 1e-3)
+	require.InDelta(t, (0-pixelMean)/pixelStd, float64(x[0]), 1e-6)
+
+	// Rows land where idx says.
+	x2, l2 := make([]float32, 2*Pixels), make([]int32, 2)
+	require.NoError(t, test.Gather([]int{3, 0}, x2, l2))
+	require.Equal(t, []int32{0, 7}, l2)
+	require.Equal(t, normalise(test.Images[3*Pixels+400]), x2[400])
+	require.Equal(t, normalise(test.Images[400]), x2[Pixels+400])
+	require.ErrorContains(t, test.Gather([]int{10000}, x2[:Pixels], l2[:1]), "image 10000 of a set of 10000")
+	require.ErrorContains(t, test.Gather([]int{1}, x2, l2[:1]), "gathering 1 images")
 }
 
 func TestFindDataInModuleCache(t *testing.T) {
