@@ -45,6 +45,7 @@ type options struct {
 	label    string
 	bucketMB int
 	header   bool
+	phases   bool
 }
 
 func main() {
@@ -61,7 +62,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if localjob.InJob() {
-		err = runRank(ctx, o, stdout)
+		err = runRank(ctx, o, stdout, stderr)
 	} else {
 		err = localjob.Spawn(ctx, o.np, args, nil, stdout, stderr)
 	}
@@ -85,6 +86,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.label, "label", "ringo", "implementation label for the CSV")
 	fs.IntVar(&o.bucketMB, "bucket-mb", 25, "DataParallel bucket size in MiB (PyTorch's default is 25)")
 	fs.BoolVar(&o.header, "header", false, "print the CSV header first")
+	fs.BoolVar(&o.phases, "phases", false, "also print rank 0's median time per phase of a step (forward, backward, waiting in Sync, optimizer) to stderr")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -114,7 +116,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	return o, nil
 }
 
-func runRank(ctx context.Context, o options, stdout io.Writer) error {
+func runRank(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	comm, err := collective.Init(ctx)
 	if err != nil {
 		return err
@@ -124,7 +126,7 @@ func runRank(ctx context.Context, o options, stdout io.Writer) error {
 		fmt.Fprintln(stdout, "impl,ranks,model,params,batch_per_rank,mode,step_ms,samples_per_s")
 	}
 	for _, sizes := range o.models {
-		if err := benchModel(ctx, comm, o, sizes, stdout); err != nil {
+		if err := benchModel(ctx, comm, o, sizes, stdout, stderr); err != nil {
 			return fmt.Errorf("rank %d, model %v: %w", comm.Rank(), sizes, err)
 		}
 	}
@@ -142,7 +144,7 @@ type bench struct {
 	labels []int32
 }
 
-func benchModel(ctx context.Context, comm *collective.Comm, o options, sizes []int, stdout io.Writer) error {
+func benchModel(ctx context.Context, comm *collective.Comm, o options, sizes []int, stdout, stderr io.Writer) error {
 	model, err := nn.NewMLP(sizes, 1)
 	if err != nil {
 		return err
@@ -170,9 +172,10 @@ func benchModel(ctx context.Context, comm *collective.Comm, o options, sizes []i
 		b.labels[i] = int32(rng.IntN(sizes[len(sizes)-1]))
 	}
 
+	var phases [numPhases]float64
 	for _, mode := range o.modes {
 		for range o.warmup {
-			if err := b.step(ctx, mode); err != nil {
+			if err := b.step(ctx, mode, &phases); err != nil {
 				return err
 			}
 		}
@@ -182,13 +185,14 @@ func benchModel(ctx context.Context, comm *collective.Comm, o options, sizes []i
 	// mode alike, and medians drop the steps a neighbour's burst hit.
 	nm := len(o.modes)
 	samples := make([]float64, o.steps*nm)
+	phaseSamples := make([][numPhases]float64, o.steps*nm) // this rank's
 	for s := range o.steps {
 		for m, mode := range o.modes {
 			if err := collective.Barrier(ctx, comm); err != nil {
 				return err
 			}
 			start := time.Now()
-			if err := b.step(ctx, mode); err != nil {
+			if err := b.step(ctx, mode, &phaseSamples[s*nm+m]); err != nil {
 				return err
 			}
 			samples[s*nm+m] = time.Since(start).Seconds()
@@ -209,13 +213,43 @@ func benchModel(ctx context.Context, comm *collective.Comm, o options, sizes []i
 			fmt.Fprintf(stdout, "%s,%d,%s,%d,%d,%s,%.3f,%.1f\n", o.label, comm.Size(), name, model.NumParams(), o.batch, mode,
 				t*1e3, float64(o.batch*comm.Size())/t)
 		}
+		if o.phases {
+			for m, mode := range o.modes {
+				fmt.Fprintf(stderr, "ddp: rank 0, %s, %s: median", name, mode)
+				for ph := range numPhases {
+					var v []float64
+					for s := range o.steps {
+						v = append(v, phaseSamples[s*nm+m][ph])
+					}
+					fmt.Fprintf(stderr, " %s %.1f ms", phaseNames[ph], median(v)*1e3)
+				}
+				fmt.Fprintln(stderr)
+			}
+		}
 	}
 	return nil
 }
 
-func (b *bench) step(ctx context.Context, mode string) error {
+// Phases of a step, timed on each rank for -phases.
+const (
+	phaseForward = iota
+	phaseBackward
+	phaseSync // waiting in Sync: the communication backward did not hide
+	phaseOptimizer
+	numPhases
+)
+
+var phaseNames = [numPhases]string{"forward", "backward", "sync", "optimizer"}
+
+// step runs one step of mode and writes its phases' durations (seconds) to
+// phases.
+func (b *bench) step(ctx context.Context, mode string, phases *[numPhases]float64) error {
+	*phases = [numPhases]float64{}
+	t0 := time.Now()
 	if mode == "comm" {
-		return b.dp.Sync(ctx)
+		err := b.dp.Sync(ctx)
+		phases[phaseSync] = time.Since(t0).Seconds()
+		return err
 	}
 	batch := len(b.labels)
 	b.model.ZeroGrad()
@@ -226,6 +260,7 @@ func (b *bench) step(ctx context.Context, mode string) error {
 	if _, err := b.loss.Forward(logits, b.labels, 1/float32(batch)); err != nil {
 		return err
 	}
+	t1 := time.Now()
 	var ready func(*parallel.Param)
 	if mode == "overlap" {
 		ready = b.ready
@@ -233,12 +268,18 @@ func (b *bench) step(ctx context.Context, mode string) error {
 	if _, err := b.model.Backward(b.loss.Grad(), ready); err != nil {
 		return err
 	}
+	t2 := time.Now()
 	if mode != "compute" {
 		if err := b.dp.Sync(ctx); err != nil {
 			return err
 		}
 	}
-	return b.opt.Step()
+	t3 := time.Now()
+	err = b.opt.Step()
+	t4 := time.Now()
+	phases[phaseForward], phases[phaseBackward] = t1.Sub(t0).Seconds(), t2.Sub(t1).Seconds()
+	phases[phaseSync], phases[phaseOptimizer] = t3.Sub(t2).Seconds(), t4.Sub(t3).Seconds()
+	return err
 }
 
 func median(v []float64) float64 {
