@@ -12,8 +12,9 @@
 //	overlap  the same, marking each parameter Ready as backward finishes it
 //	comm     Sync alone, no compute: the communication time of a step
 //
-// Rank 0 prints one CSV row per model and mode: the median step time (a
-// step's time is its slowest rank's).
+// Rank 0 prints one CSV row per model and mode: the median and the fastest
+// step time (a step's time is its slowest rank's), and samples/s at the
+// median.
 package main
 
 import (
@@ -123,7 +124,7 @@ func runRank(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	}
 	defer comm.Close()
 	if comm.Rank() == 0 && o.header {
-		fmt.Fprintln(stdout, "impl,ranks,model,params,batch_per_rank,mode,step_ms,samples_per_s")
+		fmt.Fprintln(stdout, "impl,ranks,model,params,batch_per_rank,mode,step_ms,min_ms,samples_per_s")
 	}
 	for _, sizes := range o.models {
 		if err := benchModel(ctx, comm, o, sizes, stdout, stderr); err != nil {
@@ -210,8 +211,8 @@ func benchModel(ctx context.Context, comm *collective.Comm, o options, sizes []i
 		name := strings.Trim(strings.Join(strings.Fields(fmt.Sprint(sizes)), "-"), "[]")
 		for _, mode := range o.modes {
 			t := median(times[mode])
-			fmt.Fprintf(stdout, "%s,%d,%s,%d,%d,%s,%.3f,%.1f\n", o.label, comm.Size(), name, model.NumParams(), o.batch, mode,
-				t*1e3, float64(o.batch*comm.Size())/t)
+			fmt.Fprintf(stdout, "%s,%d,%s,%d,%d,%s,%.3f,%.3f,%.1f\n", o.label, comm.Size(), name, model.NumParams(), o.batch, mode,
+				t*1e3, slices.Min(times[mode])*1e3, float64(o.batch*comm.Size())/t)
 		}
 		if o.phases {
 			for m, mode := range o.modes {

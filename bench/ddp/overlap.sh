@@ -47,9 +47,10 @@ out=$(ip netns exec "${P}h0" "$bin/ringrun" --hosts "${P}h0:1,${P}h1:1" --agent 
 	-modes compute,comm,sync,overlap -label "ringo-$RATE" -header | sed 's/^\[0\] //')
 echo "$out"
 echo "$out" | awk -F, '
-	NR > 1 { t[$6] = $7 }
-	END {
+	NR > 1 { t[$6] = $7; f[$6] = $8 }
+	function report(what, t) {
 		m = t["compute"] > t["comm"] ? t["compute"] : t["comm"]
-		printf "max(compute %.1f ms, comm %.1f ms) = %.1f ms; sync after backward %.1f ms = %.2fx; Ready per layer %.1f ms = %.2fx (target <= 1.15x)\n",
-			t["compute"], t["comm"], m, t["sync"], t["sync"] / m, t["overlap"], t["overlap"] / m
-	}'
+		printf "%s: max(compute %.1f ms, comm %.1f ms) = %.1f ms; sync after backward %.1f ms = %.2fx; Ready per layer %.1f ms = %.2fx (target <= 1.15x)\n",
+			what, t["compute"], t["comm"], m, t["sync"], t["sync"] / m, t["overlap"], t["overlap"] / m
+	}
+	END { report("median steps", t); report("fastest steps", f) }'
