@@ -123,8 +123,8 @@ type Pipeline struct {
 	slots    [][]mbSlot // by chunk and micro-batch
 	lastB    []int      // by chunk: its last backward's action
 	batch    Batch
-	inWidth  int // floats per sample of Inputs
-	tgtWidth int // of Targets
+	inWidth  int     // floats per sample of Inputs
+	tgtWidth int     // of Targets
 	loss     float64 // the sum of the step's micro-batch losses, once known
 	lossSum  float64 // on the last stage: of the losses so far
 	alive    int64
@@ -624,7 +624,7 @@ type pipeMsg struct {
 	buf     []float32
 	samples int     // rows of the micro-batch (activations)
 	loss    float64 // loss of micro-batches 0..mb (gradients)
-	pooled  bool // buf is the pool's: a gradient sent, a message received
+	pooled  bool    // buf is the pool's: a gradient sent, a message received
 	err     error
 }
 
