@@ -108,7 +108,8 @@ type Pipeline struct {
 	rank     int
 	ranks    int
 	m        int
-	stages   []Stage // by chunk
+	stages   []Stage    // by chunk
+	byStage  [][]*Param // each chunk's Params, asked once
 	params   []*Param
 	last     LossStage // on the last stage's rank only
 	acts     []Action  // this rank's part of the plan
@@ -197,7 +198,8 @@ func (p *Pipeline) configure() error {
 		if s == nil {
 			return fmt.Errorf("%w: rank %d's stage %d is nil", ErrPipeline, p.rank, c*p.ranks+p.rank)
 		}
-		for _, prm := range s.Params() {
+		p.byStage = append(p.byStage, s.Params())
+		for _, prm := range p.byStage[c] {
 			if prm == nil || len(prm.Grad) != len(prm.Data) {
 				return fmt.Errorf("%w: stage %d has a parameter that is nil or whose Grad is not as long as its Data", ErrPipeline, c*p.ranks+p.rank)
 			}
@@ -529,7 +531,7 @@ func (p *Pipeline) backward(ctx context.Context, stage, mb int) error {
 // finishStage averages a stage's gradients over the micro-batches, as
 // torch's scale_grads does, and hands them to the GradSync.
 func (p *Pipeline) finishStage(stage int) {
-	params := p.stages[stage/p.ranks].Params()
+	params := p.byStage[stage/p.ranks]
 	m := float32(p.m)
 	for k := len(params) - 1; k >= 0; k-- {
 		prm := params[k]

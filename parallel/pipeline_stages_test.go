@@ -258,6 +258,15 @@ func pipeLocal(t testing.TB, n int) []*collective.Comm {
 	return comms
 }
 
+// pipeTCP makes n ranks in this process over TCP loopback.
+func pipeTCP(t testing.TB, n int) []*collective.Comm {
+	t.Helper()
+	comms, err := collective.LocalNetwork(context.Background(), n, collective.Config{Timeout: time.Minute})
+	require.NoError(t, err)
+	t.Cleanup(func() { pipeEach(n, func(r int) error { return comms[r].Close() }) })
+	return comms
+}
+
 // pipeEach runs fn for every rank on a goroutine of its own and returns
 // their errors.
 func pipeEach(n int, fn func(rank int) error) []error {

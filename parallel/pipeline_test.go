@@ -43,16 +43,33 @@ func TestPipelineEqualsSequential(t *testing.T) {
 					for s := 0; s <= p*variant.chunks; s++ {
 						model.widths = append(model.widths, 2+(s*5+m)%4)
 					}
-					runEquivalence(t, model, p, m, PipelineOptions{Schedule: variant.schedule, Microbatches: m})
+					runEquivalence(t, pipeLocal(t, p), model, m, PipelineOptions{Schedule: variant.schedule, Microbatches: m})
 				})
 			}
 		}
 	}
 }
 
-func runEquivalence(t *testing.T, model pipeModel, p, m int, opts PipelineOptions) {
+// TestPipelineEqualsSequentialOverTCP is the same over real sockets, where
+// messages arrive in pieces and at their own pace.
+func TestPipelineEqualsSequentialOverTCP(t *testing.T) {
+	pipeNoLeaks(t)
+	for _, variant := range pipeVariants {
+		t.Run(fmt.Sprintf("%v/v=%d", variant.schedule, variant.chunks), func(t *testing.T) {
+			const p, m = 3, 5
+			comms := pipeTCP(t, p)
+			model := pipeModel{seed: 77}
+			for s := 0; s <= p*variant.chunks; s++ {
+				model.widths = append(model.widths, 40+s)
+			}
+			runEquivalence(t, comms, model, m, PipelineOptions{Schedule: variant.schedule, Microbatches: m})
+		})
+	}
+}
+
+func runEquivalence(t *testing.T, comms []*collective.Comm, model pipeModel, m int, opts PipelineOptions) {
 	ctx := context.Background()
-	comms := pipeLocal(t, p)
+	p := len(comms)
 	pipes, copies := newPipelines(t, comms, model, opts)
 	ref := model.build()
 	const lr = 0.125
