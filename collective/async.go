@@ -66,8 +66,11 @@ func (ts *turnstile) busy() bool {
 type ticketKey struct{}
 
 func ticketOf(ctx context.Context, c *Comm) uint64 {
-	if t, ok := ctx.Value(ticketKey{}).(uint64); ok {
+	switch t := ctx.Value(ticketKey{}).(type) {
+	case uint64:
 		return t
+	case *uint64: // an AllReducer's (reuse.go), which must not allocate
+		return *t
 	}
 	return c.turn.take()
 }

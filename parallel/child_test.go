@@ -1,0 +1,3 @@
+package parallel_test
+
+func runChild() bool { return false }
