@@ -60,6 +60,18 @@ type GradSync interface {
 	Sync(ctx context.Context) error
 }
 
+// StageParams lists the parameters of stages, stage by stage: what a
+// DataParallel over a stage's replicas needs before the pipeline exists.
+func StageParams(stages []Stage) []*Param {
+	var params []*Param
+	for _, s := range stages {
+		if s != nil {
+			params = append(params, s.Params()...)
+		}
+	}
+	return params
+}
+
 // PipelineOptions configure NewPipeline; every rank must pass the same
 // Schedule and Microbatches and the same number of stages.
 type PipelineOptions struct {
@@ -372,6 +384,15 @@ func (p *Pipeline) Step(ctx context.Context, batch Batch) (float64, error) {
 	if err == nil && p.opts.GradSync != nil {
 		if err = p.opts.GradSync.Sync(ctx); err != nil {
 			err = fmt.Errorf("parallel: pipeline rank %d: syncing gradients: %w", p.rank, err)
+		}
+	}
+	// A rank whose part ended early (stage 0's last backward comes last)
+	// must not report success while another rank's part failed: the step
+	// succeeds on every rank or on none. With a GradSync this also covers
+	// the replicas: a rank here has passed a Sync that needed every replica.
+	if err == nil && len(p.channels) > 0 {
+		if err = collective.Barrier(ctx, p.channels[1]); err != nil {
+			err = fmt.Errorf("parallel: pipeline rank %d, step %d, waiting for the other ranks to finish: %w", p.rank, p.step, err)
 		}
 	}
 	if err != nil {

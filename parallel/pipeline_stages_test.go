@@ -3,6 +3,7 @@ package parallel
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -249,10 +250,14 @@ func sequentialStep(t *testing.T, st []*pipeAffine, b Batch, m int) float64 {
 	return loss / float64(m)
 }
 
+// pipeCommConfig bounds every call (a hang fails the test) and keeps the
+// aborts the failure tests provoke out of the test log.
+var pipeCommConfig = collective.Config{Timeout: time.Minute, Logger: slog.New(slog.DiscardHandler)}
+
 // pipeLocal makes n in-process ranks, closed when the test ends.
 func pipeLocal(t testing.TB, n int) []*collective.Comm {
 	t.Helper()
-	comms, err := collective.LocalConfig(n, collective.Config{Timeout: time.Minute})
+	comms, err := collective.LocalConfig(n, pipeCommConfig)
 	require.NoError(t, err)
 	t.Cleanup(func() { pipeEach(n, func(r int) error { return comms[r].Close() }) })
 	return comms
@@ -261,7 +266,7 @@ func pipeLocal(t testing.TB, n int) []*collective.Comm {
 // pipeTCP makes n ranks in this process over TCP loopback.
 func pipeTCP(t testing.TB, n int) []*collective.Comm {
 	t.Helper()
-	comms, err := collective.LocalNetwork(context.Background(), n, collective.Config{Timeout: time.Minute})
+	comms, err := collective.LocalNetwork(context.Background(), n, pipeCommConfig)
 	require.NoError(t, err)
 	t.Cleanup(func() { pipeEach(n, func(r int) error { return comms[r].Close() }) })
 	return comms

@@ -126,6 +126,7 @@ func TestPipelineStageErrorAbortsEveryRank(t *testing.T) {
 		{"forward of a middle stage", 1, 0, -1},
 		{"loss stage's backward", 3, -1, 3},
 		{"backward of a middle stage", 2, -1, 1},
+		{"last backward of the first stage, after the others' parts ended", 0, -1, 3},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			const p, m = 4, 4
