@@ -366,12 +366,11 @@ func (p *Pipeline) Step(ctx context.Context, batch Batch) (float64, error) {
 	var busy time.Duration
 	err := p.checkBatch()
 	for i := 0; err == nil && i < len(p.acts); i++ {
-		t0 := time.Since(p.started)
-		p.actStart[i] = t0
+		p.actStart[i] = time.Since(p.started) // a compute's is reset once its inputs are in
 		err = p.run(ctx, i)
 		p.actEnd[i] = time.Since(p.started)
 		if p.acts[i].Kind.compute() {
-			busy += p.actEnd[i] - t0
+			busy += p.actEnd[i] - p.actStart[i]
 		}
 	}
 	// Every message of the step is sent and received before it ends.
@@ -470,6 +469,7 @@ func (p *Pipeline) run(ctx context.Context, i int) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("parallel: pipeline rank %d, step %d: %w", p.rank, p.step, context.Cause(ctx))
 	}
+	p.actStart[i] = time.Since(p.started)
 	var err error
 	if a.Kind == Forward {
 		err = p.forward(ctx, a.Stage, a.Microbatch)

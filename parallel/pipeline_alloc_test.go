@@ -18,7 +18,7 @@ type pipeDriver struct {
 	done  chan error
 }
 
-func newPipeDriver(t *testing.T, pipes []*Pipeline, batch Batch) *pipeDriver {
+func newPipeDriver(t testing.TB, pipes []*Pipeline, batch Batch) *pipeDriver {
 	d := &pipeDriver{pipes: pipes, batch: batch, start: make([]chan struct{}, len(pipes)), done: make(chan error, len(pipes))}
 	stop := make(chan struct{})
 	for r := range pipes {
