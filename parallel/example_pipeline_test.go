@@ -87,7 +87,7 @@ func ExampleNewPipeline() {
 	}
 	batch := parallel.Batch{
 		Samples: 8,
-		Inputs:  []float32{1, 2, 3, 4, 5, 6, 7, 8},          // read by the first stage's rank
+		Inputs:  []float32{1, 2, 3, 4, 5, 6, 7, 8},        // read by the first stage's rank
 		Targets: []float32{6, 12, 18, 24, 30, 36, 42, 48}, // read by the last stage's rank: y = 6x
 	}
 	var wg sync.WaitGroup

@@ -348,10 +348,13 @@ func (p *Pipeline) Close() error {
 // a GradSync, synced). It returns the mean of the micro-batches' losses,
 // on every rank.
 //
-// Any failure — an error from a stage, a bad batch, a lost rank, ctx ending
-// — aborts the step on every rank of the pipeline with an error that names
-// the rank and the cause, and ends the pipeline: later steps return the
-// same error, and the pipeline's ranks must form a new one.
+// A step succeeds on every rank or on none: it ends with a barrier of the
+// pipeline's ranks (after the GradSync's Sync), so a rank whose part ended
+// early cannot report success while another's failed. Any failure — an
+// error from a stage, a bad batch, a lost rank, ctx ending — aborts the
+// step on every rank of the pipeline (and the GradSync's communicator) with
+// an error that names the rank and the cause, and ends the pipeline: later
+// steps return the same error, and the ranks must form a new one.
 func (p *Pipeline) Step(ctx context.Context, batch Batch) (float64, error) {
 	if p.err != nil {
 		return 0, p.err
@@ -397,6 +400,7 @@ func (p *Pipeline) Step(ctx context.Context, batch Batch) (float64, error) {
 	if err != nil {
 		return 0, p.fail(err)
 	}
+	p.batch = Batch{} // the caller's slices are not kept past the step
 	p.stats.Steps++
 	p.stats.StepTime, p.stats.Busy = time.Since(p.started), busy
 	return p.loss / float64(p.m), nil
