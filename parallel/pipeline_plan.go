@@ -20,8 +20,9 @@ const (
 	// micro-batches alive per stage. One stage per rank.
 	OneFOneB
 	// Interleaved1F1B holds v stages per rank (rank r: stages r, r+P, ...)
-	// and runs 1F1B over them in rounds of at least P micro-batches, which
-	// shrinks the bubble by v. With v = 1 it is OneFOneB.
+	// and runs 1F1B over them in rounds of at least P micro-batches (one
+	// round of all M when M < P), which divides the bubble by about v. With
+	// v = 1 it is OneFOneB.
 	Interleaved1F1B
 )
 
@@ -233,7 +234,8 @@ func oneFOneBOrder(p, r, m int) []op {
 // A round holds at least P micro-batches, so that when rank 0 is done with
 // a round's chunk c, the round's first micro-batch is back from rank P-1
 // for chunk c+1: the M micro-batches are split into max(1, M/P) rounds as
-// evenly as possible (the first rounds one larger). Rank r warms up with
+// evenly as possible (the first rounds one larger; with M < P, one round
+// of M, and rank 0 waits for the wrap-around). Rank r warms up with
 // the forwards that fill the pipe before its first backward can start:
 // (v-1)·R0 + 2·(P-1-r), R0 the first round's size (capped at v·M).
 func interleavedOrder(p, r, v, m int) []op {
