@@ -29,6 +29,11 @@ type options struct {
 	data         string
 	trainSamples int
 	compression  string
+	// -mode pipeline (mode_pipeline.go)
+	stages       int
+	microbatches int
+	chunks       int
+	schedule     string
 }
 
 func parseOptions(args []string, stderr io.Writer) (options, error) {
@@ -49,7 +54,7 @@ Rank 0 prints "step=K loss=X" (the mean loss over the global batch),
 		fs.PrintDefaults()
 	}
 	fs.IntVar(&o.np, "np", 4, "number of local rank processes to start (ignored under a launcher, which sets the world size)")
-	fs.StringVar(&o.mode, "mode", "ddp", "how to train: single (one process) or ddp (data parallel)")
+	fs.StringVar(&o.mode, "mode", "ddp", "how to train: single (one process), ddp (data parallel) or pipeline (model split into -stages; -np/-stages replicas)")
 	fs.IntVar(&o.epochs, "epochs", 2, "passes over the training set")
 	fs.IntVar(&o.steps, "steps", 0, "stop after this many optimizer steps in all (0: no limit)")
 	fs.IntVar(&o.batch, "batch", 64, "global batch size, split over the ranks")
@@ -63,6 +68,7 @@ Rank 0 prints "step=K loss=X" (the mean loss over the global batch),
 	fs.StringVar(&o.data, "data", "", "directory with the MNIST files (default: the GoMNIST module in the Go module cache)")
 	fs.IntVar(&o.trainSamples, "train-samples", 0, "train on the first N training images only (0: all 60000), for quick runs")
 	fs.StringVar(&o.compression, "compression", "", "ddp: compress gradient traffic, bf16 or fp16")
+	pipelineFlags(fs, &o)
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -80,7 +86,7 @@ Rank 0 prints "step=K loss=X" (the mean loss over the global batch),
 	o.hidden, err = parseSizes(*hidden)
 	check(err == nil, "-hidden %q: want positive sizes separated by commas", *hidden)
 	check(o.np >= 1, "-np %d: want 1 or more", o.np)
-	check(o.mode == "single" || o.mode == "ddp", "-mode %q: want single or ddp", o.mode)
+	check(o.mode == "single" || o.mode == "ddp" || o.mode == "pipeline", "-mode %q: want single, ddp or pipeline", o.mode)
 	check(o.epochs >= 1, "-epochs %d: want 1 or more", o.epochs)
 	check(o.steps >= 0, "-steps %d: want 0 (no limit) or more", o.steps)
 	check(o.batch >= 1, "-batch %d: want 1 or more", o.batch)
@@ -91,6 +97,7 @@ Rank 0 prints "step=K loss=X" (the mean loss over the global batch),
 	check(o.trainSamples >= 0 && o.trainSamples <= 60000, "-train-samples %d: want 0 (all) to 60000", o.trainSamples)
 	check(o.compression == "" || o.compression == "bf16" || o.compression == "fp16", "-compression %q: want bf16 or fp16", o.compression)
 	check(o.compression == "" || o.mode == "ddp", "-compression applies to -mode ddp only")
+	errs = append(errs, checkPipelineFlags(&o)...)
 	return o, errors.Join(errs...)
 }
 
