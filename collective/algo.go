@@ -6,6 +6,7 @@ import (
 
 	"github.com/ringo-ml/ringo/doubling"
 	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/link"
 	"github.com/ringo-ml/ringo/ring"
 	"github.com/ringo-ml/ringo/tree"
 )
@@ -90,7 +91,7 @@ func bitsLen(n int) int {
 }
 
 // allReduce runs the chosen algorithm (begin has been called).
-func allReduce[T Elem](c *Comm, algo algorithm, buf []T, red ring.Reducer[T]) error {
+func allReduce[T Elem](c *Comm, algo algorithm, buf []T, red link.Reducer[T]) error {
 	switch algo {
 	case algoBidir:
 		return ring.AllReduceBidirectional(c.ring, c.ringRev, buf, red)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ringo-ml/ringo/internal/codec"
+	"github.com/ringo-ml/ringo/link"
 	"github.com/ringo-ml/ringo/ring"
 	"github.com/ringo-ml/ringo/transport"
 )
@@ -44,7 +45,7 @@ type Comm struct {
 	p2p p2pLinks // Send and Recv, on connections of their own
 
 	links []*transport.Link // by peer rank; nil at this rank
-	peers []ring.Link       // the same links as the algorithms see them
+	peers []link.Link       // the same links as the algorithms see them
 	ring  *ring.Ring
 	// ringRev runs the other way over the same links (bidirectional ring).
 	ringRev *ring.Ring
@@ -100,13 +101,13 @@ func newComm(rank, size int, streams []transport.Stream, cfg Config, w world) *C
 			c.links[p] = transport.NewLinkWith(p, transport.NewConn(s), c.fail, c.log, linkOpt)
 		}
 	}
-	c.peers = make([]ring.Link, size)
+	c.peers = make([]link.Link, size)
 	for p, l := range c.links {
 		if l != nil {
 			c.peers[p] = l
 		}
 	}
-	var left, right ring.Link
+	var left, right link.Link
 	if size > 1 {
 		left, right = c.links[(rank+size-1)%size], c.links[(rank+1)%size]
 	}

@@ -5,13 +5,15 @@ import (
 
 	"github.com/ringo-ml/ringo/internal/codec"
 	"github.com/ringo-ml/ringo/internal/kernel"
-	"github.com/ringo-ml/ringo/ring"
+	"github.com/ringo-ml/ringo/link"
 	"github.com/ringo-ml/ringo/transport"
 )
 
-// Elem is the set of element types collectives accept.
+// Elem is the set of element types collectives accept: int8, uint8, int32,
+// uint32, int64, uint64, float32 and float64 (link.Elem, the set every layer
+// of ringo shares).
 type Elem interface {
-	kernel.Elem
+	link.Elem
 }
 
 // Op is a reduction.
@@ -44,7 +46,7 @@ func (o Op) String() string {
 	return fmt.Sprintf("Op(%d)", uint8(o))
 }
 
-func reducer[T Elem](op Op) (ring.Reducer[T], error) {
+func reducer[T Elem](op Op) (link.Reducer[T], error) {
 	kop := kernel.Sum
 	switch op {
 	case Sum, Avg:
@@ -55,10 +57,10 @@ func reducer[T Elem](op Op) (ring.Reducer[T], error) {
 	case Max:
 		kop = kernel.Max
 	default:
-		return ring.Reducer[T]{}, invalidf("unknown reduction %v", op)
+		return link.Reducer[T]{}, invalidf("unknown reduction %v", op)
 	}
 	k, _ := kernel.For[T](kop)
-	red := ring.Reducer[T]{Kernel: k}
+	red := link.Reducer[T]{ReduceTo: k.ReduceTo}
 	if op == Avg {
 		if red.Div = kernel.DivFunc[T](); red.Div == nil {
 			return red, invalidf("Avg is defined for float32 and float64, not %v", kernel.TypeOf[T]())

@@ -7,6 +7,7 @@ import (
 
 	"github.com/ringo-ml/ringo/internal/codec"
 	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/link"
 )
 
 // Compressed is a ring whose AllReduce sends its pieces through a codec: the
@@ -133,7 +134,7 @@ func (c *Compressed) scratch() {
 
 // AllReduceCompressed reduces buf across the ring in place, like AllReduce,
 // sending every piece through c's codec. A lossy codec needs a float32 buf.
-func AllReduceCompressed[T kernel.Elem](c *Compressed, buf []T, red Reducer[T]) error {
+func AllReduceCompressed[T link.Elem](c *Compressed, buf []T, red link.Reducer[T]) error {
 	r := c.r
 	k := c.codec.Kind()
 	if k.Lossy() && kernel.TypeOf[T]() != kernel.Float32 {
@@ -155,11 +156,11 @@ func AllReduceCompressed[T kernel.Elem](c *Compressed, buf []T, red Reducer[T]) 
 }
 
 // zrunner holds the state of one compressed allreduce.
-type zrunner[T kernel.Elem] struct {
+type zrunner[T link.Elem] struct {
 	c        *Compressed
 	s        schedule
 	buf      []T
-	red      Reducer[T]
+	red      link.Reducer[T]
 	kind     codec.Kind
 	fixed    bool // payload lengths follow from the element count: receives are posted ahead
 	esize    int
@@ -333,7 +334,7 @@ func (x *zrunner[T]) consume(q, t, k int) error {
 		if err != nil {
 			return err
 		}
-		x.red.Kernel.ReduceTo(tmp, in, x.buf[lo:hi])
+		x.red.ReduceTo(tmp, in, x.buf[lo:hi])
 		return x.encodeSend(x.sendSlot(t+1, k), tmp, false)
 	case s.isRS(t): // recvReduceCopySend: the rank's own chunk is complete
 		in, err := x.decode(tmp, payload, flag)
@@ -341,7 +342,7 @@ func (x *zrunner[T]) consume(q, t, k int) error {
 			return err
 		}
 		out := x.buf[lo:hi]
-		x.red.Kernel.ReduceTo(out, x.buf[lo:hi], in)
+		x.red.ReduceTo(out, x.buf[lo:hi], in)
 		if x.red.Div != nil {
 			x.red.Div(out, s.size)
 		}
@@ -411,7 +412,7 @@ func (x *zrunner[T]) sendMessage(sl *slot, payload []byte, flag codec.Flag) erro
 }
 
 // f32 views a float32 vector, known to be one, as []float32.
-func f32[T kernel.Elem](v []T) []float32 {
+func f32[T link.Elem](v []T) []float32 {
 	if len(v) == 0 {
 		return nil
 	}
