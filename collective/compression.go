@@ -58,7 +58,7 @@ func compressedRing(c *Comm, k codec.Kind) (*ring.Compressed, error) {
 	if c.compressed != nil {
 		return c.compressed, nil
 	}
-	z, err := ring.NewCompressed(c.ring, k)
+	z, err := ring.NewCompressed(c.ring, ring.Codec(k))
 	if err != nil {
 		return nil, fmt.Errorf("ringo: compression %v: %w", k, err)
 	}

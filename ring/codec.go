@@ -69,13 +69,41 @@ const minLosslessSegment = 512 << 10
 // that is not float32).
 var ErrCodec = errors.New("ring: codec does not apply")
 
+// Codec is a wire codec of a compressed ring. Its value is the one the
+// codec travels as in a collective's signature (collective.Config.Compression).
+type Codec uint8
+
+// The codecs (the zero Codec sends values as they are). S2 and Zstd are lossless (github.com/klauspost/compress): a
+// piece goes compressed only where that pays, and the result is bitwise the
+// uncompressed ring's, for every element type and op. BF16 and FP16 are
+// lossy, for float32 vectors: values cross the wire as bfloat16 or IEEE
+// float16 (round to nearest even) and are accumulated in float32.
+const (
+	S2   = Codec(codec.S2)
+	Zstd = Codec(codec.Zstd)
+	BF16 = Codec(codec.BF16)
+	FP16 = Codec(codec.FP16)
+)
+
+func (k Codec) String() string { return codec.Kind(k).String() }
+
+// CodecStats counts what a compressed ring's encoder did. A lossy codec
+// counts nothing.
+type CodecStats struct {
+	// Pieces tried with the codec, sent compressed, and sent raw without a
+	// try (the back-off after incompressible ones).
+	Tried, Compressed, Skipped int
+	// RawBytes were encoded into WireBytes.
+	RawBytes, WireBytes int64
+}
+
 // NewCompressed returns r's compressed twin using codec k. It shares r's
 // links: calls on the two must not overlap. Close releases it.
 //
 // A lossless codec's pieces are at least 512 KiB (see minLosslessSegment),
 // whatever r's SegmentBytes.
-func NewCompressed(r *Ring, k codec.Kind) (*Compressed, error) {
-	return newCompressed(r, k, minLosslessSegment)
+func NewCompressed(r *Ring, k Codec) (*Compressed, error) {
+	return newCompressed(r, codec.Kind(k), minLosslessSegment)
 }
 
 // newCompressed is NewCompressed with the lossless pieces' floor given
@@ -93,11 +121,14 @@ func newCompressed(r *Ring, k codec.Kind, floor int) (*Compressed, error) {
 	return &Compressed{r: New(r.rank, r.size, r.left, r.right, opt), codec: c}, nil
 }
 
-// Kind is the codec in use.
-func (c *Compressed) Kind() codec.Kind { return c.codec.Kind() }
+// Codec is the codec in use.
+func (c *Compressed) Codec() Codec { return Codec(c.codec.Kind()) }
 
 // Stats are the encoder's counters since the last ResetStats.
-func (c *Compressed) Stats() codec.Stats { return c.codec.Stats() }
+func (c *Compressed) Stats() CodecStats {
+	s := c.codec.Stats()
+	return CodecStats{Tried: s.Tried, Compressed: s.Compressed, Skipped: s.Skipped, RawBytes: s.RawBytes, WireBytes: s.WireBytes}
+}
 
 // ResetStats zeroes the encoder's counters.
 func (c *Compressed) ResetStats() { c.codec.ResetStats() }

@@ -234,7 +234,7 @@ func BenchmarkCompressedAllReduce(b *testing.B) {
 				tr := newTestRing(b, n, DefaultOptions, nil)
 				cs := make([]*Compressed, n) // as collective makes them (512 KiB lossless pieces)
 				for r, rk := range tr.ranks {
-					c, err := NewCompressed(rk.fwd, k)
+					c, err := NewCompressed(rk.fwd, Codec(k))
 					if err != nil {
 						b.Fatal(err)
 					}

@@ -1,6 +1,19 @@
-// Package ring runs the ring schedules: reduce-scatter, allgather, and
-// allreduce as the one followed by the other, plus a pipelined chain
-// broadcast along the ring.
+// Package ring runs the ring schedules over links a caller supplies:
+// reduce-scatter, allgather, allreduce as the one followed by the other (also
+// on two counter-rotating rings, and with a wire codec), and a pipelined
+// chain broadcast along the ring.
+//
+// A ring is one rank's place among size ranks: a link.Link from its left
+// neighbour (rank-1) and one to its right neighbour (rank+1). Any
+// implementation of link.Link will do: a transport.Link, or one of the
+// caller's own. Every rank makes its ring and then makes the same calls in
+// the same order, each on a goroutine (or process) of its own:
+//
+//	r := ring.New(rank, size, left, right, ring.Options{})
+//	err := ring.AllReduce(r, grads, ring.Sum[float32]())
+//
+// Every rank ends with bitwise-identical values: each element is reduced on
+// one rank only and copied from there to the others.
 //
 // The vector is cut into one chunk per rank, each chunk into pieces of at most
 // Options.SegmentBytes. Pieces are processed in rounds of Options.Depth pieces
@@ -10,7 +23,10 @@
 // frames on a link is known to both of its ends.
 //
 // The package sees its neighbours only through the link.Link interface: it
-// never touches a socket and knows nothing of signatures or failures.
+// never touches a socket and knows nothing of signatures or failures. A
+// failed call leaves the ring unusable (receives may still be posted into
+// the caller's buffer): the caller must stop the links before it reuses the
+// buffer, as package collective does by failing its communicator.
 package ring
 
 import (
