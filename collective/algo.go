@@ -4,11 +4,11 @@ import (
 	"fmt"
 	"unsafe"
 
-	"github.com/ringo-ml/ringo/doubling"
+	"github.com/ringo-ml/ringo/internal/algo/doubling"
+	"github.com/ringo-ml/ringo/internal/algo/tree"
 	"github.com/ringo-ml/ringo/internal/kernel"
 	"github.com/ringo-ml/ringo/link"
 	"github.com/ringo-ml/ringo/ring"
-	"github.com/ringo-ml/ringo/tree"
 )
 
 // algorithm names how a collective moves its data. It travels in the high

@@ -9,7 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/ringo-ml/ringo/doubling"
+	"github.com/ringo-ml/ringo/internal/algo/doubling"
 	"github.com/ringo-ml/ringo/internal/kernel"
 	"github.com/ringo-ml/ringo/internal/linktest"
 	"github.com/ringo-ml/ringo/link"
