@@ -355,3 +355,48 @@ func readMessage(r io.Reader, v any) error {
 	}
 	return nil
 }
+
+// Server is a rendezvous served in the background: rank 0's, or one a test
+// or a launcher runs beside its ranks.
+type Server struct {
+	ln     net.Listener
+	cancel context.CancelFunc
+	done   chan struct{} // closed when ServeWith has returned
+	err    error         // ServeWith's, once done is closed
+}
+
+// ListenAndServe listens on addr (host:port; port 0 picks one) and serves
+// the rendezvous of one job there, as ServeWith does, until every rank has
+// registered, ctx ends or Close is called.
+func ListenAndServe(ctx context.Context, addr string, id transport.Identity, opts ServeOptions) (*Server, error) {
+	ln, err := transport.ListenTCP(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	s := &Server{ln: ln, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		s.err = ServeWith(ctx, ln, id, opts)
+	}()
+	return s, nil
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Wait waits until the server has stopped serving (every rank registered,
+// or ctx ended, or Close) and returns ServeWith's error.
+func (s *Server) Wait() error {
+	<-s.done
+	return s.err
+}
+
+// Close stops serving, waits for the server to stop and closes its
+// listener. It returns nil.
+func (s *Server) Close() error {
+	s.cancel()
+	<-s.done
+	_ = s.ln.Close()
+	return nil
+}
