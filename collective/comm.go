@@ -53,6 +53,7 @@ type Comm struct {
 	codec      codec.Kind
 	compressed *ring.Compressed
 	algo       algorithm // forced by Config.Algorithm, or algoAuto
+	model      costModel // prices the algorithms algo may choose among
 	// scratch backs the small algorithms' receive buffers, work the copy a
 	// Reduce reduces (8-byte aligned, grown once as needed).
 	scratch, work []uint64
@@ -88,6 +89,7 @@ func newComm(rank, size int, streams []transport.Stream, cfg Config, w world) *C
 		slowAt:  cfg.slowWarning(),
 	}
 	c.algo, _ = parseAlgorithm(cfg.Algorithm) // New and Local have checked them
+	c.model = modelOf(w.conn.cost())
 	c.codec, _ = parseCompression("Config.Compression", cfg.Compression)
 	c.timer.Stop()
 	c.slow.Stop()

@@ -25,6 +25,8 @@ type connector interface {
 	// connect returns a connection to world rank peer on channel; both ends
 	// must ask for it. It waits for the peer at most until ctx ends.
 	connect(ctx context.Context, channel uint64, peer int) (transport.Stream, error)
+	// cost is what the cost model should assume of the connections.
+	cost() transport.Cost
 	retain()
 	release()
 }
@@ -61,6 +63,8 @@ func (s *shared) connect(ctx context.Context, channel uint64, peer int) (transpo
 	return s.tc.Connect(ctx, channel, peer)
 }
 
+func (s *shared) cost() transport.Cost { return s.tc.Cost() }
+
 func (s *shared) retain() {
 	s.mu.Lock()
 	s.refs++
@@ -83,8 +87,9 @@ type soloConnector struct{}
 func (soloConnector) connect(_ context.Context, _ uint64, peer int) (transport.Stream, error) {
 	return nil, fmt.Errorf("connecting to rank %d: a world of one rank has no peers", peer)
 }
-func (soloConnector) retain()  {}
-func (soloConnector) release() {}
+func (soloConnector) cost() transport.Cost { return transport.NewTCPNetwork(nil).Cost() }
+func (soloConnector) retain()              {}
+func (soloConnector) release()             {}
 
 // world is a communicator's place among the communicators of its job.
 type world struct {
