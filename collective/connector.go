@@ -15,9 +15,9 @@ import (
 // sub-communicators and point-to-point channels. Every connection belongs to
 // one channel, and each channel gets connections of its own, so a
 // sub-communicator's frames never queue behind its parent's. The
-// connections themselves come from a transport.Connector (a transport.Mesh
-// over TCP, TLS, QUIC or in-process pipes): this package never listens,
-// dials or handshakes.
+// connections themselves come from a transport.Connector (New's
+// transport.Mesh over TCP, TLS or QUIC, Local's transport.PipeHub): this
+// package never listens, dials or handshakes.
 //
 // Ranks here are world ranks. The communicators made from one world share
 // its connector; the last to close releases it.

@@ -26,7 +26,7 @@ import (
 // the rendezvous.
 type Endpoint struct {
 	// Addr is the listener's address in its network's terms: host:port for
-	// TCP and QUIC, a name for in-process pipes.
+	// TCP and QUIC.
 	Addr string
 	// Fingerprint is the certificate the listener presents (see
 	// Certificate.Fingerprint), "" for a network without TLS.
