@@ -34,7 +34,7 @@ func (a algorithm) String() string {
 }
 
 func parseAlgorithm(s string) (algorithm, error) {
-	switch s {
+	switch normalName(s) {
 	case "", "auto":
 		return algoAuto, nil
 	case "ring":

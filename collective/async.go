@@ -17,10 +17,15 @@ import (
 // ranks that issue the same calls in the same order never deadlock.
 type turnstile struct {
 	mu      sync.Mutex
-	cond    sync.Cond
 	next    uint64 // the ticket the next call takes
 	serving uint64 // the ticket allowed to run
 	running bool   // the serving ticket has begun
+	// wake is closed when serving moves on; made only when a call has to
+	// wait, so that calls that find their turn at once allocate nothing.
+	wake chan struct{}
+	// given are tickets whose callers gave up before their turn: serving
+	// steps over them.
+	given map[uint64]struct{}
 }
 
 func (ts *turnstile) take() uint64 {
@@ -31,26 +36,54 @@ func (ts *turnstile) take() uint64 {
 	return t
 }
 
-// wait blocks until ticket t may run.
-func (ts *turnstile) wait(t uint64) {
+// wait blocks until ticket t may run, or until ctx is done. Then it returns
+// ctx's error and gives the ticket up: its turn is skipped, and the caller
+// must not pass. A turn that comes as ctx ends is taken (nil): the caller
+// sees ctx's state itself.
+func (ts *turnstile) wait(ctx context.Context, t uint64) error {
 	ts.mu.Lock()
-	if ts.cond.L == nil {
-		ts.cond.L = &ts.mu
-	}
 	for ts.serving != t {
-		ts.cond.Wait()
+		if ts.wake == nil {
+			ts.wake = make(chan struct{})
+		}
+		wake := ts.wake
+		ts.mu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			ts.mu.Lock()
+			if ts.serving == t {
+				continue
+			}
+			if ts.given == nil {
+				ts.given = make(map[uint64]struct{})
+			}
+			ts.given[t] = struct{}{}
+			ts.mu.Unlock()
+			return ctx.Err()
+		}
+		ts.mu.Lock()
 	}
 	ts.running = true
 	ts.mu.Unlock()
+	return nil
 }
 
 // pass ends the running call's turn.
 func (ts *turnstile) pass() {
 	ts.mu.Lock()
 	ts.serving++
+	for {
+		if _, ok := ts.given[ts.serving]; !ok {
+			break
+		}
+		delete(ts.given, ts.serving)
+		ts.serving++
+	}
 	ts.running = false
-	if ts.cond.L != nil {
-		ts.cond.Broadcast()
+	if ts.wake != nil {
+		close(ts.wake)
+		ts.wake = nil
 	}
 	ts.mu.Unlock()
 }
@@ -66,8 +99,11 @@ func (ts *turnstile) busy() bool {
 type ticketKey struct{}
 
 func ticketOf(ctx context.Context, c *Comm) uint64 {
-	if t, ok := ctx.Value(ticketKey{}).(uint64); ok {
+	switch t := ctx.Value(ticketKey{}).(type) {
+	case uint64:
 		return t
+	case *uint64: // an AllReducer's (reuse.go), which must not allocate
+		return *t
 	}
 	return c.turn.take()
 }

@@ -12,6 +12,11 @@ import (
 // AllReduce reduces buf element-wise across all ranks, in place: afterwards
 // every rank holds op(buf of rank 0, ..., buf of rank Size-1).
 //
+// Every rank passes a buf of the same length and the same op. T is any
+// Elem; op is Sum, Prod, Min or Max, or Avg for float32 and float64. After
+// an error buf is unspecified unless the call failed before moving data
+// (see "After an error" in the package documentation).
+//
 // Bandwidth-bound calls send their traffic through Config.Compression's
 // codec (see there).
 func AllReduce[T Elem](ctx context.Context, c *Comm, buf []T, op Op) error {
@@ -37,6 +42,11 @@ func AllReduce[T Elem](ctx context.Context, c *Comm, buf []T, op Op) error {
 // ReduceScatter reduces send element-wise across all ranks and leaves block
 // Rank of the result in recv: len(send) must be Size·len(recv). recv may be
 // exactly block Rank of send.
+//
+// Every rank passes the same len(recv) and the same op. T is any Elem; op
+// is Sum, Prod, Min or Max, or Avg for float32 and float64. After an error
+// recv is unspecified unless the call failed before moving data (see "After
+// an error" in the package documentation); send is only read.
 func ReduceScatter[T Elem](ctx context.Context, c *Comm, send, recv []T, op Op) error {
 	red, err := reducer[T](op)
 	if err := c.begin(ctx, signature[T](kindReduceScatter, op, len(recv), 0)); err != nil {
@@ -56,6 +66,10 @@ func ReduceScatter[T Elem](ctx context.Context, c *Comm, send, recv []T, op Op) 
 
 // AllGather concatenates every rank's send into recv, in rank order:
 // len(recv) must be Size·len(send). send may be exactly block Rank of recv.
+//
+// Every rank passes the same len(send); T is any Elem. After an error recv
+// is unspecified unless the call failed before moving data (see "After an
+// error" in the package documentation); send is only read.
 func AllGather[T Elem](ctx context.Context, c *Comm, send, recv []T) error {
 	if err := c.begin(ctx, signature[T](kindAllGather, 0, len(send), 0)); err != nil {
 		return err
@@ -74,6 +88,11 @@ func AllGather[T Elem](ctx context.Context, c *Comm, send, recv []T) error {
 }
 
 // Broadcast copies root's buf into buf on every rank.
+//
+// Every rank passes the same root (0 <= root < Size) and a buf of the same
+// length; T is any Elem. After an error buf is unspecified on the ranks
+// other than root unless the call failed before moving data (see "After an
+// error" in the package documentation); root's buf is only read.
 //
 // Small buffers go down a binomial tree (ceil(log2 Size) latencies), large
 // ones along the ring's pipelined chain (Size-1 latencies, every link busy
@@ -106,7 +125,8 @@ func Broadcast[T Elem](ctx context.Context, c *Comm, buf []T, root int) error {
 	return c.end(ring.Broadcast(c.ring, buf, root, ackFrom, ackTo))
 }
 
-// Barrier returns once every rank has called it.
+// Barrier returns once every rank has called it. Every rank calls it, in
+// the same place among its calls as the others.
 func Barrier(ctx context.Context, c *Comm) error {
 	if err := c.begin(ctx, signature[uint8](kindBarrier, 0, 0, 0)); err != nil {
 		return err

@@ -68,6 +68,10 @@ type Comm struct {
 	slowAt time.Duration
 	rec    recorder
 
+	// callCtx is the context of the call in progress: an error that is its
+	// cancellation is reported as the call being abandoned.
+	callCtx context.Context
+
 	closeOnce  sync.Once
 	abortClose *time.Timer // closes the connections abortGrace after an abort
 	abortMu    sync.Mutex
@@ -159,7 +163,7 @@ func (c *Comm) Close() error {
 		c.closed.Store(true)
 		// Our turn comes once every call issued before has returned (at
 		// once: they see the communicator closed or aborted).
-		c.turn.wait(c.turn.take())
+		_ = c.turn.wait(context.Background(), c.turn.take())
 		defer c.turn.pass()
 		c.p2p.close()
 		graceful := c.fail.Err() == nil
@@ -187,8 +191,18 @@ func (c *Comm) Close() error {
 
 // begin starts an operation: it takes the communicator, numbers the
 // operation and arms its links with its header, context and deadline.
+//
+// A call's number is its place in the issue order (its ticket + 1), so a
+// call that never runs still has one. A call its caller abandons (ctx done
+// before its turn or at it) takes its place all the same: it aborts the
+// communicator, on every rank, so that no rank's next call can pair with
+// its peers' abandoned one. Before its turn it does so at once, without
+// waiting for the calls ahead of it (the abort ends them too).
 func (c *Comm) begin(ctx context.Context, sig transport.Signature) error {
-	c.turn.wait(ticketOf(ctx, c))
+	t := ticketOf(ctx, c)
+	if err := c.turn.wait(ctx, t); err != nil {
+		return c.abandoned(ctx, sig, t+1, " before its turn came")
+	}
 	if c.closed.Load() {
 		c.turn.pass()
 		return fmt.Errorf("ringo: %s on rank %d: %w", describe(sig), c.rank, ErrClosed)
@@ -197,14 +211,17 @@ func (c *Comm) begin(ctx context.Context, sig transport.Signature) error {
 		c.turn.pass()
 		return fmt.Errorf("ringo: %s on rank %d: %w", describe(sig), c.rank, err)
 	}
-	if err := ctx.Err(); err != nil {
-		// Nothing was sent: the call is simply not made.
-		c.turn.pass()
-		return fmt.Errorf("ringo: %s on rank %d: %w", describe(sig), c.rank, context.Cause(ctx))
-	}
-	c.seq++
+	c.seq = t + 1
 	c.cur = sig
+	c.callCtx = ctx
 	c.rec.begin(c.seq, sig, time.Now())
+	if ctx.Err() != nil {
+		c.rec.end(c.seq, true)
+		c.callCtx = nil
+		err := c.abandoned(ctx, sig, c.seq, "")
+		c.turn.pass()
+		return err
+	}
 	var expire, slow <-chan time.Time
 	if c.timeout > 0 {
 		c.timer.Reset(c.timeout)
@@ -223,6 +240,25 @@ func (c *Comm) begin(ctx context.Context, sig transport.Signature) error {
 	return nil
 }
 
+// abandoned aborts the communicator for call sig, number op, which its
+// caller abandoned (ctx is done) before it sent anything, and returns the
+// call's error. when says at which point, for the cause.
+func (c *Comm) abandoned(ctx context.Context, sig transport.Signature, op uint64, when string) error {
+	call := fmt.Sprintf("%s at op #%d%s", describe(sig), op, when)
+	c.fail.Fail(fmt.Errorf("rank %d abandoned %s: %w", c.rank, call, ctxError(ctx)))
+	return fmt.Errorf("ringo: %s op #%d on rank %d: %w", describe(sig), op, c.rank, c.Err())
+}
+
+// ctxError is the error of a done context: its Err, which the abort's class
+// (abortcode.go) and errors.Is go by, and its cause when it has its own.
+func ctxError(ctx context.Context) error {
+	err, cause := ctx.Err(), context.Cause(ctx)
+	if cause == nil || cause == err {
+		return err
+	}
+	return fmt.Errorf("%w: %w", err, cause)
+}
+
 // slowWait logs a call that has waited SlowWarning on one peer: the first
 // question about a stuck job is which rank it is waiting for.
 func (c *Comm) slowWait(peer int, what string) {
@@ -236,6 +272,8 @@ func (c *Comm) slowWait(peer int, what string) {
 // communicator: its peers are somewhere in the same operation and would
 // otherwise wait for this rank forever.
 func (c *Comm) end(err error) error {
+	ctx := c.callCtx
+	c.callCtx = nil
 	c.timer.Stop()
 	c.slow.Stop()
 	c.rec.end(c.seq, err != nil)
@@ -245,6 +283,9 @@ func (c *Comm) end(err error) error {
 		}
 	}
 	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, context.Cause(ctx)) {
+			err = ctxError(ctx) // the cause alone may not say it is a cancellation
+		}
 		err = c.opError(err)
 		// The call's buffers go back to the caller: make sure no link is
 		// still reading into them or writing from them.
@@ -316,7 +357,8 @@ func (c *Comm) explain(err error) error {
 // connections so that nothing stays blocked on them.
 func (c *Comm) onFail(err error) {
 	err = c.explain(err)
-	c.log.Warn("ringo: communicator aborted", "err", err, "status", c.Status().String())
+	c.log.Warn("ringo: communicator aborted", "err", err)
+	c.logStatus("ringo: at the abort")
 	hdr := transport.Header{Type: transport.Abort, Comm: c.id}
 	reason := append([]byte{abortCode(err)}, err.Error()...)
 	var remote *transport.RemoteAbortError

@@ -12,7 +12,7 @@ import (
 // parseCompression reads a compression name (Config.Compression or
 // RINGO_COMPRESSION, which name names in the error).
 func parseCompression(name, s string) (codec.Kind, error) {
-	k, err := codec.Parse(s)
+	k, err := codec.Parse(normalName(s))
 	if err != nil {
 		return codec.None, fmt.Errorf("%w: %s: %w", ErrInvalid, name, err)
 	}

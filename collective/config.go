@@ -10,21 +10,36 @@ type Config struct {
 	Rank int // this rank, 0 <= Rank < Size
 	Size int // number of ranks
 
-	// Addr is the rendezvous address, host:port. Rank 0 serves it (listening
-	// on every interface at that port), unless ExternalRendezvous; the ranks
-	// dial it, retrying until the context given to New expires, so ranks
-	// (and an external server) may start in any order.
+	// Addr is the rendezvous address, host:port. Rank 0 serves it, unless
+	// ExternalRendezvous; the ranks dial it, retrying until the context
+	// given to New expires, so ranks (and an external server) may start in
+	// any order. Rank 0 listens on the address given: an IP address as it
+	// is (127.0.0.1:29504 is loopback only), "localhost" on loopback, an
+	// empty host (":29504") or a host name on every interface (a host may
+	// resolve its own name to a loopback address that the other hosts
+	// cannot reach). If the port is taken, rank 0 waits for it: two jobs
+	// given one address then form one after the other, never as one.
 	Addr string
 	// ExternalRendezvous says that the rendezvous at Addr is served by
 	// someone else, e.g. a launcher (ringrun): no rank serves it, and every
 	// rank, rank 0 included, only joins.
 	ExternalRendezvous bool
 	// Token is the job's shared secret. Every connection proves it holds the
-	// token (HMAC challenge-response); the token itself never crosses the wire.
-	// An empty token still works but admits anyone who knows the address.
+	// token (HMAC challenge-response); the token itself never crosses the
+	// wire. An empty Token is derived from JobID: every rank derives the
+	// same, but so can anyone who knows the job id, so it is no secret (New
+	// logs a warning when the job listens beyond loopback). With neither
+	// Token nor JobID, New refuses to listen beyond the loopback interface
+	// unless Insecure.
 	Token string
-	// JobID names the job; connections from other jobs are refused.
+	// JobID names the job; connections from other jobs are refused ("a rank
+	// of another job tried to join"), so two jobs given the same address
+	// never join each other. ConfigFromEnv takes it from the launcher.
 	JobID string
+	// Insecure lets a job without Token and JobID listen beyond the
+	// loopback interface, where anyone who can reach its ports can join
+	// (RINGO_INSECURE=1): only for a trusted network.
+	Insecure bool
 	// Transport is "tcp" (the default) or "quic". QUIC always encrypts and
 	// authenticates with TLS 1.3 (see TLS for the certificates).
 	Transport string

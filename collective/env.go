@@ -2,6 +2,8 @@ package collective
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -31,46 +33,59 @@ func Init(ctx context.Context) (*Comm, error) {
 //     TORCHELASTIC_USE_AGENT_STORE=True, ringo uses MASTER_PORT+1);
 //     RINGO_RENDEZVOUS_EXTERNAL=1 (or true) when a launcher such as ringrun
 //     serves it, so that rank 0 does not (Config.ExternalRendezvous);
-//   - RINGO_TOKEN, RINGO_JOB_ID (else TORCHELASTIC_RUN_ID or SLURM_JOB_ID),
-//     RINGO_TRANSPORT (tcp or quic), RINGO_TLS=1 (TLS over TCP),
-//     RINGO_IFACE, RINGO_TIMEOUT (a Go duration such as "90s", or seconds),
-//     RINGO_HEARTBEAT (the same), RINGO_ALGO, RINGO_COMPRESSION (none, s2,
-//     zstd, bf16 or fp16: see Config.Compression), RINGO_DEBUG (any value:
-//     debug logs on stderr).
+//   - the job id (Config.JobID): RINGO_JOB_ID, else the id of the launcher
+//     that gave the rank: torchrun's TORCHELASTIC_RUN_ID (--rdzv-id; its
+//     default "none" is no id) and TORCHELASTIC_RESTART_COUNT, OpenMPI's
+//     OMPI_MCA_ess_base_jobid or PMIX_NAMESPACE, Slurm's SLURM_JOB_ID and
+//     SLURM_STEP_ID (also under MPICH's PMI_RANK);
+//   - the token (Config.Token): RINGO_TOKEN, else OpenMPI 4's per-job key
+//     OMPI_MCA_orte_precondition_transports; without either, New derives
+//     one from the job id (no secret: see Config.Token);
+//   - RINGO_INSECURE=1 (Config.Insecure), RINGO_TRANSPORT (tcp or quic),
+//     RINGO_TLS=1 (TLS over TCP), RINGO_IFACE, RINGO_TIMEOUT (a Go
+//     duration such as "90s", or seconds), RINGO_HEARTBEAT (the same),
+//     RINGO_ALGO, RINGO_COMPRESSION (none, s2, zstd, bf16 or fp16: see
+//     Config.Compression), RINGO_DEBUG (any value: debug logs on stderr).
+//
+// Names (transport, algorithm, compression) are case-insensitive.
 func ConfigFromEnv() (Config, error) {
 	return configFrom(os.Getenv)
 }
 
+// ErrNoRank is what Init and ConfigFromEnv return (with ErrInvalid) in a
+// process that no launcher started: a program is one rank of a job, and
+// its environment says which. A program may fall back to running every rank
+// itself (Local, LocalNetwork) when errors.Is(err, ErrNoRank).
+var ErrNoRank = errors.New("no rank in the environment")
+
+// noRankHelp says how to start a job.
+const noRankHelp = "this program is one rank of a job. " +
+	"Start it with a launcher (ringrun -np 4 ./prog, or torchrun, mpirun, srun with RINGO_ADDR), " +
+	"or set RINGO_RANK, RINGO_WORLD_SIZE and RINGO_ADDR yourself; in tests, use collective.Local"
+
 func configFrom(getenv func(string) string) (Config, error) {
 	var cfg Config
-	pairs := [][2]string{
-		{"RINGO_RANK", "RINGO_WORLD_SIZE"},
-		{"RANK", "WORLD_SIZE"},
-		{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
-		{"PMI_RANK", "PMI_SIZE"},
-		{"SLURM_PROCID", "SLURM_NTASKS"},
-	}
-	found := false
-	for _, p := range pairs {
-		r, s := getenv(p[0]), getenv(p[1])
+	var from *launcher
+	for _, l := range launchers() {
+		r, s := getenv(l.rank), getenv(l.size)
 		if r == "" && s == "" {
 			continue
 		}
 		if r == "" || s == "" {
-			return cfg, invalidf("%s and %s must be set together", p[0], p[1])
+			return cfg, invalidf("%s and %s must be set together", l.rank, l.size)
 		}
 		var err error
-		if cfg.Rank, err = parseInt(p[0], r); err != nil {
+		if cfg.Rank, err = parseInt(l.rank, r); err != nil {
 			return cfg, err
 		}
-		if cfg.Size, err = parseInt(p[1], s); err != nil {
+		if cfg.Size, err = parseInt(l.size, s); err != nil {
 			return cfg, err
 		}
-		found = true
+		from = &l
 		break
 	}
-	if !found {
-		return cfg, invalidf("no rank in the environment: set RINGO_RANK and RINGO_WORLD_SIZE (or run under ringrun, torchrun, mpirun or srun)")
+	if from == nil {
+		return cfg, fmt.Errorf("%w: %w: %s", ErrInvalid, ErrNoRank, noRankHelp)
 	}
 	if cfg.Size < 1 || cfg.Rank < 0 || cfg.Rank >= cfg.Size {
 		return cfg, invalidf("rank %d is outside world size %d", cfg.Rank, cfg.Size)
@@ -100,9 +115,22 @@ func configFrom(getenv func(string) string) (Config, error) {
 		}
 		cfg.ExternalRendezvous = ext
 	}
+	cfg.JobID = getenv("RINGO_JOB_ID")
+	if cfg.JobID == "" {
+		cfg.JobID = from.jobID(getenv)
+	}
 	cfg.Token = getenv("RINGO_TOKEN")
-	cfg.JobID = firstSet(getenv, "RINGO_JOB_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")
-	cfg.Transport = getenv("RINGO_TRANSPORT")
+	if cfg.Token == "" && from.token != nil {
+		cfg.Token = from.token(getenv)
+	}
+	if v := getenv("RINGO_INSECURE"); v != "" {
+		insecure, err := strconv.ParseBool(v)
+		if err != nil {
+			return cfg, invalidf("RINGO_INSECURE=%q: want 1 or true (0 or false)", v)
+		}
+		cfg.Insecure = insecure
+	}
+	cfg.Transport = normalName(getenv("RINGO_TRANSPORT"))
 	if v := getenv("RINGO_TLS"); v != "" {
 		on, err := strconv.ParseBool(v)
 		if err != nil {
@@ -115,8 +143,11 @@ func configFrom(getenv func(string) string) (Config, error) {
 	if cfg.Timeout, err = envDuration(getenv, "RINGO_TIMEOUT"); err != nil {
 		return cfg, err
 	}
-	cfg.Algorithm = getenv("RINGO_ALGO")
-	cfg.Compression = getenv("RINGO_COMPRESSION")
+	cfg.Algorithm = normalName(getenv("RINGO_ALGO"))
+	if _, err := parseAlgorithm(cfg.Algorithm); err != nil {
+		return cfg, fmt.Errorf("RINGO_ALGO: %w", err)
+	}
+	cfg.Compression = normalName(getenv("RINGO_COMPRESSION"))
 	if _, err := parseCompression("RINGO_COMPRESSION", cfg.Compression); err != nil {
 		return cfg, err
 	}
@@ -144,13 +175,4 @@ func envDuration(getenv func(string) string, name string) (time.Duration, error)
 		return 0, invalidf("%s=%q is neither a duration nor seconds", name, v)
 	}
 	return time.Duration(secs * float64(time.Second)), nil
-}
-
-func firstSet(getenv func(string) string, names ...string) string {
-	for _, n := range names {
-		if v := getenv(n); v != "" {
-			return v
-		}
-	}
-	return ""
 }

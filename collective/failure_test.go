@@ -221,15 +221,36 @@ func TestCancelledContextAbortsEveryRank(t *testing.T) {
 	assert.Contains(t, err.Error(), "abandoned")
 }
 
-func TestCallOnCancelledContextIsNotMade(t *testing.T) {
+// A call made with a context that is already done is not skipped: it takes
+// its place in the order (op #1 here, and the next call is op #2) and aborts
+// the communicator on every rank. TestAbandonedCallNeverPairsWithTheNextOne
+// shows what skipping it did.
+func TestCallOnCancelledContextTakesItsPlaceAndAborts(t *testing.T) {
 	comms := local(t, 2, collective.Config{})
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
 	err := collective.AllReduce(cctx, comms[0], []float32{1}, collective.Sum)
+	require.ErrorIs(t, err, collective.ErrAborted)
 	require.ErrorIs(t, err, context.Canceled)
-	require.NotErrorIs(t, err, collective.ErrAborted)
-	// Nothing was sent: the communicator still works.
-	requireAllOK(t, each(comms, func(r int, c *collective.Comm) error { return collective.Barrier(ctx, c) }))
+	require.ErrorContains(t, err, "rank 0 abandoned AllReduce(float32, count=1, Sum")
+	st := comms[0].Status()
+	require.Len(t, st.Recent, 1)
+	require.Equal(t, uint64(1), st.Recent[0].Op)
+	require.True(t, st.Recent[0].Err, "the abandoned call is recorded as failed")
+	for r, c := range comms {
+		err := collective.Barrier(ctx, c)
+		require.ErrorIs(t, err, collective.ErrAborted, "rank %d", r)
+		require.ErrorIs(t, err, context.Canceled, "rank %d", r)
+		require.ErrorContains(t, err, "at op #1", "rank %d", r)
+	}
+	// A deadline that has passed is a cause of its own class.
+	comms = local(t, 2, collective.Config{})
+	dctx, cancel := context.WithDeadline(ctx, time.Now())
+	defer cancel()
+	err = collective.Barrier(dctx, comms[1])
+	require.ErrorIs(t, err, collective.ErrAborted)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.ErrorIs(t, collective.Barrier(ctx, comms[0]), context.DeadlineExceeded)
 }
 
 func TestPeerThatClosedIsNamed(t *testing.T) {
@@ -268,17 +289,32 @@ func TestCloseIsIdempotentAndLaterCallsFail(t *testing.T) {
 	assert.True(t, strings.Contains(err.Error(), "AllReduce"))
 }
 
+// Close on one goroutine while a call of the same rank is in progress on
+// another (it waits for rank 1, which has not called) aborts the call at
+// once, with an error that says the communicator was closed during a call,
+// and the peer learns of it.
 func TestCloseDuringCallAbortsIt(t *testing.T) {
-	comms := local(t, 2, collective.Config{})
+	comms := local(t, 2, collective.Config{Timeout: time.Hour})
 	done := make(chan error, 1)
-	started := make(chan struct{})
 	go func() {
-		close(started)
 		done <- collective.AllReduce(ctx, comms[0], make([]float32, 1<<16), collective.Sum)
 	}()
-	<-started
+	// In progress: begun (the recorder says so) and not ended, since rank 1
+	// has not called.
+	require.Eventually(t, func() bool { return comms[0].Status().Running != "" }, testTimeout, time.Millisecond)
 	require.NoError(t, comms[0].Close())
 	err := <-done
-	// Either the call had not begun (closed) or it was aborted by Close.
-	require.True(t, errors.Is(err, collective.ErrClosed) || errors.Is(err, collective.ErrAborted), "%v", err)
+	require.ErrorIs(t, err, collective.ErrAborted)
+	require.ErrorIs(t, err, collective.ErrClosed)
+	require.ErrorContains(t, err, "AllReduce(float32, count=65536, Sum")
+	require.ErrorContains(t, err, "rank 0 closed the communicator during a call")
+	st := comms[0].Status()
+	require.Equal(t, "", st.Running)
+	require.True(t, st.Recent[len(st.Recent)-1].Err, "the call is recorded as failed")
+	// Rank 1 learns of it from the abort notice or, where the notice could
+	// not overtake the frame rank 0 was writing to it, from the closed
+	// connection: either way its call fails, naming rank 0.
+	err = collective.AllReduce(ctx, comms[1], make([]float32, 1<<16), collective.Sum)
+	require.ErrorIs(t, err, collective.ErrAborted)
+	require.ErrorContains(t, err, "rank 0")
 }

@@ -18,6 +18,7 @@ import (
 // and authenticates with cfg.Token. New returns once this rank is
 // connected to every other, or when ctx (bounded by cfg.Timeout) ends.
 func New(ctx context.Context, cfg Config) (*Comm, error) {
+	cfg = normalized(cfg)
 	if cfg.Size < 1 || cfg.Rank < 0 || cfg.Rank >= cfg.Size {
 		return nil, invalidf("rank %d of world size %d", cfg.Rank, cfg.Size)
 	}
@@ -45,18 +46,18 @@ func New(ctx context.Context, cfg Config) (*Comm, error) {
 		ctx, cancel = context.WithTimeoutCause(ctx, t, fmt.Errorf("%w: forming the communicator took longer than %v", ErrTimeout, t))
 		defer cancel()
 	}
-	id := transport.Identity{Token: []byte(cfg.Token), Job: cfg.JobID, Rank: cfg.Rank, Size: cfg.Size}
 	log := cfg.logger().With("rank", cfg.Rank)
+	cfg, err := secured(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	id := transport.Identity{Token: []byte(cfg.Token), Job: cfg.JobID, Rank: cfg.Rank, Size: cfg.Size}
 
 	var served *rendezvous.Server
 	if cfg.Rank == 0 && !cfg.ExternalRendezvous {
-		_, port, err := net.SplitHostPort(cfg.Addr)
+		served, err = serveRendezvous(ctx, cfg, id, log)
 		if err != nil {
-			return nil, invalidf("rendezvous address %q: %v", cfg.Addr, err)
-		}
-		served, err = rendezvous.ListenAndServe(ctx, net.JoinHostPort("", port), id, rendezvous.ServeOptions{Log: log})
-		if err != nil {
-			return nil, fmt.Errorf("ringo: rank 0 cannot serve the rendezvous at %s: %w", cfg.Addr, err)
+			return nil, err
 		}
 		defer served.Close()
 	}

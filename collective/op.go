@@ -9,9 +9,11 @@ import (
 	"github.com/ringo-ml/ringo/transport"
 )
 
-// Elem is the set of element types collectives accept: int8, uint8, int32,
-// uint32, int64, uint64, float32 and float64 (link.Elem, the set every layer
-// of ringo shares).
+// Elem is the set of element types every collective accepts: int8, uint8,
+// int32, uint32, int64, uint64, float32 and float64 (the types themselves,
+// not types defined on them; the set is link.Elem, which every layer of
+// ringo shares). Every rank of a call must use the same type: one that
+// differs fails the call with ErrMismatch.
 type Elem interface {
 	link.Elem
 }
@@ -19,8 +21,10 @@ type Elem interface {
 // Op is a reduction.
 type Op uint8
 
-// The reductions. Avg is the Sum divided by the number of ranks, for float32
-// and float64. Min and Max on floats follow Go's min and max: NaN wins, and
+// The reductions. Sum, Prod, Min and Max accept every Elem type; Avg (the
+// Sum divided by the number of ranks) only float32 and float64, and fails
+// with ErrInvalid for the others. Integer Sum and Prod wrap around as Go's
+// + and * do. Min and Max on floats follow Go's min and max: NaN wins, and
 // -0 is below +0.
 const (
 	Sum Op = iota + 1

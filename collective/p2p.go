@@ -116,7 +116,7 @@ func (p *p2pLinks) made() []*transport.Link {
 func (p *p2pLinks) close() {
 	for _, chans := range [][]*p2pChan{p.out, p.in} {
 		for _, ch := range chans {
-			ch.turn.wait(ch.turn.take())
+			_ = ch.turn.wait(context.Background(), ch.turn.take())
 			ch.turn.pass()
 		}
 	}
@@ -195,9 +195,15 @@ func (c *Comm) p2pAsync(ctx context.Context, send bool, peer int, sig transport.
 	return w
 }
 
-// p2pCall runs one Send or Recv on its turn. A failure after the first byte
-// may have moved aborts the communicator, as a failed collective does: the
-// peer is in the matching call and would otherwise wait for this rank.
+// p2pCall runs one Send or Recv on its turn.
+//
+// A message's number is its place among the calls of its channel (its
+// ticket + 1). Once a call has that place, any way it fails aborts the
+// communicator, as a failed collective does: the peer's matching call would
+// otherwise wait for this rank, or meet this rank's next call on the
+// channel. That holds for a call its caller abandons (ctx done before its
+// turn, at it, or during the call) and for one whose connection could not
+// be made. Only arguments refused by p2pCheck take no place.
 func (c *Comm) p2pCall(ctx context.Context, send bool, peer int, sig transport.Signature, buf []byte) error {
 	if err := c.p2pCheck(send, peer, sig); err != nil {
 		return fmt.Errorf("ringo: rank %d: %w", c.rank, err)
@@ -208,7 +214,18 @@ func (c *Comm) p2pCall(ctx context.Context, send bool, peer int, sig transport.S
 	if !ok {
 		t = ch.turn.take()
 	}
-	ch.turn.wait(t)
+	msg := t + 1
+	fail := func(err error, when string) error {
+		if ctx.Err() != nil {
+			err = ctxError(ctx) // the caller gave up: that is why it failed
+		}
+		c.failCall(err, fmt.Sprintf("%s, message #%d%s", name(), msg, when))
+		return fmt.Errorf("ringo: %s, message #%d, on rank %d: %w", name(), msg, c.rank, c.Err())
+	}
+	if err := ch.turn.wait(ctx, t); err != nil {
+		// At once, not behind the calls ahead of it: the abort ends them too.
+		return fail(err, " before its turn came")
+	}
 	defer ch.turn.pass()
 	switch {
 	case c.closed.Load():
@@ -216,16 +233,15 @@ func (c *Comm) p2pCall(ctx context.Context, send bool, peer int, sig transport.S
 	case c.Err() != nil:
 		return fmt.Errorf("ringo: %s on rank %d: %w", name(), c.rank, c.Err())
 	case ctx.Err() != nil:
-		return fmt.Errorf("ringo: %s on rank %d: %w", name(), c.rank, context.Cause(ctx))
+		return fail(ctx.Err(), "")
 	}
+	ch.seq = msg
 	expire, slow := ch.timers(c.timeout, c.slowAt)
 	defer ch.stopTimers()
 	l, err := c.p2pLink(ctx, send, peer, ch, expire)
 	if err != nil {
-		// Nothing has moved: the call is simply not made.
-		return fmt.Errorf("ringo: %s on rank %d: %w", name(), c.rank, err)
+		return fail(err, "")
 	}
-	ch.seq++
 	l.BeginOp(ctx, transport.Header{Comm: c.id, Seq: ch.seq, Sig: sig}, expire, slow)
 	// A peer whose collective link has stopped will never match this call:
 	// checked after BeginOp, which clears an earlier interrupt, so that a
@@ -247,9 +263,9 @@ func (c *Comm) p2pCall(ctx context.Context, send bool, peer int, sig transport.S
 	if err == nil {
 		return nil
 	}
-	c.failCall(err, fmt.Sprintf("%s, message #%d", name(), ch.seq))
+	err = fail(err, "")
 	l.Quiesce()
-	return fmt.Errorf("ringo: %s, message #%d, on rank %d: %w", name(), ch.seq, c.rank, c.Err())
+	return err
 }
 
 // p2pLink returns the channel's link, connecting it on first use.

@@ -12,6 +12,12 @@ import (
 // (len(recv) = len(send) there; recv is not used on other ranks and may be
 // nil). send is never modified.
 //
+// Every rank passes the same root, the same op and a send of the same
+// length. T is any Elem; op is Sum, Prod, Min or Max, or Avg for float32
+// and float64. After an error root's recv is unspecified unless the call
+// failed before moving data (see "After an error" in the package
+// documentation).
+//
 // Small vectors go by the AllReduce algorithm on a copy (latency rules
 // there); large ones by a ring reduce-scatter and a gather of the reduced
 // chunks at the root, which moves half the bytes of an AllReduce.
@@ -55,6 +61,11 @@ func Reduce[T Elem](ctx context.Context, c *Comm, send, recv []T, op Op, root in
 
 // Gather concatenates every rank's send, in rank order, into recv at root:
 // len(recv) = Size·len(send) there; recv is not used on other ranks.
+//
+// Every rank passes the same root and a send of the same length; T is any
+// Elem. After an error root's recv is unspecified unless the call failed
+// before moving data (see "After an error" in the package documentation);
+// send is only read.
 func Gather[T Elem](ctx context.Context, c *Comm, send, recv []T, root int) error {
 	if err := c.begin(ctx, signature[T](kindGather, 0, len(send), root)); err != nil {
 		return err
@@ -75,6 +86,11 @@ func Gather[T Elem](ctx context.Context, c *Comm, send, recv []T, root int) erro
 
 // Scatter sends block p of root's send (Size blocks of len(recv)) to rank p's
 // recv; send is not used on other ranks.
+//
+// Every rank passes the same root and a recv of the same length; T is any
+// Elem. After an error recv is unspecified unless the call failed before
+// moving data (see "After an error" in the package documentation); root's
+// send is only read.
 func Scatter[T Elem](ctx context.Context, c *Comm, send, recv []T, root int) error {
 	if err := c.begin(ctx, signature[T](kindScatter, 0, len(recv), root)); err != nil {
 		return err
@@ -96,6 +112,10 @@ func Scatter[T Elem](ctx context.Context, c *Comm, send, recv []T, root int) err
 // AllToAll sends block p of send to rank p, which receives it as block Rank
 // of its recv: send and recv hold Size blocks each, of the same length, and
 // must not overlap.
+//
+// Every rank passes buffers of the same length; T is any Elem. After an
+// error recv is unspecified unless the call failed before moving data (see
+// "After an error" in the package documentation); send is only read.
 func AllToAll[T Elem](ctx context.Context, c *Comm, send, recv []T) error {
 	m := len(send) / c.size
 	if err := c.begin(ctx, signature[T](kindAllToAll, 0, m, 0)); err != nil {

@@ -1,7 +1,9 @@
 package collective
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"time"
@@ -132,4 +134,41 @@ func (s Status) String() string {
 		fmt.Fprintf(&b, " #%d %s %s;", r.Op, r.Call, state)
 	}
 	return b.String()
+}
+
+// lines renders the status one fact a line: the communicator and its call,
+// each peer, each recent call.
+func (s Status) lines() []string {
+	head := fmt.Sprintf("rank %d of %d, %d calls", s.Rank, s.Size, s.Seq)
+	if s.Running != "" {
+		head += fmt.Sprintf(", running %s for %v", s.Running, s.RunningFor.Round(time.Millisecond))
+	}
+	lines := []string{head}
+	now := time.Now()
+	for _, p := range s.Peers {
+		lines = append(lines, fmt.Sprintf("peer rank %d: last op #%d, heard %v ago", p.Rank, p.LastOp, now.Sub(p.LastHeard).Round(time.Millisecond)))
+	}
+	for _, r := range s.Recent {
+		state := "took " + r.Took.Round(time.Microsecond).String()
+		switch {
+		case r.Err:
+			state = "failed"
+		case r.Took == 0:
+			state = "running"
+		}
+		lines = append(lines, fmt.Sprintf("call #%d %s: %s", r.Op, r.Call, state))
+	}
+	return lines
+}
+
+// logStatus logs the status at debug level, one record a line, each
+// starting with title: readable as a table, and out of the way of the one
+// line that says what went wrong unless debug logs are asked for.
+func (c *Comm) logStatus(title string) {
+	if !c.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	for _, line := range c.Status().lines() {
+		c.log.Debug(title + ": " + line)
+	}
 }

@@ -11,6 +11,10 @@ import (
 // rank passes the same counts (len Size); rank p contributes counts[p]
 // elements (its send) and recv receives the blocks of every rank in rank
 // order (len = sum of counts). Counts of 0 are fine.
+//
+// T is any Elem. After an error recv is unspecified unless the call failed
+// before moving data (see "After an error" in the package documentation);
+// send is only read.
 func AllGatherV[T Elem](ctx context.Context, c *Comm, send []T, counts []int, recv []T) error {
 	total, err := sumCounts(c, "AllGatherV", "counts", counts)
 	if err := c.begin(ctx, signature[T](kindAllGatherV, 0, total, 0)); err != nil {
@@ -35,6 +39,10 @@ func AllGatherV[T Elem](ctx context.Context, c *Comm, send []T, counts []int, re
 // send holds sendCounts[p] elements for rank p, in rank order, and recv
 // receives recvCounts[p] elements from rank p. Rank r's sendCounts[p] must
 // equal rank p's recvCounts[r] (a difference fails the call on both ranks).
+//
+// T is any Elem, the same on every rank. After an error recv is unspecified
+// unless the call failed before moving data (see "After an error" in the
+// package documentation); send is only read.
 func AllToAllV[T Elem](ctx context.Context, c *Comm, send []T, sendCounts []int, recv []T, recvCounts []int) error {
 	sendTotal, err := sumCounts(c, "AllToAllV", "sendCounts", sendCounts)
 	recvTotal, rerr := sumCounts(c, "AllToAllV", "recvCounts", recvCounts)

@@ -11,6 +11,10 @@ var (
 	ErrProtocol = errors.New("protocol error")
 	// ErrAuth: a handshake failed because one side does not hold the job token.
 	ErrAuth = errors.New("authentication failed")
+	// ErrOtherJob: the two sides of a handshake belong to different jobs
+	// (their job ids differ), typically two jobs given the same address. It
+	// matches ErrProtocol too.
+	ErrOtherJob = fmt.Errorf("%w: another job", ErrProtocol)
 	// ErrPeerLost: the connection to a peer broke (EOF, reset, write error).
 	ErrPeerLost = errors.New("peer lost")
 	// ErrPeerClosed: the peer closed its communicator normally.

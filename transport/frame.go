@@ -12,7 +12,8 @@ const HeaderSize = 40
 // protocol error, whatever buffer was posted.
 const MaxPayload = 64 << 20
 
-// maxControlPayload bounds the payload of control frames (the abort reason).
+// maxControlPayload bounds the payload of an abort frame (its reason). The
+// other control frames (bye, heartbeat, probe) carry none.
 const maxControlPayload = 4096
 
 const (
@@ -96,8 +97,10 @@ func (h *Header) Encode(b *[HeaderSize]byte) {
 }
 
 // Decode parses and validates a header. It never trusts the peer: a wrong
-// magic, version, type, reserved byte or an oversized length is an error
-// wrapping ErrProtocol.
+// magic, version, type, reserved byte, an oversized length, or a length on
+// a frame that carries no payload (bye, heartbeat, probe: the reader would
+// not consume it, and would take its bytes for the next header) is an
+// error wrapping ErrProtocol.
 func (h *Header) Decode(b *[HeaderSize]byte) error {
 	if m := binary.LittleEndian.Uint16(b[0:]); m != frameMagic {
 		return fmt.Errorf("%w: bad frame magic %#04x", ErrProtocol, m)
@@ -113,11 +116,10 @@ func (h *Header) Decode(b *[HeaderSize]byte) error {
 		return fmt.Errorf("%w: reserved header byte is %d", ErrProtocol, b[19])
 	}
 	n := binary.LittleEndian.Uint32(b[36:])
-	limit := uint32(MaxPayload)
-	if t != Data {
-		limit = maxControlPayload
-	}
-	if n > limit {
+	if limit := payloadLimit(t); n > limit {
+		if limit == 0 {
+			return fmt.Errorf("%w: %s frame announces %d payload bytes, but carries none", ErrProtocol, t, n)
+		}
 		return fmt.Errorf("%w: %s frame announces %d payload bytes (limit %d)", ErrProtocol, t, n, limit)
 	}
 	*h = Header{
@@ -135,4 +137,15 @@ func (h *Header) Decode(b *[HeaderSize]byte) error {
 		Len:   n,
 	}
 	return nil
+}
+
+// payloadLimit is the largest payload a frame of type t may carry.
+func payloadLimit(t FrameType) uint32 {
+	switch t {
+	case Data:
+		return MaxPayload
+	case Abort:
+		return maxControlPayload
+	}
+	return 0
 }

@@ -33,7 +33,8 @@ func TestHeaderRoundTrip(t *testing.T) {
 		{"abort max reason", Header{Type: Abort, Comm: 9, Len: maxControlPayload}},
 		{"abort empty", Header{Type: Abort}},
 		{"bye", Header{Type: Bye, Comm: 12}},
-		{"bye max", Header{Type: Bye, Len: maxControlPayload}},
+		{"heartbeat", Header{Type: Heartbeat}},
+		{"probe", Header{Type: Probe, Comm: 3, Seq: 57, Sig: Signature{Kind: 1, DType: 2, Op: 3, Count: 12}}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -98,6 +99,20 @@ func TestHeaderDecodeRejects(t *testing.T) {
 			b[3] = byte(Bye)
 			binary.LittleEndian.PutUint32(b[36:], maxControlPayload+1)
 		}, "bye"},
+		// The reader consumes no payload of these: a length would put the
+		// stream out of step.
+		{"bye with a payload", func(b *[HeaderSize]byte) {
+			b[3] = byte(Bye)
+			binary.LittleEndian.PutUint32(b[36:], 1)
+		}, "bye frame announces 1 payload bytes, but carries none"},
+		{"heartbeat with a payload", func(b *[HeaderSize]byte) {
+			b[3] = byte(Heartbeat)
+			binary.LittleEndian.PutUint32(b[36:], HeaderSize)
+		}, "heartbeat frame announces 40 payload bytes, but carries none"},
+		{"probe with a payload", func(b *[HeaderSize]byte) {
+			b[3] = byte(Probe)
+			binary.LittleEndian.PutUint32(b[36:], maxControlPayload)
+		}, "probe frame"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -124,8 +139,14 @@ func TestHeaderDecodeLimits(t *testing.T) {
 		{Data, MaxPayload + 1, false},
 		{Abort, maxControlPayload, true},
 		{Abort, maxControlPayload + 1, false},
-		{Bye, maxControlPayload, true},
-		{Bye, maxControlPayload + 1, false},
+		{Abort, 0, true},
+		{Bye, 0, true},
+		{Bye, 1, false},
+		{Bye, maxControlPayload, false},
+		{Heartbeat, 0, true},
+		{Heartbeat, 1, false},
+		{Probe, 0, true},
+		{Probe, 1, false},
 	} {
 		b := encodeHeader(Header{Type: tc.typ, Len: tc.n})
 		var h Header
@@ -154,6 +175,8 @@ func FuzzHeaderDecode(f *testing.F) {
 	f.Add(valid[:])
 	abort := encodeHeader(Header{Type: Abort, Len: maxControlPayload})
 	f.Add(abort[:])
+	heartbeat := encodeHeader(Header{Type: Heartbeat, Len: HeaderSize})
+	f.Add(heartbeat[:])
 	reserved := valid
 	reserved[19] = 1
 	f.Add(reserved[:])
@@ -169,10 +192,13 @@ func FuzzHeaderDecode(f *testing.F) {
 		}
 		require.GreaterOrEqual(t, h.Type, Data)
 		require.LessOrEqual(t, h.Type, maxFrameType)
-		if h.Type == Data {
+		switch h.Type {
+		case Data:
 			require.LessOrEqual(t, h.Len, uint32(MaxPayload))
-		} else {
+		case Abort:
 			require.LessOrEqual(t, h.Len, uint32(maxControlPayload))
+		default: // the reader reads no payload of the other frames
+			require.Zero(t, h.Len, "a %v frame with a payload was accepted", h.Type)
 		}
 		require.Equal(t, b, encodeHeader(h), "Encode(Decode(b)) != b")
 	})

@@ -166,11 +166,22 @@ func checkCompatible(own hello, peer hello) (byte, string) {
 	return statusOK, ""
 }
 
+// peerName names the other side of a handshake in errors: a rendezvous
+// server has no rank, and "rank -1" would only puzzle.
+func peerName(h hello) string {
+	if h.purpose == PurposeRendezvous && h.rank < 0 {
+		return "the rendezvous server"
+	}
+	return fmt.Sprintf("rank %d", h.rank)
+}
+
 func statusError(status byte, who string, detail string) error {
 	switch status {
 	case statusBadToken:
 		return fmt.Errorf("%w: %s refused our proof of the job token (is the token the same on every rank?)", ErrAuth, who)
-	case statusVersion, statusByteOrder, statusJob, statusPurpose:
+	case statusJob:
+		return fmt.Errorf("%w: %s refused the connection: %s", ErrOtherJob, who, detail)
+	case statusVersion, statusByteOrder, statusPurpose:
 		return fmt.Errorf("%w: %s refused the connection: %s", ErrProtocol, who, detail)
 	default:
 		return fmt.Errorf("transport: %s refused the connection: %s", who, detail)
@@ -202,7 +213,7 @@ func ClientHandshake(s Stream, id Identity, deadline time.Time) (Hello, error) {
 	}
 	if peer.status != statusOK {
 		detail := readReason(s)
-		return peer.public(), statusError(peer.status, "the peer", detail)
+		return peer.public(), statusError(peer.status, peerName(peer), detail)
 	}
 	if _, err := io.ReadFull(s, peerBytes[helloSize:]); err != nil {
 		return Hello{}, fmt.Errorf("transport: handshake: read proof: %w", err)
@@ -214,7 +225,7 @@ func ClientHandshake(s Stream, id Identity, deadline time.Time) (Hello, error) {
 		junk := make([]byte, macSize)
 		_, _ = rand.Read(junk)
 		_, _ = s.Write(junk)
-		return peer.public(), fmt.Errorf("%w: the peer (rank %d) could not prove it holds the job token (is the token the same on every rank?)", ErrAuth, peer.rank)
+		return peer.public(), fmt.Errorf("%w: %s could not prove it holds the job token (is the token the same on every rank?)", ErrAuth, peerName(peer))
 	}
 	if _, err := s.Write(mac(id.Token, "ringo client proof", ownBytes, peerBytes[:helloSize])); err != nil {
 		return Hello{}, fmt.Errorf("transport: handshake: send proof: %w", err)
@@ -225,7 +236,7 @@ func ClientHandshake(s Stream, id Identity, deadline time.Time) (Hello, error) {
 	}
 	if verdict[0] != statusOK {
 		detail := readReason(s)
-		return peer.public(), statusError(verdict[0], fmt.Sprintf("rank %d", peer.rank), detail)
+		return peer.public(), statusError(verdict[0], peerName(peer), detail)
 	}
 	return peer.public(), nil
 }

@@ -282,6 +282,50 @@ func TestHandshakeIncompatible(t *testing.T) {
 	}
 }
 
+// Two jobs given the same address meet at the handshake: both sides learn
+// that the other belongs to another job, as ErrOtherJob (a protocol error,
+// not a failed token check).
+func TestHandshakeOtherJob(t *testing.T) {
+	cid := Identity{Token: []byte(otherToken), Job: "job-B", Rank: 1, Size: 2, Purpose: PurposeRendezvous}
+	sid := Identity{Token: []byte(testToken), Job: "job-A", Rank: -1, Size: 2, Purpose: PurposeRendezvous}
+	for _, sk := range streamKinds {
+		t.Run(sk.name, func(t *testing.T) {
+			cs, ss := sk.pair(t)
+			c, s, _ := runHandshake(t, cs, ss, cid, sid, nil)
+			for side, err := range map[string]error{"client": c.err, "server": s.err} {
+				require.ErrorIs(t, err, ErrOtherJob, side)
+				require.ErrorIs(t, err, ErrProtocol, side)
+				assert.NotErrorIs(t, err, ErrAuth, side)
+			}
+			assert.Equal(t, 1, s.hello.Rank, "the server learns which rank the stranger claims")
+		})
+	}
+}
+
+// A rendezvous server has no rank: errors about it say what it is.
+func TestHandshakeNamesTheRendezvousServer(t *testing.T) {
+	rv := func(token string, rank int) Identity {
+		return Identity{Token: []byte(token), Job: testJob, Rank: rank, Size: 4, Purpose: PurposeRendezvous}
+	}
+	for _, tc := range []struct {
+		name        string
+		client, srv Identity
+		want        string
+	}{
+		{"the client holds another token", rv(otherToken, 2), rv(testToken, -1), "the rendezvous server could not prove"},
+		{"another job", Identity{Token: []byte(testToken), Job: "job-B", Rank: 2, Size: 4, Purpose: PurposeRendezvous}, rv(testToken, -1),
+			"the rendezvous server refused the connection: different job id"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cs, ss := streamKinds[0].pair(t)
+			c, _, _ := runHandshake(t, cs, ss, tc.client, tc.srv, nil)
+			require.Error(t, c.err)
+			assert.Contains(t, c.err.Error(), tc.want)
+			assert.NotContains(t, c.err.Error(), "rank -1")
+		})
+	}
+}
+
 func TestHandshakeServerRefusesIncompatibleHello(t *testing.T) {
 	for _, tc := range []struct {
 		name   string

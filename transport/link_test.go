@@ -3,6 +3,7 @@ package transport
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
@@ -397,6 +398,42 @@ func TestLinkRemoteAbortEmptyAndLongReason(t *testing.T) {
 	}
 }
 
+// A control frame that announces a payload is refused: the reader reads no
+// payload of a heartbeat, bye or probe, so the bytes after its header would
+// otherwise be taken for the next frame. Here they hold a well-formed data
+// frame that fits the posted receive exactly: it must not be delivered.
+func TestLinkControlFrameWithAPayloadIsRefused(t *testing.T) {
+	for _, typ := range []FrameType{Heartbeat, Bye, Probe} {
+		t.Run(typ.String(), func(t *testing.T) {
+			noLeaks(t)
+			local, remote := Pipe()
+			fail := NewFailure(nil)
+			l := NewLink(rankA, NewConn(local), fail, nil)
+			defer l.Shutdown(false, 0)
+			l.Begin(context.Background(), linkHdr, nil)
+			dst := filled(16, 0xEE)
+			require.NoError(t, l.Post(dst))
+
+			hidden := linkHdr
+			hidden.Type = Data
+			smuggled := frame(hidden, pattern(16, 1))
+			control := Header{Type: typ, Comm: linkHdr.Comm, Seq: linkHdr.Seq, Sig: linkHdr.Sig, Len: uint32(len(smuggled))}
+			b := encodeHeader(control)
+			go func() {
+				_, _ = remote.Write(append(b[:], smuggled...))
+				_ = remote.Close()
+			}()
+
+			err := l.Wait()
+			require.ErrorIs(t, err, ErrProtocol)
+			require.ErrorContains(t, err, "carries none")
+			waitDone(t, fail.Done(), "the failure")
+			require.ErrorIs(t, fail.Err(), ErrProtocol)
+			assert.True(t, allEqual(dst, 0xEE), "the smuggled frame was received")
+		})
+	}
+}
+
 func TestLinkContextCanceled(t *testing.T) {
 	noLeaks(t)
 	a, b := newLinkPair(t)
@@ -713,6 +750,7 @@ func FuzzFrameStream(f *testing.F) {
 		n := int(postLen)
 		guard := make([]byte, pad+n+pad)
 		var err error
+		var delivered [][]byte
 		// Every completed receive consumes at least a header, so the input
 		// runs out after at most len(data)/HeaderSize receives.
 		for i := 0; i <= len(data)/HeaderSize+1 && err == nil; i++ {
@@ -723,6 +761,9 @@ func FuzzFrameStream(f *testing.F) {
 			if err = l.Post(dst); err == nil {
 				err = l.Wait()
 			}
+			if err == nil {
+				delivered = append(delivered, bytes.Clone(dst))
+			}
 			if !allEqual(guard[:pad], 0xA5) || !allEqual(guard[pad+n:], 0xA5) {
 				t.Fatalf("bytes outside the posted buffer changed: %x", guard)
 			}
@@ -732,6 +773,12 @@ func FuzzFrameStream(f *testing.F) {
 			}
 		}
 		require.Error(t, err, "the link received more frames than the input holds")
+		// What was delivered is what the input holds, frame by frame.
+		sent := dataPayloads(data)
+		require.LessOrEqual(t, len(delivered), len(sent), "the link delivered frames the input does not hold")
+		for i, d := range delivered {
+			require.Equal(t, sent[i], d, "frame %d", i)
+		}
 		l.Shutdown(false, 0) // after this the reader has recorded its verdict
 		<-fed
 
@@ -746,6 +793,36 @@ func FuzzFrameStream(f *testing.F) {
 	})
 }
 
+// dataPayloads reads a byte stream by the wire format's rules, on its own
+// (not with Decode): the payloads of its data frames, in order, up to the
+// first thing that is not a well-formed frame, or an abort or bye. Bye,
+// heartbeat and probe frames carry no payload; a length on one is not
+// well-formed.
+func dataPayloads(b []byte) [][]byte {
+	var out [][]byte
+	for len(b) >= HeaderSize {
+		if b[0] != 'G' || b[1] != 'R' || b[2] != 1 || b[19] != 0 {
+			break
+		}
+		n := int(binary.LittleEndian.Uint32(b[36:]))
+		switch FrameType(b[3]) {
+		case Data:
+			if n > MaxPayload || len(b) < HeaderSize+n {
+				return out
+			}
+			out = append(out, b[HeaderSize:HeaderSize+n])
+		case Heartbeat, Probe:
+			if n != 0 {
+				return out
+			}
+		default: // abort, bye, or no frame at all
+			return out
+		}
+		b = b[HeaderSize+n:]
+	}
+	return out
+}
+
 var fuzzLinkHdr = Header{Comm: 1, Seq: 2, Sig: Signature{Kind: 3, DType: 4, Op: 5, Root: 6, Count: 7}}
 
 type frameStreamSeed struct {
@@ -757,6 +834,13 @@ func frame(h Header, payload []byte) []byte {
 	h.Len = uint32(len(payload))
 	b := encodeHeader(h)
 	return append(b[:], payload...)
+}
+
+// heartbeatCarrying is the header of a heartbeat that announces payload
+// as its own (which no heartbeat may).
+func heartbeatCarrying(payload []byte) []byte {
+	b := encodeHeader(Header{Type: Heartbeat, Len: uint32(len(payload))})
+	return b[:]
 }
 
 func frameStreamSeeds() []frameStreamSeed {
@@ -776,5 +860,7 @@ func frameStreamSeeds() []frameStreamSeed {
 		{0, frame(data, nil)},
 		{16, valid[:HeaderSize+5]},
 		{16, []byte(httpRequest)},
+		// A heartbeat announcing a payload that is a valid frame: refused.
+		{16, append(heartbeatCarrying(valid), valid...)},
 	}
 }

@@ -8,15 +8,14 @@
 #
 # Libraries (LIBS):
 #   ringo-tcp   bench/ringbench -np N (separate processes, TCP loopback)
-#   ompi-tcp    OpenMPI MPI_Allreduce, TCP BTL on lo (the exact mpirun flags of ../shared/peers)
+#   ompi-tcp    OpenMPI MPI_Allreduce, TCP BTL on lo (--mca pml ob1 --mca btl tcp,self, lo only)
 #   ompi-shm    OpenMPI MPI_Allreduce, its defaults (vader shared memory: not a socket transport)
 #   torch-gloo  PyTorch torch.distributed all_reduce, gloo backend on lo
 #
-# The OpenMPI and torch drivers are ../shared/peers/mpi_allreduce_bench.c and
-# torch_gloo_bench.py, used where they are (PEERS_DIR), never copied here.
-# Their method matches ringbench's: per size a checked call, a warm-up,
-# samples of batched calls lasting >= 2 ms, per sample the slowest rank, the
-# median over samples. Sizes are per-rank buffer bytes.
+# The OpenMPI and torch drivers are this directory's mpi_allreduce.c and
+# gloo_allreduce.py. Their method matches ringbench's: per size a checked
+# call, a warm-up, samples of batched calls lasting >= 2 ms, per sample the
+# slowest rank, the median over samples. Sizes are per-rank buffer bytes.
 #
 # Debian packages (installed only when missing, and only as root, unless
 # SKIP_INSTALL=1): openmpi-bin libopenmpi-dev (mpirun.openmpi, mpicc.openmpi),
@@ -25,7 +24,7 @@
 # Environment: NS ("2 4"), LIBS (all four), BUDGET (seconds of timed samples
 # per size, 0.5), WARM (warm-up seconds per size, 0.2), SIZES (4 B .. 64 MiB),
 # OUT (bench/results), BUILD (a scratch directory for binaries and raw logs),
-# PEERS_DIR (../shared/peers beside the repository), SKIP_INSTALL, QUIET_MAX
+# SKIP_INSTALL, QUIET_MAX
 # (before each launch, wait at most this many seconds, 60, for the machine to
 # be <= 10 % busy; the CPU use seen is logged in machine.txt).
 #
@@ -38,7 +37,6 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-PEERS_DIR=${PEERS_DIR:-$ROOT/../shared/peers}
 OUT=${OUT:-$ROOT/bench/results}
 BUILD=${BUILD:-${TMPDIR:-/tmp}/ringbench-peers}
 NS=${NS:-"2 4"}
@@ -70,7 +68,7 @@ fi
 # Build.
 (cd "$ROOT" && go build -o "$BUILD/ringbench" ./bench/ringbench && go build -o "$BUILD/plot" ./bench/plot)
 if (wants ompi-tcp || wants ompi-shm) && command -v mpicc.openmpi >/dev/null; then
-	mpicc.openmpi -O2 -o "$BUILD/mpi_allreduce_bench_ompi" "$PEERS_DIR/mpi_allreduce_bench.c" -lm
+	mpicc.openmpi -O2 -o "$BUILD/mpi_allreduce_ompi" "$HERE/mpi_allreduce.c"
 fi
 
 OMPI_TCP=(--mca pml ob1 --mca btl tcp,self --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo)
@@ -115,14 +113,14 @@ run_one() { # LIB N
 	case $lib in
 	ringo-tcp) cmd=("$BUILD/ringbench" -np "$n" -s "$SIZES" -w 5 -min-sample 2ms -budget "${BUDGET}s" -q --label ringo-tcp --csv "$BUILD/ringo-n$n.csv") ;;
 	ompi-tcp | ompi-shm)
-		[[ -x $BUILD/mpi_allreduce_bench_ompi ]] || { log "skipping $lib: no OpenMPI"; return 0; }
+		[[ -x $BUILD/mpi_allreduce_ompi ]] || { log "skipping $lib: no OpenMPI"; return 0; }
 		cmd=(mpirun.openmpi --allow-run-as-root --oversubscribe -np "$n")
 		[[ $lib == ompi-tcp ]] && cmd+=("${OMPI_TCP[@]}")
-		cmd+=("$BUILD/mpi_allreduce_bench_ompi" -l "$lib" -b "$BUDGET" -w "$WARM" -s "$SIZES")
+		cmd+=("$BUILD/mpi_allreduce_ompi" -l "$lib" -b "$BUDGET" -w "$WARM" -s "$SIZES")
 		;;
 	torch-gloo)
 		"$PY" -c 'import torch.distributed' 2>/dev/null || { log "skipping $lib: no torch"; return 0; }
-		cmd=("$PY" "$PEERS_DIR/torch_gloo_bench.py" -n "$n" -l "$lib" -b "$BUDGET" -w "$WARM" -s "$SIZES")
+		cmd=("$PY" "$HERE/gloo_allreduce.py" -n "$n" -l "$lib" -b "$BUDGET" -w "$WARM" -s "$SIZES")
 		;;
 	*) log "unknown library $lib"; return 1 ;;
 	esac

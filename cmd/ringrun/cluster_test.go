@@ -22,6 +22,89 @@ import (
 // reads OMPI_COMM_WORLD_RANK/SIZE and the rendezvous from RINGO_ADDR.
 func TestUnderMpirun(t *testing.T) {
 	t.Parallel()
+	mpirun := openMPI(t)
+	p := start(t, mpirun, "--allow-run-as-root", "--oversubscribe", "-np", "4",
+		"-x", "RINGO_ADDR="+freeLoopbackAddr(t), "-x", "RINGO_TIMEOUT=30s", ringcheckBn, "-sizes", "1,7,1000")
+	require.Equal(t, 0, p.wait(60*time.Second), "stdout:\n%s\nstderr:\n%s", p.out(), p.err())
+	for r := range 4 {
+		assert.Contains(t, p.out(), fmt.Sprintf("rank %d of 4 ok\n", r))
+	}
+}
+
+// Two mpirun jobs started at once with the same RINGO_ADDR (the issue's
+// case, where each took the other's ranks and both failed) both succeed:
+// OpenMPI gives each its job id, the rendezvous of one refuses the other's
+// ranks, and the second job forms once the first has.
+func TestTwoMpirunJobsOnOnePort(t *testing.T) {
+	t.Parallel()
+	mpirun := openMPI(t)
+	addr := freeLoopbackAddr(t)
+	var jobs []*proc
+	for range 2 {
+		jobs = append(jobs, start(t, mpirun, "--allow-run-as-root", "--oversubscribe", "-np", "3",
+			"-x", "RINGO_ADDR="+addr, "-x", "RINGO_TIMEOUT=60s", ringcheckBn, "-sizes", "1,1000"))
+	}
+	for i, p := range jobs {
+		require.Equal(t, 0, p.wait(90*time.Second), "job %d\nstdout:\n%s\nstderr:\n%s", i, p.out(), p.err())
+		for r := range 3 {
+			assert.Contains(t, p.out(), fmt.Sprintf("rank %d of 3 ok\n", r), "job %d", i)
+		}
+	}
+}
+
+// The same program runs unchanged under torchrun (python3 -m
+// torch.distributed.run --no_python), the command the README gives:
+// collective.Init reads RANK/WORLD_SIZE and MASTER_ADDR, and the port after
+// MASTER_PORT (the agent's store has that one). -r 9:1 -t 9:1 (a redirect
+// for a local rank that does not exist) works around the crash of Debian's
+// torch 1.13 launcher when no redirect is given.
+func TestUnderTorchrun(t *testing.T) {
+	t.Parallel()
+	python := pythonWithTorch(t)
+	addr := freeLoopbackAddr(t)
+	host, portText, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portText)
+	if ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port+1))); err != nil {
+		t.Skipf("port %d (ringo's, after torchrun's %d) is taken: %v", port+1, port, err)
+	} else {
+		require.NoError(t, ln.Close())
+	}
+	p := startEnv(t, []string{"RINGO_TIMEOUT=60s", "OMP_NUM_THREADS=1"}, python, "-m", "torch.distributed.run", "--no_python",
+		"-r", "9:1", "-t", "9:1", "--nproc_per_node", "4", "--master_addr", host, "--master_port", portText,
+		ringcheckBn, "-sizes", "1,7,1000")
+	require.Equal(t, 0, p.wait(120*time.Second), "stdout:\n%s\nstderr:\n%s", p.out(), p.err())
+	for r := range 4 {
+		assert.Contains(t, p.out(), fmt.Sprintf("rank %d of 4 ok\n", r))
+	}
+}
+
+// pythonWithTorch returns a Python that has torch.distributed.run
+// (RINGO_TEST_PYTHON, python3 on PATH, or Debian's /usr/bin/python3, where
+// apt-get install python3-torch puts it), or skips the test.
+func pythonWithTorch(t *testing.T) string {
+	t.Helper()
+	candidates := []string{os.Getenv("RINGO_TEST_PYTHON"), "python3", "/usr/bin/python3"}
+	var tried []string
+	for _, c := range candidates {
+		if c == "" {
+			continue
+		}
+		path, err := exec.LookPath(c)
+		if err != nil {
+			continue
+		}
+		tried = append(tried, path)
+		if exec.Command(path, "-c", "import torch.distributed.run").Run() == nil {
+			return path
+		}
+	}
+	t.Skipf("no Python with torch (tried %s): apt-get install python3-torch, or set RINGO_TEST_PYTHON, to run this test", strings.Join(tried, ", "))
+	return ""
+}
+
+// openMPI returns OpenMPI's mpirun, or skips the test.
+func openMPI(t *testing.T) string {
+	t.Helper()
 	mpirun, err := exec.LookPath("mpirun")
 	if err != nil {
 		t.Skip("mpirun (OpenMPI) is not installed: apt-get install openmpi-bin to run this test")
@@ -29,16 +112,17 @@ func TestUnderMpirun(t *testing.T) {
 	if out, err := exec.Command(mpirun, "--version").CombinedOutput(); err != nil || !strings.Contains(string(out), "Open MPI") {
 		t.Skipf("%s is not OpenMPI's mpirun: %s", mpirun, out)
 	}
+	return mpirun
+}
+
+// freeLoopbackAddr is 127.0.0.1 with a port nobody listens on.
+func freeLoopbackAddr(t *testing.T) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	port := ln.Addr().(*net.TCPAddr).Port
 	require.NoError(t, ln.Close())
-	p := start(t, mpirun, "--allow-run-as-root", "--oversubscribe", "-np", "4",
-		"-x", "RINGO_ADDR=127.0.0.1:"+strconv.Itoa(port), "-x", "RINGO_TIMEOUT=30s", ringcheckBn, "-sizes", "1,7,1000")
-	require.Equal(t, 0, p.wait(60*time.Second), "stdout:\n%s\nstderr:\n%s", p.out(), p.err())
-	for r := range 4 {
-		assert.Contains(t, p.out(), fmt.Sprintf("rank %d of 4 ok\n", r))
-	}
+	return "127.0.0.1:" + strconv.Itoa(port)
 }
 
 // netnsScript is bench/cluster/netns.sh, found from this package's directory.

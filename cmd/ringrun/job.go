@@ -44,6 +44,15 @@ type rankProc struct {
 	stdin  *os.File    // token pipe of an agent rank; closed when it exits or is stopped
 	pipes  [2]*os.File // read ends of stdout and stderr
 	exited bool
+	fate   fate // how it ended, once exited
+}
+
+// fate is how one rank of an attempt ended, for the account ringrun gives
+// of every rank when the attempt fails.
+type fate struct {
+	how     string // "exited with code 1", "was killed by signal SIGTERM"
+	stopped bool   // by ringrun, stopping the job
+	first   bool   // the failure that stopped the job
 }
 
 type exitEvent struct {
@@ -239,9 +248,11 @@ func (r *runner) attempt(restarts int) outcome {
 				rp.stdin = nil
 			}
 			if e.state.Success() {
+				rp.fate = fate{how: "exited with code 0"}
 				break
 			}
 			how, code := describeExit(e.state, rp.p.host != "" && !isLocalHost(rp.p.host))
+			rp.fate = fate{how: how, stopped: stopping && stoppedBy(e.state, stopSig)}
 			if stopping {
 				if !r.o.quiet && res.interrupted == nil && !stoppedBy(e.state, stopSig) {
 					r.out.info("rank %d%s %s while the job was stopping", rp.p.rank, onHost(rp.p), how)
@@ -255,6 +266,7 @@ func (r *runner) attempt(restarts int) outcome {
 			r.out.info("%s", why)
 			notJoined()
 			fail(why, code)
+			rp.fate.first = true
 			if running > 0 {
 				r.out.info("stopping the other %s (%s, SIGKILL after %v)", plural(running, "rank"), signalName(stopSig), r.o.grace)
 				stop(stopSig)
@@ -296,6 +308,9 @@ func (r *runner) attempt(restarts int) outcome {
 	waitGroupsGone(procs, drainTimeout)
 	r.drain(procs, &readers)
 	r.out.setStatus("")
+	if stopping {
+		r.out.info("%s", accountOfRanks(r.ps, procs))
+	}
 	if !stopping {
 		res.ok = true
 		if !r.o.quiet {
@@ -303,6 +318,65 @@ func (r *runner) attempt(restarts int) outcome {
 		}
 	}
 	return res
+}
+
+// accountOfRanks says how every rank of a failed or stopped attempt ended,
+// ranks that ended alike together: "every rank: rank 2 exited with code 1
+// (the first failure); ranks 0-1,3 were killed by signal SIGTERM (ringrun
+// stopped them)". A rank that was never started says so.
+func accountOfRanks(ps []placement, procs []*rankProc) string {
+	fates := make([]fate, len(ps))
+	for i := range fates {
+		fates[i] = fate{how: "was never started"}
+	}
+	for _, rp := range procs {
+		fates[rp.p.rank] = rp.fate
+	}
+	var groups []fate
+	ranks := map[fate][]int{}
+	for r, f := range fates {
+		if _, seen := ranks[f]; !seen {
+			groups = append(groups, f)
+		}
+		ranks[f] = append(ranks[f], r)
+	}
+	parts := make([]string, len(groups))
+	for i, f := range groups {
+		rs := ranks[f]
+		who, how, them := "rank "+rankList(rs), f.how, "it"
+		if len(rs) > 1 {
+			who, them = "ranks "+rankList(rs), "them"
+			how = strings.Replace(how, "was ", "were ", 1)
+		}
+		switch {
+		case f.first:
+			how += " (the first failure)"
+		case f.stopped:
+			how += " (ringrun stopped " + them + ")"
+		}
+		parts[i] = who + " " + how
+	}
+	return "every rank: " + strings.Join(parts, "; ")
+}
+
+// rankList writes ranks in ascending order as ranges: "0-2,5".
+func rankList(ranks []int) string {
+	var b strings.Builder
+	for i := 0; i < len(ranks); {
+		j := i
+		for j+1 < len(ranks) && ranks[j+1] == ranks[j]+1 {
+			j++
+		}
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.Itoa(ranks[i]))
+		if j > i {
+			b.WriteString("-" + strconv.Itoa(ranks[j]))
+		}
+		i = j + 1
+	}
+	return b.String()
 }
 
 // rendezvousServer is the rendezvous ringrun serves for one attempt.

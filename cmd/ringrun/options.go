@@ -136,7 +136,9 @@ func parseArgs(args []string, usageOut io.Writer) (*options, error) {
 	if len(o.program) == 0 {
 		return nil, errors.New("no program given: ringrun [flags] -- PROGRAM [ARGS...]")
 	}
-	if o.np < 0 {
+	npGiven := false
+	fs.Visit(func(f *flag.Flag) { npGiven = npGiven || f.Name == "np" || f.Name == "n" })
+	if o.np < 0 || npGiven && o.np == 0 {
 		return nil, fmt.Errorf("-np %d: want at least 1 rank", o.np)
 	}
 	if o.maxRestarts < 0 {
@@ -148,7 +150,10 @@ func parseArgs(args []string, usageOut io.Writer) (*options, error) {
 	if o.port < 0 || o.port > 65535 {
 		return nil, fmt.Errorf("--port %d is not a TCP port", o.port)
 	}
-	if o.transport != "" && o.transport != "tcp" && o.transport != "quic" {
+	switch t := strings.ToLower(o.transport); t {
+	case "", "tcp", "quic":
+		o.transport = t
+	default:
 		return nil, fmt.Errorf("--transport %q: want tcp or quic", o.transport)
 	}
 	if o.timeout != "" {

@@ -44,10 +44,16 @@ func TestParseArgs(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 1, o.np)
 
+	o, err = parseArgs([]string{"--transport", "QUIC", "prog"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, "quic", o.transport, "names are case-insensitive")
+
 	for _, bad := range [][]string{
 		{},
 		{"-np", "2"},
 		{"-np", "-1", "p"},
+		{"-np", "0", "p"},
+		{"-n", "0", "p"},
 		{"--hosts", "a:x", "p"},
 		{"--hosts", "a:2", "--hostfile", "f", "p"},
 		{"-np", "3", "--hosts", "a:2", "p"},

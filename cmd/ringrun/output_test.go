@@ -182,3 +182,16 @@ func TestRunInProcess(t *testing.T) {
 	}
 	assert.Contains(t, stderr.String(), "ringrun: SIGTERM: stopping 2 ranks")
 }
+
+func TestAccountOfRanks(t *testing.T) {
+	ps := place(6, nil)
+	procs := []*rankProc{
+		{p: ps[0], fate: fate{how: "was killed by signal SIGTERM", stopped: true}},
+		{p: ps[1], fate: fate{how: "exited with code 3", first: true}},
+		{p: ps[2], fate: fate{how: "was killed by signal SIGTERM", stopped: true}},
+		{p: ps[3], fate: fate{how: "exited with code 1"}},
+		{p: ps[4], fate: fate{how: "was killed by signal SIGTERM", stopped: true}},
+	}
+	assert.Equal(t, "every rank: ranks 0,2,4 were killed by signal SIGTERM (ringrun stopped them); rank 1 exited with code 3 (the first failure); "+
+		"rank 3 exited with code 1; rank 5 was never started", accountOfRanks(ps, procs))
+}

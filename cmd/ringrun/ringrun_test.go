@@ -148,6 +148,8 @@ func TestBadUsage(t *testing.T) {
 		{"--hosts", "a:0", "--", "true"},
 		{"-np", "5", "--hosts", "a:2,b:2", "--", "true"},
 		{"-x", "1BAD=x", "--", "true"},
+		{"-np", "0", "--", "true"},
+		{"--transport", "carrier-pigeon", "--", "true"},
 	} {
 		p := ringrun(t, args...)
 		assert.Equal(t, 2, p.wait(10*time.Second), "%q", args)
@@ -156,6 +158,35 @@ func TestBadUsage(t *testing.T) {
 	p := ringrun(t, "-np", "2", "--", "/nonexistent/program")
 	assert.Equal(t, 127, p.wait(10*time.Second))
 	assert.Contains(t, p.err(), "ringrun: rank 0 could not be started")
+}
+
+// Every rank fails at once (a transport no rank knows): whichever fails
+// first stops the job, and ringrun still says how each of the four ended.
+func TestEveryRankIsAccountedFor(t *testing.T) {
+	t.Parallel()
+	p := ringrun(t, "-np", "4", "-x", "RINGO_TRANSPORT=bogus", "--", ringcheckBn)
+	assert.Equal(t, 1, p.wait(30*time.Second))
+	m := regexp.MustCompile(`(?m)^ringrun: every rank: (.*)$`).FindStringSubmatch(p.err())
+	require.NotNil(t, m, p.err())
+	accounted := map[int]bool{}
+	for _, group := range strings.Split(m[1], "; ") {
+		gm := regexp.MustCompile(`^ranks? ([0-9,-]+) `).FindStringSubmatch(group)
+		require.NotNil(t, gm, group)
+		for _, part := range strings.Split(gm[1], ",") {
+			lo, hi, isRange := strings.Cut(part, "-")
+			a, _ := strconv.Atoi(lo)
+			b := a
+			if isRange {
+				b, _ = strconv.Atoi(hi)
+			}
+			for r := a; r <= b; r++ {
+				assert.False(t, accounted[r], "rank %d twice in %q", r, m[1])
+				accounted[r] = true
+			}
+		}
+	}
+	assert.Len(t, accounted, 4, m[1])
+	assert.Contains(t, m[1], "exited with code 1 (the first failure)")
 }
 
 // fakeSSH is an agent that behaves like ssh on one machine: it drops the

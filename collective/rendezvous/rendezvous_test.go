@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -37,14 +38,32 @@ func advertised(r int) string { return fmt.Sprintf("rank%d.test:%d", r, 7000+r) 
 
 // logBuffer collects what Serve logs.
 type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu      sync.Mutex
+	b       bytes.Buffer
+	changed chan struct{} // a token after every write
 }
 
 func (l *logBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	select {
+	case l.changed <- struct{}{}:
+	default:
+	}
 	return l.b.Write(p)
+}
+
+// waitFor waits until the log holds text.
+func (l *logBuffer) waitFor(t *testing.T, text string) {
+	t.Helper()
+	timeout := time.After(waitBound)
+	for !strings.Contains(l.String(), text) {
+		select {
+		case <-l.changed:
+		case <-timeout:
+			require.FailNow(t, "not logged", "want %q in\n%s", text, l.String())
+		}
+	}
 }
 
 func (l *logBuffer) String() string {
@@ -72,6 +91,12 @@ func startServer(t *testing.T, id transport.Identity) *server {
 
 func serveOn(t *testing.T, ln net.Listener, id transport.Identity) *server {
 	t.Helper()
+	return serveOnWith(t, ln, id, 0)
+}
+
+// serveOnWith is serveOn with ServeOptions.Progress.
+func serveOnWith(t *testing.T, ln net.Listener, id transport.Identity, progress time.Duration) *server {
+	t.Helper()
 	ctx, cancel := context.WithCancelCause(context.Background())
 	s := &server{
 		addr:       ln.Addr().String(),
@@ -79,10 +104,11 @@ func serveOn(t *testing.T, ln net.Listener, id transport.Identity) *server {
 		cancel:     cancel,
 		done:       make(chan error, 1),
 		registered: make(chan [2]string, 4*id.Size),
-		log:        &logBuffer{},
+		log:        &logBuffer{changed: make(chan struct{}, 1)},
 	}
 	opts := ServeOptions{
-		Log: slog.New(slog.NewTextHandler(s.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Progress: progress,
+		Log:      slog.New(slog.NewTextHandler(s.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		OnRegister: func(rank int, addr string) {
 			s.registered <- [2]string{fmt.Sprint(rank), addr}
 		},
@@ -218,11 +244,13 @@ func TestWrongTokenIsRefused(t *testing.T) {
 	res := result(t, join(t.Context(), s.addr, bad, 1))
 	require.ErrorIs(t, res.err, transport.ErrAuth)
 	assert.Nil(t, res.addrs)
+	assert.Contains(t, res.err.Error(), "the rendezvous server could not prove it holds the job token")
+	assert.NotContains(t, res.err.Error(), "rank -1", "the server is no rank")
 
 	// The impostor took nobody's place: the real ranks, rank 1 included, form.
 	joinAll(t, s, id, 0, 1, 2)
 	require.NoError(t, s.wait(t))
-	assert.Contains(t, s.log.String(), "refused a connection")
+	assert.Contains(t, s.log.String(), "a connection from 127.0.0.1 (claiming rank 1) failed the token check while ranks 0-2 are missing")
 }
 
 func TestDuplicateRankIsRefused(t *testing.T) {
@@ -261,11 +289,11 @@ func TestServeReturnsWhenCancelled(t *testing.T) {
 	require.ErrorIs(t, err, stop)
 	assert.Contains(t, err.Error(), "rendezvous: ")
 
-	// The registered rank lost its rendezvous: it keeps retrying (the
-	// server may come back) until its own context ends.
-	cancelJoin()
+	// The registered rank is told that the server gave up, and why: it
+	// names the ranks that had not joined.
 	res := result(t, waiting)
-	require.ErrorIs(t, res.err, context.Canceled)
+	require.Error(t, res.err)
+	assert.Contains(t, res.err.Error(), "the rendezvous server at "+s.addr+" gave up: the launcher stops the job: still waiting for ranks 1-2 (1 of 3 ranks had joined)")
 }
 
 func TestStrangerIsIgnored(t *testing.T) {
@@ -295,4 +323,116 @@ func TestStrangerIsIgnored(t *testing.T) {
 	require.NoError(t, s.wait(t))
 	assert.Contains(t, s.log.String(), "refused a connection")
 	assert.Len(t, s.registered, n)
+}
+
+// While ranks are missing, the server says every Progress which have joined
+// and which not, and tells the waiting ranks: a rank that gives up names the
+// ranks the server was still waiting for.
+func TestProgressNamesTheMissingRanks(t *testing.T) {
+	const n = 4
+	id := jobID(n)
+	ln, err := transport.ListenTCP(context.Background(), "127.0.0.1:0")
+	require.NoError(t, err)
+	s := serveOnWith(t, ln, id, 50*time.Millisecond)
+
+	// The ranks give up after a second, long after the first progress
+	// message (50 ms) reached them.
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	waiting := []<-chan joinResult{join(ctx, s.addr, id, 0), join(ctx, s.addr, id, 1), join(ctx, s.addr, id, 3)}
+	s.log.waitFor(t, "ringo rendezvous: 3 of 4 ranks joined (0-1,3); waiting for rank 2")
+	for _, ch := range waiting {
+		res := result(t, ch)
+		require.ErrorIs(t, res.err, context.DeadlineExceeded)
+		assert.Contains(t, res.err.Error(), "the rendezvous server at "+s.addr+": context deadline exceeded: still waiting for rank 2 (3 of 4 ranks had joined)")
+	}
+	s.cancel(errors.New("the job timed out"))
+	err = s.wait(t)
+	assert.Contains(t, err.Error(), "rendezvous: the job timed out: still waiting for rank 2 (3 of 4 ranks had joined)")
+}
+
+// A server that gives up tells the waiting ranks why, in words and in
+// class: a rank's error matches the sentinel of the server's reason.
+func TestServerThatGivesUpPassesOnTheClassOfItsReason(t *testing.T) {
+	for _, cause := range []error{transport.ErrTimeout, context.DeadlineExceeded, context.Canceled} {
+		id := jobID(2)
+		s := startServer(t, id)
+		waiting := join(t.Context(), s.addr, id, 1)
+		s.nextRegistered(t)
+		s.cancel(fmt.Errorf("%w: forming took too long", cause))
+		require.ErrorIs(t, s.wait(t), cause)
+		res := result(t, waiting)
+		require.ErrorIs(t, res.err, cause)
+		assert.Contains(t, res.err.Error(), "gave up: ")
+		assert.Contains(t, res.err.Error(), "forming took too long: still waiting for rank 0 (1 of 2 ranks had joined)")
+	}
+}
+
+// A rank of another job at this job's rendezvous (two jobs given the same
+// address) is refused, reported once by the server, and keeps trying: it
+// joins its own job's rendezvous once that has the port.
+func TestRankOfAnotherJobWaitsForItsOwnRendezvous(t *testing.T) {
+	idA, idB := jobID(2), jobID(2)
+	idA.Job, idB.Job = "job-A", "job-B"
+	idB.Token = []byte("job B's token")
+	ln, err := transport.ListenTCP(context.Background(), "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	a := serveOnWith(t, ln, idA, time.Hour)
+	aFirst := join(t.Context(), addr, idA, 0)
+	a.nextRegistered(t)
+
+	// B's rank 1 finds A's server. Give up after a while, to read why.
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	res := result(t, join(ctx, addr, idB, 1))
+	require.ErrorIs(t, res.err, transport.ErrOtherJob)
+	assert.Contains(t, res.err.Error(), `the rendezvous server at `+addr+` serves another job than this rank's (job id "job-B"): is another job using this port?`)
+	a.log.waitFor(t, `ringo rendezvous: a rank of another job (rank 1 of 2, from 127.0.0.1) tried to join job \"job-A\"; is another job using this port?`)
+	assert.Equal(t, 1, strings.Count(a.log.String(), "a rank of another job"), "B's retries are reported once per interval")
+
+	// B's rank 1 tries again, for as long as it takes A to form and B's
+	// server to take the port.
+	bRank1 := join(t.Context(), addr, idB, 1)
+	aSecond := join(t.Context(), addr, idA, 1)
+	for _, ch := range []<-chan joinResult{aFirst, aSecond} {
+		r := result(t, ch)
+		require.NoError(t, r.err)
+		assert.Equal(t, wantTable(2), r.addrs)
+	}
+	require.NoError(t, a.wait(t))
+	require.NoError(t, ln.Close())
+	lnB, err := transport.ListenTCP(context.Background(), addr)
+	require.NoError(t, err)
+	b := serveOn(t, lnB, idB)
+	bRank0 := join(t.Context(), addr, idB, 0)
+	for _, ch := range []<-chan joinResult{bRank0, bRank1} {
+		r := result(t, ch)
+		require.NoError(t, r.err)
+		assert.Equal(t, wantTable(2), r.addrs)
+	}
+	require.NoError(t, b.wait(t))
+}
+
+func TestFormatRanks(t *testing.T) {
+	many := make([]int, 0, 40)
+	for r := 0; r < 80; r += 2 {
+		many = append(many, r)
+	}
+	for _, tc := range []struct {
+		ranks []int
+		want  string
+	}{
+		{nil, "none"},
+		{[]int{2}, "2"},
+		{[]int{0, 1, 2, 3}, "0-3"},
+		{[]int{0, 1, 3, 5, 6, 7, 9}, "0-1,3,5-7,9"},
+		{many, "0,2,4,6,8,10,12,14,16,18,20,22,24,26,28,30,… (24 more)"},
+	} {
+		assert.Equal(t, tc.want, formatRanks(tc.ranks), "%v", tc.ranks)
+	}
+	assert.Equal(t, "rank 2", ranksNoun([]int{2}))
+	assert.Equal(t, "ranks 2-3", ranksNoun([]int{2, 3}))
+	assert.Equal(t, "rank 2 is missing", missingPhrase([]int{2}))
+	assert.Equal(t, "ranks 1,4 are missing", missingPhrase([]int{1, 4}))
 }

@@ -8,7 +8,14 @@
 // the same program runs as a real multi-process job:
 //
 //	go run ./examples/allreduce -local 4
-//	RINGO_RANK=0 RINGO_WORLD_SIZE=2 RINGO_ADDR=127.0.0.1:29500 go run ./examples/allreduce & ...
+//	go build -o bin/allreduce ./examples/allreduce && bin/ringrun -np 4 bin/allreduce
+//
+// The columns: size(B) is each rank's buffer; calls, how many were timed;
+// time(us), the median time of one call, as the slowest rank saw it;
+// algbw, size/time; busbw, algbw·2(n-1)/n, what each link carried (the
+// figure to compare with the link's bandwidth, whatever n is); #wrong, the
+// elements that differed from the exact answer, over all ranks (always 0,
+// or the run fails).
 package main
 
 import (
@@ -16,6 +23,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"strconv"
@@ -27,47 +35,96 @@ import (
 )
 
 func main() {
-	local := flag.Int("local", 0, "run N ranks in this process instead of one rank from the environment")
-	transport := flag.String("transport", "tcp", "with -local: tcp (loopback) or mem")
-	sizes := flag.String("sizes", "4,64,1K,16K,256K,1M,4M,16M,64M", "buffer sizes per rank, in bytes (K, M suffixes)")
-	budget := flag.Duration("budget", 500*time.Millisecond, "time to spend measuring each size")
-	flag.Parse()
-
-	bytes, err := parseSizes(*sizes)
-	if err == nil {
-		if *local > 0 {
-			err = runLocal(*local, *transport, bytes, *budget)
-		} else {
-			err = runFromEnv(bytes, *budget)
-		}
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "allreduce:", err)
-		os.Exit(1)
-	}
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func runFromEnv(sizes []int, budget time.Duration) error {
+// options is a parsed command line.
+type options struct {
+	local     int // ranks in this process; 0: one rank from the environment
+	transport string
+	sizes     []int
+	budget    time.Duration
+}
+
+// run is the program with its arguments and outputs given; it returns the
+// exit code: 2 for a bad command line, 1 for a failed run.
+func run(args []string, stdout, stderr io.Writer) int {
+	o, err := parseArgs(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "allreduce:", err)
+		return 2
+	}
+	if o.local > 0 {
+		err = runLocal(stdout, o)
+	} else {
+		err = runFromEnv(stdout, o)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "allreduce:", err)
+		return 1
+	}
+	return 0
+}
+
+func parseArgs(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("allreduce", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&o.local, "local", 0, "run `N` ranks in this process instead of one rank from the environment")
+	fs.StringVar(&o.transport, "transport", "tcp", "with -local: tcp (loopback), quic (loopback) or mem (in-process pipes)")
+	sizes := fs.String("sizes", "4,64,1K,16K,256K,1M,4M,16M,64M", "buffer sizes per rank, in bytes (K, M suffixes), multiples of 4")
+	fs.DurationVar(&o.budget, "budget", 500*time.Millisecond, "time to spend measuring each size")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if given["local"] && o.local < 1 {
+		return o, fmt.Errorf("-local %d: want at least 1 rank", o.local)
+	}
+	o.transport = strings.ToLower(o.transport)
+	switch {
+	case o.transport != "tcp" && o.transport != "quic" && o.transport != "mem":
+		return o, fmt.Errorf("-transport %q: want tcp, quic or mem", o.transport)
+	case given["transport"] && o.local == 0:
+		return o, errors.New("-transport applies to -local only; a rank of a job takes RINGO_TRANSPORT from its environment")
+	}
+	if o.budget <= 0 {
+		return o, fmt.Errorf("-budget %v: want a positive duration", o.budget)
+	}
+	var err error
+	o.sizes, err = parseSizes(*sizes)
+	return o, err
+}
+
+func runFromEnv(stdout io.Writer, o options) error {
 	ctx := context.Background()
 	comm, err := collective.Init(ctx)
 	if err != nil {
+		if errors.Is(err, collective.ErrNoRank) {
+			return fmt.Errorf("%w\n(for a job of 4 ranks in this one process, run: allreduce -local 4)", err)
+		}
 		return err
 	}
 	defer comm.Close()
-	return sweep(ctx, comm, sizes, budget, comm.Rank() == 0)
+	return sweep(ctx, stdout, comm, o.sizes, o.budget, comm.Rank() == 0)
 }
 
-func runLocal(n int, transport string, sizes []int, budget time.Duration) error {
+func runLocal(stdout io.Writer, o options) error {
 	ctx := context.Background()
+	n := o.local
 	var comms []*collective.Comm
 	var err error
-	switch transport {
-	case "mem":
+	if o.transport == "mem" {
 		comms, err = collective.Local(n)
-	case "tcp":
-		comms, err = collective.LocalNetwork(ctx, n, collective.Config{Token: "demo"})
-	default:
-		err = fmt.Errorf("unknown transport %q", transport)
+	} else {
+		comms, err = collective.LocalNetwork(ctx, n, collective.Config{Token: "demo", Transport: o.transport})
 	}
 	if err != nil {
 		return err
@@ -77,14 +134,14 @@ func runLocal(n int, transport string, sizes []int, budget time.Duration) error 
 			c.Close()
 		}
 	}()
-	fmt.Printf("# %d ranks in one process over %s\n", n, transport)
+	fmt.Fprintf(stdout, "# %d ranks in one process over %s\n", n, o.transport)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for r, c := range comms {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[r] = sweep(ctx, c, sizes, budget, r == 0)
+			errs[r] = sweep(ctx, stdout, c, o.sizes, o.budget, r == 0)
 		}()
 	}
 	wg.Wait()
@@ -93,11 +150,11 @@ func runLocal(n int, transport string, sizes []int, budget time.Duration) error 
 
 // sweep runs every size on this rank; rank 0 prints. Every rank times the
 // same number of calls, chosen by rank 0 and agreed with a Broadcast.
-func sweep(ctx context.Context, c *collective.Comm, sizes []int, budget time.Duration, print bool) error {
+func sweep(ctx context.Context, stdout io.Writer, c *collective.Comm, sizes []int, budget time.Duration, print bool) error {
 	n := c.Size()
 	if print {
-		fmt.Printf("# float32 Sum AllReduce, %d ranks; time is the median over samples of the slowest rank\n", n)
-		fmt.Printf("%12s %10s %12s %12s %12s %8s\n", "size(B)", "calls", "time(us)", "algbw(GB/s)", "busbw(GB/s)", "check")
+		fmt.Fprintf(stdout, "# float32 Sum AllReduce, %d ranks; time is the median over samples of the slowest rank\n", n)
+		fmt.Fprintf(stdout, "%12s %10s %12s %12s %12s %8s\n", "size(B)", "calls", "time(us)", "algbw(GB/s)", "busbw(GB/s)", "#wrong")
 	}
 	for _, size := range sizes {
 		count := size / 4
@@ -109,15 +166,21 @@ func sweep(ctx context.Context, c *collective.Comm, sizes []int, budget time.Dur
 		if err := collective.AllReduce(ctx, c, buf, collective.Sum); err != nil {
 			return err
 		}
-		check := "ok"
+		wrong := []int64{0}
 		for i := range buf {
 			if want := float32(n*(n+1)/2 + n*(i%3)); buf[i] != want {
-				check = fmt.Sprintf("FAIL at %d: %v != %v", i, buf[i], want)
-				break
+				wrong[0]++
 			}
 		}
-		if check != "ok" {
-			return fmt.Errorf("rank %d, %d bytes: %s", c.Rank(), size, check)
+		// Every rank's count, summed: rank 0 prints them all.
+		if err := collective.AllReduce(ctx, c, wrong, collective.Sum); err != nil {
+			return err
+		}
+		if wrong[0] > 0 {
+			if print {
+				fmt.Fprintf(stdout, "%12d %10s %12s %12s %12s %8d\n", size, "-", "-", "-", "-", wrong[0])
+			}
+			return fmt.Errorf("%d bytes: %d elements wrong over all ranks", size, wrong[0])
 		}
 		clear(buf)
 		// Calibrate: double the calls until they take a tenth of the budget
@@ -162,16 +225,18 @@ func sweep(ctx context.Context, c *collective.Comm, sizes []int, budget time.Dur
 			slices.Sort(times)
 			med := times[len(times)/2]
 			algbw := float64(size) / med / 1e9
-			fmt.Printf("%12d %10d %12.2f %12.3f %12.3f %8s\n", size, inner*samples, med*1e6, algbw, algbw*2*float64(n-1)/float64(n), check)
+			fmt.Fprintf(stdout, "%12d %10d %12.2f %12.3f %12.3f %8d\n", size, inner*samples, med*1e6, algbw, algbw*2*float64(n-1)/float64(n), wrong[0])
 		}
 	}
 	return nil
 }
 
+// parseSizes reads "4,64,1K,16M": byte counts, each a whole number of
+// float32 values.
 func parseSizes(s string) ([]int, error) {
 	var out []int
-	for _, f := range strings.Split(s, ",") {
-		f = strings.TrimSpace(f)
+	for _, field := range strings.Split(s, ",") {
+		f := strings.TrimSpace(field)
 		mult := 1
 		switch {
 		case strings.HasSuffix(f, "K"):
@@ -180,8 +245,13 @@ func parseSizes(s string) ([]int, error) {
 			mult, f = 1<<20, strings.TrimSuffix(f, "M")
 		}
 		v, err := strconv.Atoi(f)
-		if err != nil || v < 0 {
-			return nil, fmt.Errorf("bad size %q", f)
+		switch {
+		case err != nil || v < 0:
+			return nil, fmt.Errorf("-sizes: bad size %q: want a byte count such as 4, 64K or 16M", field)
+		case v > (1<<40)/mult:
+			return nil, fmt.Errorf("-sizes: size %q is too large", field)
+		case v*mult%4 != 0:
+			return nil, fmt.Errorf("-sizes: size %q is not a whole number of float32 values (a multiple of 4 bytes)", field)
 		}
 		out = append(out, v*mult)
 	}

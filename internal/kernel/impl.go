@@ -32,10 +32,6 @@ type impl struct {
 	fill func(*tables)
 	// conv installs its conversion kernels (nil: portable conversions).
 	conv *converters
-	// untested marks an implementation whose assembly has not yet run on a
-	// machine that has the instructions: the tests exercise it wherever the
-	// CPU allows, but it is never chosen to serve calls until it has passed.
-	untested bool
 }
 
 // build returns the full set of kernels of i.
@@ -49,20 +45,32 @@ func (i impl) build() tables {
 
 var portable = impl{name: "portable"}
 
+// candidate is an implementation this architecture has, and what the CPU
+// lacks to run it ("" when it can).
+type candidate struct {
+	impl
+	missing string
+}
+
+// candidates lists every implementation of this architecture, best first,
+// the portable one last. archCandidates comes from the per-architecture
+// files.
+func candidates() []candidate { return append(archCandidates(), candidate{impl: portable}) }
+
 // impls lists the implementations this CPU can run, best first; the portable
-// one is always last. archImpls comes from the per-architecture files.
-func impls() []impl { return append(archImpls(), portable) }
-
-var current = chooseImpl(impls())
-
-func chooseImpl(all []impl) impl {
-	for _, i := range all {
-		if !i.untested {
-			return i
+// one is always last.
+func impls() []impl {
+	var out []impl
+	for _, c := range candidates() {
+		if c.missing == "" {
+			out = append(out, c.impl)
 		}
 	}
-	return portable
+	return out
 }
+
+// current serves every call: the best implementation the CPU runs.
+var current = impls()[0]
 
 func init() { install(current) }
 

@@ -2,4 +2,4 @@
 
 package kernel
 
-func archImpls() []impl { return nil }
+func archCandidates() []candidate { return nil }

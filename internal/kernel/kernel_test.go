@@ -14,15 +14,25 @@ import (
 // for every (type, op, form), every length and offset, with aliasing, and
 // with guard elements around dst left alone.
 
+// TestImplementations: the best implementation the CPU runs serves calls.
 func TestImplementations(t *testing.T) {
 	var names []string
 	for _, i := range impls() {
 		names = append(names, i.name)
 	}
-	// Says in the CI log which paths ran.
-	t.Logf("kernels in use: %s; tested here: %v", Implementation(), names)
-	require.Equal(t, chooseImpl(impls()).name, Implementation())
-	require.Equal(t, "portable", impls()[len(impls())-1].name)
+	t.Logf("kernels: in use %s; this CPU runs %v", Implementation(), names)
+	require.Equal(t, impls()[0].name, Implementation())
+	require.Equal(t, "portable", names[len(names)-1])
+	all := candidates()
+	require.Equal(t, "portable", all[len(all)-1].name)
+	for _, c := range all {
+		if c.missing == "" {
+			// The first candidate the CPU runs is the one in use: an
+			// AVX-512 machine is served AVX-512.
+			require.Equal(t, c.name, Implementation())
+			break
+		}
+	}
 }
 
 // same reports whether got is an acceptable result where the portable kernel
@@ -211,10 +221,19 @@ func requireUntouched[T Elem](t *testing.T, got, orig []T, lo, hi int, where str
 	require.Equal(t, Bytes(orig[hi:]), Bytes(got[hi:]), "%s: elements after dst changed", where)
 }
 
+// TestKernelsMatchPortable holds every implementation of this architecture
+// that the CPU runs to the portable one; the others are skipped, saying
+// what the CPU lacks. Run with -v, its log says which ran here (CI prints
+// it).
 func TestKernelsMatchPortable(t *testing.T) {
 	want := portable.build()
-	for _, i := range impls() {
+	for _, c := range candidates() {
+		i := c.impl
 		t.Run(i.name, func(t *testing.T) {
+			if c.missing != "" {
+				t.Skipf("kernels: %s not tested: %s", i.name, c.missing)
+			}
+			t.Logf("kernels: %s tested on this CPU", i.name)
 			got := i.build()
 			r := rand.New(rand.NewPCG(1, uint64(len(i.name))))
 			checkImpl(t, r, i.name, &got.f32, &want.f32)
