@@ -4,10 +4,11 @@ import (
 	"fmt"
 	"unsafe"
 
-	"github.com/ringo-ml/ringo/doubling"
+	"github.com/ringo-ml/ringo/internal/algo/doubling"
+	"github.com/ringo-ml/ringo/internal/algo/tree"
 	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/link"
 	"github.com/ringo-ml/ringo/ring"
-	"github.com/ringo-ml/ringo/tree"
 )
 
 // algorithm names how a collective moves its data. It travels in the high
@@ -49,8 +50,9 @@ func parseAlgorithm(s string) (algorithm, error) {
 }
 
 // allReduceAlgorithm picks the algorithm for a vector of the given size:
-// the one forced by Config.Algorithm (RINGO_ALGO), else the cost model's
-// cheapest of ring, doubling and rabenseifner (costmodel.go).
+// the one forced by Config.Algorithm (RINGO_ALGO), else the cheapest of
+// ring, doubling and rabenseifner in the communicator's cost model
+// (costmodel.go), whose constants its transport gives.
 //
 // The model replaced a hand-set threshold (doubling up to 512 KiB on up to 4
 // ranks) drawn from this measurement on the 2-CPU development machine
@@ -77,7 +79,7 @@ func (c *Comm) allReduceAlgorithm(bytes int) algorithm {
 	case c.algo != algoAuto:
 		return c.algo
 	}
-	return model.bestAllReduce(c.size, bytes)
+	return c.model.bestAllReduce(c.size, bytes)
 }
 
 // bitsLen is ceil(log2(n+1)): the rounds of recursive doubling for n+1 ranks.
@@ -90,7 +92,7 @@ func bitsLen(n int) int {
 }
 
 // allReduce runs the chosen algorithm (begin has been called).
-func allReduce[T Elem](c *Comm, algo algorithm, buf []T, red ring.Reducer[T]) error {
+func allReduce[T Elem](c *Comm, algo algorithm, buf []T, red link.Reducer[T]) error {
 	switch algo {
 	case algoBidir:
 		return ring.AllReduceBidirectional(c.ring, c.ringRev, buf, red)
@@ -135,5 +137,5 @@ func (c *Comm) broadcastAlgorithm(bytes int) algorithm {
 	case c.algo == algoBidir:
 		return algoRing
 	}
-	return model.bestBroadcast(c.size, bytes)
+	return c.model.bestBroadcast(c.size, bytes)
 }

@@ -5,6 +5,7 @@ import (
 
 	"github.com/ringo-ml/ringo/internal/codec"
 	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/link"
 	"github.com/ringo-ml/ringo/ring"
 )
 
@@ -111,7 +112,7 @@ func Broadcast[T Elem](ctx context.Context, c *Comm, buf []T, root int) error {
 		return c.end(broadcastTree(c, buf, root))
 	}
 	lastRank := (root + c.size - 1) % c.size
-	var ackFrom, ackTo ring.Link
+	var ackFrom, ackTo link.Link
 	if c.size > 1 {
 		ackFrom, ackTo = c.links[lastRank], c.links[root] // nil at the ranks that do not use them
 		if c.rank != root {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ringo-ml/ringo/internal/codec"
+	"github.com/ringo-ml/ringo/link"
 	"github.com/ringo-ml/ringo/ring"
 	"github.com/ringo-ml/ringo/transport"
 )
@@ -44,7 +45,7 @@ type Comm struct {
 	p2p p2pLinks // Send and Recv, on connections of their own
 
 	links []*transport.Link // by peer rank; nil at this rank
-	peers []ring.Link       // the same links as the algorithms see them
+	peers []link.Link       // the same links as the algorithms see them
 	ring  *ring.Ring
 	// ringRev runs the other way over the same links (bidirectional ring).
 	ringRev *ring.Ring
@@ -52,6 +53,7 @@ type Comm struct {
 	codec      codec.Kind
 	compressed *ring.Compressed
 	algo       algorithm // forced by Config.Algorithm, or algoAuto
+	model      costModel // prices the algorithms algo may choose among
 	// scratch backs the small algorithms' receive buffers, work the copy a
 	// Reduce reduces (8-byte aligned, grown once as needed).
 	scratch, work []uint64
@@ -91,6 +93,7 @@ func newComm(rank, size int, streams []transport.Stream, cfg Config, w world) *C
 		slowAt:  cfg.slowWarning(),
 	}
 	c.algo, _ = parseAlgorithm(cfg.Algorithm) // New and Local have checked them
+	c.model = modelOf(w.conn.cost())
 	c.codec, _ = parseCompression("Config.Compression", cfg.Compression)
 	c.timer.Stop()
 	c.slow.Stop()
@@ -104,13 +107,13 @@ func newComm(rank, size int, streams []transport.Stream, cfg Config, w world) *C
 			c.links[p] = transport.NewLinkWith(p, transport.NewConn(s), c.fail, c.log, linkOpt)
 		}
 	}
-	c.peers = make([]ring.Link, size)
+	c.peers = make([]link.Link, size)
 	for p, l := range c.links {
 		if l != nil {
 			c.peers[p] = l
 		}
 	}
-	var left, right ring.Link
+	var left, right link.Link
 	if size > 1 {
 		left, right = c.links[(rank+size-1)%size], c.links[(rank+1)%size]
 	}

@@ -5,6 +5,7 @@ import (
 
 	"github.com/ringo-ml/ringo/internal/codec"
 	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/link"
 	"github.com/ringo-ml/ringo/ring"
 )
 
@@ -43,7 +44,7 @@ func allReduceCodec[T Elem](c *Comm, algo algorithm, op Op) (algorithm, codec.Ki
 }
 
 // allReduceCompressed runs the compressed ring (begin has been called).
-func allReduceCompressed[T Elem](c *Comm, k codec.Kind, buf []T, red ring.Reducer[T]) error {
+func allReduceCompressed[T Elem](c *Comm, k codec.Kind, buf []T, red link.Reducer[T]) error {
 	z, err := compressedRing(c, k)
 	if err != nil {
 		return err
@@ -57,7 +58,7 @@ func compressedRing(c *Comm, k codec.Kind) (*ring.Compressed, error) {
 	if c.compressed != nil {
 		return c.compressed, nil
 	}
-	z, err := ring.NewCompressed(c.ring, k)
+	z, err := ring.NewCompressed(c.ring, ring.Codec(k))
 	if err != nil {
 		return nil, fmt.Errorf("ringo: compression %v: %w", k, err)
 	}

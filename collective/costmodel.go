@@ -6,9 +6,11 @@ import (
 
 	"github.com/ringo-ml/ringo/internal/xfer"
 	"github.com/ringo-ml/ringo/ring"
+	"github.com/ringo-ml/ringo/transport"
 )
 
-// costModel is the alpha-beta(-gamma) model of a collective's time:
+// costModel is the alpha-beta(-gamma) model of a collective's time, as a
+// communicator holds it (Comm.model: its transport's constants):
 //
 //	time = rounds·Alpha + wire·Beta + reduced·Gamma
 //
@@ -41,32 +43,24 @@ type costModel struct {
 	Duplex float64 // how many times faster two directions move bytes than one
 }
 
-// model is fitted to the development machine: a 2-CPU AMD EPYC VM, Go 1.26,
-// ranks as goroutines of one process over TCP loopback, float32 Sum,
-// back-to-back calls (2026-11-23, 23:10 UTC):
-//
-//	go test -c -o /tmp/coll.test ./collective/ && cd collective &&
-//	flock /tmp/ringo-bench.lock /tmp/coll.test -test.run='^$' \
-//	    -test.bench='AllReduceModel/ranks=[24]/' -test.benchtime=0.3s -test.count=3 > /tmp/model4.txt
-//	RINGO_FIT_GAMMA=0.1 RINGO_FIT=/tmp/model4.txt go test -run=TestFitCostModel -v ./collective/
-//
-// Gamma is the reduction kernel's own time, from
+// reduceGamma is the reduction kernel's own time per byte, from
 //
 //	go test -run='^$' -bench='Kernel/Sum-float32/simd' ./internal/kernel/
 //
-// 30 GB/s in cache (4 MiB), 4-8 GB/s out of it (64 MiB): 0.1 ns/B. It is
-// given rather than fitted because the algorithms' wire and reduced bytes
-// are too nearly proportional for a fit to tell Beta from Gamma (left free,
-// it puts everything in Beta and Gamma = 0). The fit of Alpha and Beta by
-// least relative squares over the 30 ring, doubling and rabenseifner rows
-// (2 and 4 ranks, 8 B to 16 MiB, median of 3) printed Alpha = 50.5 us,
-// Beta = 1.003 ns/B, rms relative error 25%. The misfit is mostly the
-// machine: 4 ranks share 2 CPUs (their per-byte costs run 1.5-2x the fit),
-// 16 MiB falls out of cache, and runs taken while other jobs loaded the
-// machine differed by up to 2x (an earlier fit to two such runs, 2, 3 and 4
-// ranks, gave Alpha = 49 us and a 40% misfit). Refit on the machine a job
-// runs on for absolute predictions; the choices depend only on the ratios.
-var model = costModel{Alpha: 50.5e-6, Beta: 1.003e-9, Gamma: 0.1e-9, Duplex: 1}
+// 30 GB/s in cache (4 MiB), 4-8 GB/s out of it (64 MiB): 0.1 ns/B. It
+// belongs to the CPU, not to the transport, and is given rather than fitted
+// because the algorithms' wire and reduced bytes are too nearly proportional
+// for a fit to tell Beta from Gamma (left free, it puts everything in Beta
+// and Gamma = 0).
+const reduceGamma = 0.1e-9
+
+// modelOf is the cost model of a communicator whose links cost tc: the
+// transport's Alpha, Beta and Duplex (see transport.Cost; the TCP
+// constants and how they were fitted are in package transport) and the
+// kernel's Gamma.
+func modelOf(tc transport.Cost) costModel {
+	return costModel{Alpha: tc.Alpha, Beta: tc.Beta, Gamma: reduceGamma, Duplex: max(tc.Duplex, 1)}
+}
 
 // cost is one collective's critical path in the model's units.
 type cost struct {

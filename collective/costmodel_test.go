@@ -2,6 +2,8 @@ package collective
 
 import (
 	"bufio"
+	"context"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -13,6 +15,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/ringo-ml/ringo/transport"
 )
 
 func TestCostFormulas(t *testing.T) {
@@ -53,6 +57,10 @@ func TestCostFormulas(t *testing.T) {
 	assert.InDelta(t, 2.0, m.allReduceCost(algoRing, 2, big).rounds, 1e-9)
 }
 
+// model is the model of a communicator over TCP (and, for now, over every
+// transport: none brings constants of its own yet).
+var model = modelOf(transport.NewTCPNetwork(nil).Cost())
+
 var chooserSizes = []int{0, 8, 1 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20, 1 << 30}
 
 // TestChooserPicksTheModelsCheapest checks that auto mode runs the
@@ -61,7 +69,7 @@ var chooserSizes = []int{0, 8, 1 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 
 func TestChooserPicksTheModelsCheapest(t *testing.T) {
 	seen := map[algorithm]bool{}
 	for size := 2; size <= 8; size++ {
-		c := &Comm{size: size}
+		c := &Comm{size: size, model: model}
 		for _, bytes := range chooserSizes {
 			want, wantT := algoAuto, math.Inf(1)
 			for _, a := range []algorithm{algoRing, algoDoubling, algoRabenseifner} {
@@ -73,7 +81,7 @@ func TestChooserPicksTheModelsCheapest(t *testing.T) {
 			require.Equal(t, want, got, "N=%d %d bytes", size, bytes)
 			seen[got] = true
 			for _, forced := range []algorithm{algoRing, algoDoubling, algoRabenseifner, algoBidir} {
-				f := &Comm{size: size, algo: forced}
+				f := &Comm{size: size, model: model, algo: forced}
 				require.Equal(t, forced, f.allReduceAlgorithm(bytes))
 			}
 		}
@@ -82,14 +90,14 @@ func TestChooserPicksTheModelsCheapest(t *testing.T) {
 		assert.Equal(t, algoDoubling, c.allReduceAlgorithm(8), "N=%d", size)
 		assert.NotEqual(t, algoDoubling, c.allReduceAlgorithm(1<<30), "N=%d", size)
 	}
-	assert.Equal(t, algoRing, (&Comm{size: 1}).allReduceAlgorithm(8), "one rank has nothing to do")
+	assert.Equal(t, algoRing, (&Comm{size: 1, model: model}).allReduceAlgorithm(8), "one rank has nothing to do")
 	assert.True(t, seen[algoDoubling], "doubling chosen somewhere")
 	assert.True(t, seen[algoRing] || seen[algoRabenseifner], "a bandwidth algorithm chosen somewhere")
 }
 
 func TestBroadcastChooser(t *testing.T) {
 	for size := 2; size <= 8; size++ {
-		c := &Comm{size: size}
+		c := &Comm{size: size, model: model}
 		for _, bytes := range chooserSizes {
 			want := algoRing
 			if model.seconds(model.broadcastCost(algoDoubling, size, bytes)) < model.seconds(model.broadcastCost(algoRing, size, bytes)) {
@@ -101,10 +109,44 @@ func TestBroadcastChooser(t *testing.T) {
 		if size > 2 { // on 2 ranks both are one hop: the tree has no acknowledgement to wait for
 			assert.Equal(t, algoRing, c.broadcastAlgorithm(1<<30), "N=%d: large goes by chain", size)
 		}
-		assert.Equal(t, algoDoubling, (&Comm{size: size, algo: algoDoubling}).broadcastAlgorithm(1<<30))
-		assert.Equal(t, algoRing, (&Comm{size: size, algo: algoRing}).broadcastAlgorithm(8))
-		assert.Equal(t, algoRing, (&Comm{size: size, algo: algoBidir}).broadcastAlgorithm(8))
+		assert.Equal(t, algoDoubling, (&Comm{size: size, model: model, algo: algoDoubling}).broadcastAlgorithm(1<<30))
+		assert.Equal(t, algoRing, (&Comm{size: size, model: model, algo: algoRing}).broadcastAlgorithm(8))
+		assert.Equal(t, algoRing, (&Comm{size: size, model: model, algo: algoBidir}).broadcastAlgorithm(8))
 	}
+}
+
+// costConnector is a connector whose links cost what it says.
+type costConnector struct{ c transport.Cost }
+
+func (f costConnector) connect(context.Context, uint64, int) (transport.Stream, error) {
+	return nil, errors.New("costConnector connects nothing")
+}
+func (f costConnector) cost() transport.Cost { return f.c }
+func (f costConnector) retain()              {}
+func (f costConnector) release()             {}
+
+// TestTheTransportPricesTheAlgorithms: a communicator takes its cost model
+// from its connections. On links where latency is all that counts, a
+// mid-size AllReduce goes by the fewest rounds (recursive doubling); where
+// bytes are all that count, never by the algorithm that sends the whole
+// vector every round.
+func TestTheTransportPricesTheAlgorithms(t *testing.T) {
+	const size, bytes = 4, 1 << 20
+	form := func(c transport.Cost) *Comm {
+		comm := newComm(0, size, make([]transport.Stream, size), Config{}, world{conn: costConnector{c}})
+		t.Cleanup(func() { _ = comm.Close() })
+		return comm
+	}
+	latencyBound := form(transport.Cost{Alpha: 1, Beta: 1e-15, Duplex: 1})
+	bandwidthBound := form(transport.Cost{Alpha: 1e-15, Beta: 1e-6, Duplex: 1})
+	assert.Equal(t, modelOf(transport.Cost{Alpha: 1, Beta: 1e-15, Duplex: 1}), latencyBound.model)
+	assert.Equal(t, algoDoubling, latencyBound.allReduceAlgorithm(bytes))
+	assert.NotEqual(t, algoDoubling, bandwidthBound.allReduceAlgorithm(bytes))
+	assert.Equal(t, algoDoubling, latencyBound.broadcastAlgorithm(bytes), "the tree: fewer rounds than the chain")
+	assert.Equal(t, algoRing, bandwidthBound.broadcastAlgorithm(bytes), "the chain: fewer bytes per link than the tree")
+	// TCP's own model chooses otherwise at this size: the choice is the
+	// transport's, not a constant's.
+	assert.NotEqual(t, algoDoubling, (&Comm{size: size, model: model}).allReduceAlgorithm(bytes))
 }
 
 // benchRow is one measured (ranks, algorithm, size): the median ns/op.

@@ -2,11 +2,9 @@ package collective
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"syscall"
 	"time"
 
 	"github.com/ringo-ml/ringo/collective/rendezvous"
@@ -106,35 +104,27 @@ func listenAddress(cfg Config) (string, error) {
 	return net.JoinHostPort("", port), nil
 }
 
-// serveListener opens the listener rank 0 serves the rendezvous on. A port
-// in use is waited for, until ctx ends: when two jobs are given one
-// address, the second forms once the first has (the ranks of each refuse
-// the other's), rather than one of them failing.
-func serveListener(ctx context.Context, cfg Config, log *slog.Logger) (net.Listener, error) {
+// serveRendezvous serves the rendezvous of rank 0 (rendezvous.ListenAndServe:
+// this package does not listen itself). A port in use is waited for, until
+// ctx ends: when two jobs are given one address, the second forms once the
+// first has (the ranks of each refuse the other's), rather than one of them
+// failing.
+func serveRendezvous(ctx context.Context, cfg Config, id transport.Identity, log *slog.Logger) (*rendezvous.Server, error) {
 	addr, err := listenAddress(cfg)
 	if err != nil {
 		return nil, err
 	}
-	backoff := 20 * time.Millisecond
-	for warned := false; ; warned = true {
-		ln, err := transport.ListenTCP(ctx, addr)
-		if err == nil {
-			return ln, nil
-		}
-		if !errors.Is(err, syscall.EADDRINUSE) {
-			return nil, fmt.Errorf("ringo: rank 0 cannot serve the rendezvous at %s: %w", cfg.Addr, err)
-		}
-		if !warned {
+	srv, err := rendezvous.ListenAndServe(ctx, addr, id, rendezvous.ServeOptions{
+		Log:      log,
+		Progress: progressEvery(cfg),
+		PortInUse: func() {
 			log.Warn(fmt.Sprintf("ringo: the rendezvous port of %s is in use (by another job?): waiting for it", cfg.Addr))
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("ringo: rank 0 cannot serve the rendezvous at %s: %w: the port stayed in use: is another job using it? (%w)",
-				cfg.Addr, context.Cause(ctx), err)
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 500*time.Millisecond)
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ringo: rank 0 cannot serve the rendezvous at %s: %w", cfg.Addr, err)
 	}
+	return srv, nil
 }
 
 // progressEvery is how often the rendezvous reports who is missing: every

@@ -1,6 +1,9 @@
 package collective
 
 import (
+	"context"
+	"fmt"
+
 	"github.com/ringo-ml/ringo/transport"
 )
 
@@ -23,22 +26,34 @@ func LocalConfig(n int, cfg Config) ([]*Comm, error) {
 	if _, err := parseCompression("Config.Compression", cfg.Compression); err != nil {
 		return nil, err
 	}
-	streams := make([][]transport.Stream, n)
-	for i := range streams {
-		streams[i] = make([]transport.Stream, n)
-	}
-	for i := range n {
-		for j := i + 1; j < n; j++ {
-			streams[i][j], streams[j][i] = transport.Pipe()
-		}
-	}
 	if cfg.Heartbeat == 0 {
 		cfg.Heartbeat = -1 // an in-process peer cannot vanish silently
 	}
-	hub := newPipeHub(n)
+	// A hub of pipes is to Local what a mesh is to New: it connects the
+	// world here, and later its sub-communicators and point-to-point
+	// channels. Its Connect never waits, so one goroutine connects all.
+	hub := transport.NewPipeHub(n)
+	worlds := make([]world, n)
+	streams := make([][]transport.Stream, n)
+	for r := range n {
+		worlds[r] = world{conn: newShared(hub.Connector(r), 1)}
+		streams[r] = make([]transport.Stream, n)
+	}
+	for r := range n {
+		for p := range n {
+			if p == r {
+				continue
+			}
+			s, err := worlds[r].conn.connect(context.Background(), 0, p)
+			if err != nil { // not while every rank holds the hub
+				return nil, fmt.Errorf("ringo: Local: %w", err)
+			}
+			streams[r][p] = s
+		}
+	}
 	comms := make([]*Comm, n)
-	for i := range n {
-		comms[i] = newComm(i, n, streams[i], cfg, world{conn: pipeEnd{hub, i}})
+	for r := range n {
+		comms[r] = newComm(r, n, streams[r], cfg, worlds[r])
 	}
 	return comms, nil
 }

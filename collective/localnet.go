@@ -3,8 +3,10 @@ package collective
 import (
 	"context"
 	"errors"
-	"net"
 	"sync"
+
+	"github.com/ringo-ml/ringo/collective/rendezvous"
+	"github.com/ringo-ml/ringo/transport"
 )
 
 // LocalNetwork forms n ranks in this process over the network transport of
@@ -16,13 +18,17 @@ func LocalNetwork(ctx context.Context, n int, cfg Config) ([]*Comm, error) {
 	if n < 1 {
 		return nil, invalidf("LocalNetwork needs at least one rank, got %d", n)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	cfg.Addr, cfg.Size, cfg.ExternalRendezvous = ln.Addr().String(), n, false
-	if err := ln.Close(); err != nil { // rank 0 serves here: free the port for it
-		return nil, err
+	cfg.Size = n
+	if n > 1 {
+		// The rendezvous is served here, beside the ranks, on a port of its
+		// own choosing: no port is picked, freed and hoped to be free still.
+		id := transport.Identity{Token: []byte(cfg.Token), Job: cfg.JobID, Size: n}
+		srv, err := rendezvous.ListenAndServe(ctx, "127.0.0.1:0", id, rendezvous.ServeOptions{Log: cfg.logger()})
+		if err != nil {
+			return nil, err
+		}
+		defer srv.Close()
+		cfg.Addr, cfg.ExternalRendezvous = srv.Addr(), true
 	}
 	comms := make([]*Comm, n)
 	errs := make([]error, n)

@@ -53,59 +53,66 @@ func New(ctx context.Context, cfg Config) (*Comm, error) {
 	}
 	id := transport.Identity{Token: []byte(cfg.Token), Job: cfg.JobID, Rank: cfg.Rank, Size: cfg.Size}
 
-	var serveErr chan error
+	var served *rendezvous.Server
 	if cfg.Rank == 0 && !cfg.ExternalRendezvous {
-		ln, err := serveListener(ctx, cfg, log)
+		served, err = serveRendezvous(ctx, cfg, id, log)
 		if err != nil {
 			return nil, err
 		}
-		defer ln.Close()
-		serveErr = make(chan error, 1)
-		opts := rendezvous.ServeOptions{Log: log, Progress: progressEvery(cfg)}
-		go func() { serveErr <- rendezvous.ServeWith(ctx, ln, id, opts) }()
+		defer served.Close()
 	}
 
-	nw, err := newNetwork(cfg)
+	nw, err := network(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("ringo: rank %d: %w", cfg.Rank, err)
 	}
-	var peers peerListener
+	var mesh *transport.Mesh // owns nw once made
+	owned := false           // by the world
 	defer func() {
-		if peers != nil {
-			_ = peers.close()
+		switch {
+		case owned:
+		case mesh != nil:
+			_ = mesh.Close()
+		default:
+			_ = nw.Close()
 		}
 	}()
 	table, err := rendezvous.JoinWith(ctx, cfg.Addr, id, func(local net.Addr) (rendezvous.Entry, error) {
-		if peers == nil { // a retried join keeps the listener of the first attempt
+		if mesh == nil { // a retried join keeps the listener of the first attempt
 			host, err := advertiseHost(cfg.Iface, local)
 			if err != nil {
 				return rendezvous.Entry{}, err
 			}
-			if peers, err = nw.listen(ctx, host); err != nil {
+			if mesh, err = transport.ListenMesh(ctx, nw, host, id, log); err != nil {
 				return rendezvous.Entry{}, fmt.Errorf("listening for peers on %s: %w", host, err)
 			}
 		}
-		return rendezvous.Entry{Addr: peers.addr(), Fingerprint: nw.fingerprint()}, nil
+		ep := mesh.Endpoint()
+		return rendezvous.Entry{Addr: ep.Addr, Fingerprint: ep.Fingerprint}, nil
 	})
-	if serveErr != nil {
-		if serr := <-serveErr; err == nil && serr != nil {
+	if served != nil {
+		if serr := served.Wait(); err == nil && serr != nil {
 			err = serr
 		}
 	}
 	if err == nil {
-		err = nw.setPeers(cfg.Rank, table)
+		peers := make([]transport.Endpoint, len(table))
+		for r, e := range table {
+			peers[r] = transport.Endpoint{Addr: e.Addr, Fingerprint: e.Fingerprint}
+		}
+		err = mesh.Start(peers)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("ringo: rank %d: %w", cfg.Rank, err)
 	}
-	mesh := newMeshConnector(nw, peers, id, log)
-	peers = nil // the connector owns the listener now
-	streams, err := connectMesh(ctx, world{conn: mesh}, cfg.Rank, cfg.Size)
+	w := world{conn: newShared(mesh, 1)}
+	owned = true
+	streams, err := connectMesh(ctx, w, cfg.Rank, cfg.Size)
 	if err != nil {
-		mesh.release()
+		w.conn.release()
 		return nil, fmt.Errorf("ringo: rank %d: %w", cfg.Rank, err)
 	}
-	return newComm(cfg.Rank, cfg.Size, streams, cfg, world{conn: mesh}), nil
+	return newComm(cfg.Rank, cfg.Size, streams, cfg, w), nil
 }
 
 // advertiseHost picks the address peers should dial: iface's address, or

@@ -5,16 +5,17 @@ import (
 
 	"github.com/ringo-ml/ringo/internal/codec"
 	"github.com/ringo-ml/ringo/internal/kernel"
-	"github.com/ringo-ml/ringo/ring"
+	"github.com/ringo-ml/ringo/link"
 	"github.com/ringo-ml/ringo/transport"
 )
 
 // Elem is the set of element types every collective accepts: int8, uint8,
 // int32, uint32, int64, uint64, float32 and float64 (the types themselves,
-// not types defined on them). Every rank of a call must use the same type:
-// one that differs fails the call with ErrMismatch.
+// not types defined on them; the set is link.Elem, which every layer of
+// ringo shares). Every rank of a call must use the same type: one that
+// differs fails the call with ErrMismatch.
 type Elem interface {
-	int8 | uint8 | int32 | uint32 | int64 | uint64 | float32 | float64
+	link.Elem
 }
 
 // Op is a reduction.
@@ -49,7 +50,7 @@ func (o Op) String() string {
 	return fmt.Sprintf("Op(%d)", uint8(o))
 }
 
-func reducer[T Elem](op Op) (ring.Reducer[T], error) {
+func reducer[T Elem](op Op) (link.Reducer[T], error) {
 	kop := kernel.Sum
 	switch op {
 	case Sum, Avg:
@@ -60,10 +61,10 @@ func reducer[T Elem](op Op) (ring.Reducer[T], error) {
 	case Max:
 		kop = kernel.Max
 	default:
-		return ring.Reducer[T]{}, invalidf("unknown reduction %v", op)
+		return link.Reducer[T]{}, invalidf("unknown reduction %v", op)
 	}
 	k, _ := kernel.For[T](kop)
-	red := ring.Reducer[T]{Kernel: k}
+	red := link.Reducer[T]{ReduceTo: k.ReduceTo}
 	if op == Avg {
 		if red.Div = kernel.DivFunc[T](); red.Div == nil {
 			return red, invalidf("Avg is defined for float32 and float64, not %v", kernel.TypeOf[T]())

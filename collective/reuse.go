@@ -8,6 +8,7 @@ import (
 
 	"github.com/ringo-ml/ringo/internal/codec"
 	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/link"
 	"github.com/ringo-ml/ringo/ring"
 )
 
@@ -27,7 +28,7 @@ type AllReducer[T Elem] struct {
 	c    *Comm
 	buf  []T
 	op   Op
-	red  ring.Reducer[T]
+	red  link.Reducer[T]
 	kind codec.Kind       // the codec of this AllReducer's calls
 	own  bool             // kind is its own, not the communicator's
 	z    *ring.Compressed // its compressed ring (own kind), made on first use
@@ -167,7 +168,7 @@ func (a *AllReducer[T]) run(ctx context.Context) error {
 		return c.end(allReduceCompressed(c, comp, a.buf, a.red))
 	}
 	if a.z == nil {
-		z, err := ring.NewCompressed(c.ring, comp)
+		z, err := ring.NewCompressed(c.ring, ring.Codec(comp))
 		if err != nil {
 			return c.end(fmt.Errorf("ringo: compression %v: %w", comp, err))
 		}

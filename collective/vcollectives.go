@@ -3,7 +3,7 @@ package collective
 import (
 	"context"
 
-	"github.com/ringo-ml/ringo/direct"
+	"github.com/ringo-ml/ringo/internal/algo/direct"
 	"github.com/ringo-ml/ringo/internal/kernel"
 )
 

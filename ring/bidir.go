@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/link"
 )
 
 // Reversed returns the ring that runs the other way over the same links:
@@ -67,7 +68,7 @@ var errOtherHalf = errors.New("ring: the other half of the bidirectional allredu
 // it: about a microsecond, against milliseconds for any vector worth
 // splitting. It allocates nothing in steady state (see halfWorker); no
 // goroutine outlives the call, so nothing needs closing with the rings.
-func AllReduceBidirectional[T kernel.Elem](fwd, rev *Ring, buf []T, red Reducer[T]) error {
+func AllReduceBidirectional[T link.Elem](fwd, rev *Ring, buf []T, red link.Reducer[T]) error {
 	mid := bidirSplit(fwd, len(buf), kernel.Size[T]())
 	if mid == 0 {
 		return AllReduce(fwd, buf, red)
@@ -103,10 +104,10 @@ func AllReduceBidirectional[T kernel.Elem](fwd, rev *Ring, buf []T, red Reducer[
 // half is the second half of a bidirectional allreduce, run by a
 // halfWorker. The reverse ring keeps it (Ring.half) for the next call, with
 // its done channel.
-type half[T kernel.Elem] struct {
+type half[T link.Elem] struct {
 	r    *Ring
 	buf  []T
-	red  Reducer[T]
+	red  link.Reducer[T]
 	done chan error
 }
 
@@ -156,7 +157,7 @@ func bidirSplit(r *Ring, n, esize int) int {
 // interrupt interrupts the operation on r's links, so that the other half,
 // which uses the same two links, stops waiting.
 func interrupt(r *Ring) {
-	for _, l := range [2]Link{r.left, r.right} {
+	for _, l := range [2]link.Link{r.left, r.right} {
 		if i, ok := l.(interrupter); ok {
 			i.Interrupt(errOtherHalf)
 		}

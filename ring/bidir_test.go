@@ -14,12 +14,13 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/link"
 	"github.com/ringo-ml/ringo/transport"
 )
 
 // bdRun runs one bidirectional allreduce of bufs[r] on every rank in
 // ranks (all if nil) and returns their errors by rank (see testRing.run).
-func bdRun[T kernel.Elem](t *testing.T, tr *testRing, bufs [][]T, red Reducer[T], ranks []int, expire <-chan time.Time) []error {
+func bdRun[T link.Elem](t *testing.T, tr *testRing, bufs [][]T, red link.Reducer[T], ranks []int, expire <-chan time.Time) []error {
 	t.Helper()
 	return tr.run(t, ranks, expire, func(r int) error {
 		rk := tr.ranks[r]
@@ -27,7 +28,7 @@ func bdRun[T kernel.Elem](t *testing.T, tr *testRing, bufs [][]T, red Reducer[T]
 	})
 }
 
-func bdIsFloat[T kernel.Elem]() bool {
+func bdIsFloat[T link.Elem]() bool {
 	var z T
 	switch any(z).(type) {
 	case float32, float64:
@@ -38,7 +39,7 @@ func bdIsFloat[T kernel.Elem]() bool {
 
 // bdInputs returns every rank's vector of n elements: values in [-1, 1) for
 // floats, any value for integers (sums wrap, as the kernels' do).
-func bdInputs[T kernel.Elem](size, n int, seed uint64) [][]T {
+func bdInputs[T link.Elem](size, n int, seed uint64) [][]T {
 	rng := rand.New(rand.NewPCG(seed, uint64(size*1_000_003+n)))
 	bufs := make([][]T, size)
 	for r := range bufs {
@@ -57,7 +58,7 @@ func bdInputs[T kernel.Elem](size, n int, seed uint64) [][]T {
 // bdCheckSum checks that every rank holds the sum of in, to float tolerance
 // against a float64 reference (exactly for integers, wrapping as Go does),
 // and that all ranks hold the same bits.
-func bdCheckSum[T kernel.Elem](t *testing.T, in, out [][]T) {
+func bdCheckSum[T link.Elem](t *testing.T, in, out [][]T) {
 	t.Helper()
 	n := len(in[0])
 	for i := range n {
@@ -85,15 +86,11 @@ func bdCheckSum[T kernel.Elem](t *testing.T, in, out [][]T) {
 	}
 }
 
-func bdSum[T kernel.Elem](t *testing.T) Reducer[T] {
-	k, ok := kernel.For[T](kernel.Sum)
-	require.True(t, ok)
-	return Reducer[T]{Kernel: k}
-}
+func bdSum[T link.Elem](*testing.T) link.Reducer[T] { return Sum[T]() }
 
 // bdCase runs the allreduce of fresh bdInputs on tr twice (the second
 // run reuses the rings' scratch and links) and checks both results.
-func bdCase[T kernel.Elem](t *testing.T, tr *testRing, n int) {
+func bdCase[T link.Elem](t *testing.T, tr *testRing, n int) {
 	t.Helper()
 	size := len(tr.ranks)
 	for run := range 2 {
@@ -250,7 +247,7 @@ func TestAllReduceBidirectionalPeerFailure(t *testing.T) {
 		for _, victim := range []int{0, size / 2, size - 1} {
 			t.Run(fmt.Sprintf("size=%d/victim=%d", size, victim), func(t *testing.T) {
 				var tr *testRing
-				tr = newTestRing(t, size, opt, func(rank int, right *transport.Link) Link {
+				tr = newTestRing(t, size, opt, func(rank int, right *transport.Link) link.Link {
 					if rank != victim {
 						return right
 					}

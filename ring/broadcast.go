@@ -1,6 +1,9 @@
 package ring
 
-import "github.com/ringo-ml/ringo/internal/kernel"
+import (
+	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/link"
+)
 
 // Broadcast copies root's buf to every rank along the ring: root sends to
 // root+1, which forwards to root+2, and so on, piece by piece so that every
@@ -10,7 +13,7 @@ import "github.com/ringo-ml/ringo/internal/kernel"
 // that the root too receives a frame of this call and a rank that wrongly
 // believes itself the root is found out before its call returns.
 // ackFrom and ackTo are the links from the last rank to the root and back.
-func Broadcast[T kernel.Elem](r *Ring, buf []T, root int, ackFrom, ackTo Link) error {
+func Broadcast[T link.Elem](r *Ring, buf []T, root int, ackFrom, ackTo link.Link) error {
 	if r.size == 1 {
 		return nil
 	}

@@ -1,6 +1,8 @@
 package ring
 
-import "github.com/ringo-ml/ringo/internal/kernel"
+import (
+	"github.com/ringo-ml/ringo/link"
+)
 
 // ChunkBounds returns chunk c of a vector of n elements cut, as the ring
 // schedules cut it, into size balanced chunks.
@@ -13,7 +15,7 @@ func ChunkBounds(n, size, c int) (lo, hi int) {
 // fully reduced chunk ChunkBounds(len(buf), size, rank) on this rank; the
 // rest of buf holds partial results. Unlike ReduceScatter, the chunks
 // need not be equal, so any length works (Reduce gathers them at a root).
-func ReduceScatterChunks[T kernel.Elem](r *Ring, buf []T, red Reducer[T]) error {
+func ReduceScatterChunks[T link.Elem](r *Ring, buf []T, red link.Reducer[T]) error {
 	if r.size == 1 {
 		return nil
 	}

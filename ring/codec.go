@@ -7,6 +7,7 @@ import (
 
 	"github.com/ringo-ml/ringo/internal/codec"
 	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/link"
 )
 
 // Compressed is a ring whose AllReduce sends its pieces through a codec: the
@@ -68,13 +69,41 @@ const minLosslessSegment = 512 << 10
 // that is not float32).
 var ErrCodec = errors.New("ring: codec does not apply")
 
+// Codec is a wire codec of a compressed ring. Its value is the one the
+// codec travels as in a collective's signature (collective.Config.Compression).
+type Codec uint8
+
+// The codecs (the zero Codec sends values as they are). S2 and Zstd are lossless (github.com/klauspost/compress): a
+// piece goes compressed only where that pays, and the result is bitwise the
+// uncompressed ring's, for every element type and op. BF16 and FP16 are
+// lossy, for float32 vectors: values cross the wire as bfloat16 or IEEE
+// float16 (round to nearest even) and are accumulated in float32.
+const (
+	S2   = Codec(codec.S2)
+	Zstd = Codec(codec.Zstd)
+	BF16 = Codec(codec.BF16)
+	FP16 = Codec(codec.FP16)
+)
+
+func (k Codec) String() string { return codec.Kind(k).String() }
+
+// CodecStats counts what a compressed ring's encoder did. A lossy codec
+// counts nothing.
+type CodecStats struct {
+	// Pieces tried with the codec, sent compressed, and sent raw without a
+	// try (the back-off after incompressible ones).
+	Tried, Compressed, Skipped int
+	// RawBytes were encoded into WireBytes.
+	RawBytes, WireBytes int64
+}
+
 // NewCompressed returns r's compressed twin using codec k. It shares r's
 // links: calls on the two must not overlap. Close releases it.
 //
 // A lossless codec's pieces are at least 512 KiB (see minLosslessSegment),
 // whatever r's SegmentBytes.
-func NewCompressed(r *Ring, k codec.Kind) (*Compressed, error) {
-	return newCompressed(r, k, minLosslessSegment)
+func NewCompressed(r *Ring, k Codec) (*Compressed, error) {
+	return newCompressed(r, codec.Kind(k), minLosslessSegment)
 }
 
 // newCompressed is NewCompressed with the lossless pieces' floor given
@@ -92,11 +121,14 @@ func newCompressed(r *Ring, k codec.Kind, floor int) (*Compressed, error) {
 	return &Compressed{r: New(r.rank, r.size, r.left, r.right, opt), codec: c}, nil
 }
 
-// Kind is the codec in use.
-func (c *Compressed) Kind() codec.Kind { return c.codec.Kind() }
+// Codec is the codec in use.
+func (c *Compressed) Codec() Codec { return Codec(c.codec.Kind()) }
 
 // Stats are the encoder's counters since the last ResetStats.
-func (c *Compressed) Stats() codec.Stats { return c.codec.Stats() }
+func (c *Compressed) Stats() CodecStats {
+	s := c.codec.Stats()
+	return CodecStats{Tried: s.Tried, Compressed: s.Compressed, Skipped: s.Skipped, RawBytes: s.RawBytes, WireBytes: s.WireBytes}
+}
 
 // ResetStats zeroes the encoder's counters.
 func (c *Compressed) ResetStats() { c.codec.ResetStats() }
@@ -133,7 +165,7 @@ func (c *Compressed) scratch() {
 
 // AllReduceCompressed reduces buf across the ring in place, like AllReduce,
 // sending every piece through c's codec. A lossy codec needs a float32 buf.
-func AllReduceCompressed[T kernel.Elem](c *Compressed, buf []T, red Reducer[T]) error {
+func AllReduceCompressed[T link.Elem](c *Compressed, buf []T, red link.Reducer[T]) error {
 	r := c.r
 	k := c.codec.Kind()
 	if k.Lossy() && kernel.TypeOf[T]() != kernel.Float32 {
@@ -155,11 +187,11 @@ func AllReduceCompressed[T kernel.Elem](c *Compressed, buf []T, red Reducer[T]) 
 }
 
 // zrunner holds the state of one compressed allreduce.
-type zrunner[T kernel.Elem] struct {
+type zrunner[T link.Elem] struct {
 	c        *Compressed
 	s        schedule
 	buf      []T
-	red      Reducer[T]
+	red      link.Reducer[T]
 	kind     codec.Kind
 	fixed    bool // payload lengths follow from the element count: receives are posted ahead
 	esize    int
@@ -333,7 +365,7 @@ func (x *zrunner[T]) consume(q, t, k int) error {
 		if err != nil {
 			return err
 		}
-		x.red.Kernel.ReduceTo(tmp, in, x.buf[lo:hi])
+		x.red.ReduceTo(tmp, in, x.buf[lo:hi])
 		return x.encodeSend(x.sendSlot(t+1, k), tmp, false)
 	case s.isRS(t): // recvReduceCopySend: the rank's own chunk is complete
 		in, err := x.decode(tmp, payload, flag)
@@ -341,7 +373,7 @@ func (x *zrunner[T]) consume(q, t, k int) error {
 			return err
 		}
 		out := x.buf[lo:hi]
-		x.red.Kernel.ReduceTo(out, x.buf[lo:hi], in)
+		x.red.ReduceTo(out, x.buf[lo:hi], in)
 		if x.red.Div != nil {
 			x.red.Div(out, s.size)
 		}
@@ -411,7 +443,7 @@ func (x *zrunner[T]) sendMessage(sl *slot, payload []byte, flag codec.Flag) erro
 }
 
 // f32 views a float32 vector, known to be one, as []float32.
-func f32[T kernel.Elem](v []T) []float32 {
+func f32[T link.Elem](v []T) []float32 {
 	if len(v) == 0 {
 		return nil
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ringo-ml/ringo/internal/codec"
 	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/link"
 )
 
 // compressedRings gives every rank of tr a compressed twin of its ring with
@@ -25,14 +26,11 @@ func compressedRings(t testing.TB, tr *testRing, k codec.Kind) []*Compressed {
 	return cs
 }
 
-func codecSum[T kernel.Elem]() Reducer[T] {
-	k, _ := kernel.For[T](kernel.Sum)
-	return Reducer[T]{Kernel: k}
-}
+func codecSum[T link.Elem]() link.Reducer[T] { return Sum[T]() }
 
 // codecPattern fills v for rank: "sparse" is 90% zeros (the same positions on
 // every rank), "random" random values, "mixed" alternating runs of both.
-func codecPattern[T kernel.Elem](v []T, rank int, kind string) {
+func codecPattern[T link.Elem](v []T, rank int, kind string) {
 	rng := rand.New(rand.NewPCG(uint64(rank), 7))
 	mask := rand.New(rand.NewPCG(99, 1)) // the same on every rank
 	for i := range v {
@@ -81,7 +79,7 @@ func TestCompressedLosslessBitwise(t *testing.T) {
 	}
 }
 
-func checkLossless[T kernel.Elem](t *testing.T, tr *testRing, cs []*Compressed, count int, pat string) {
+func checkLossless[T link.Elem](t *testing.T, tr *testRing, cs []*Compressed, count int, pat string) {
 	t.Helper()
 	n := len(tr.ranks)
 	want := make([][]T, n)
@@ -236,7 +234,7 @@ func BenchmarkCompressedAllReduce(b *testing.B) {
 				tr := newTestRing(b, n, DefaultOptions, nil)
 				cs := make([]*Compressed, n) // as collective makes them (512 KiB lossless pieces)
 				for r, rk := range tr.ranks {
-					c, err := NewCompressed(rk.fwd, k)
+					c, err := NewCompressed(rk.fwd, Codec(k))
 					if err != nil {
 						b.Fatal(err)
 					}

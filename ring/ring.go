@@ -1,6 +1,19 @@
-// Package ring runs the ring schedules: reduce-scatter, allgather, and
-// allreduce as the one followed by the other, plus a pipelined chain
-// broadcast along the ring.
+// Package ring runs the ring schedules over links a caller supplies:
+// reduce-scatter, allgather, allreduce as the one followed by the other (also
+// on two counter-rotating rings, and with a wire codec), and a pipelined
+// chain broadcast along the ring.
+//
+// A ring is one rank's place among size ranks: a link.Link from its left
+// neighbour (rank-1) and one to its right neighbour (rank+1). Any
+// implementation of link.Link will do: a transport.Link, or one of the
+// caller's own. Every rank makes its ring and then makes the same calls in
+// the same order, each on a goroutine (or process) of its own:
+//
+//	r := ring.New(rank, size, left, right, ring.Options{})
+//	err := ring.AllReduce(r, grads, ring.Sum[float32]())
+//
+// Every rank ends with bitwise-identical values: each element is reduced on
+// one rank only and copied from there to the others.
 //
 // The vector is cut into one chunk per rank, each chunk into pieces of at most
 // Options.SegmentBytes. Pieces are processed in rounds of Options.Depth pieces
@@ -9,29 +22,19 @@
 // the pieces reduced before. Every rank runs the same schedule, so the order of
 // frames on a link is known to both of its ends.
 //
-// The package sees its neighbours only through the Link interface: it never
-// touches a socket and knows nothing of signatures or failures.
+// The package sees its neighbours only through the link.Link interface: it
+// never touches a socket and knows nothing of signatures or failures. A
+// failed call leaves the ring unusable (receives may still be posted into
+// the caller's buffer): the caller must stop the links before it reuses the
+// buffer, as package collective does by failing its communicator.
 package ring
 
 import (
 	"fmt"
 	"unsafe"
 
-	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/link"
 )
-
-// Link is a connection to one neighbour, as the schedules use it.
-type Link interface {
-	// Post asks for the next frame from the peer to be received into dst.
-	Post(dst []byte) error
-	// Wait waits for the oldest posted receive.
-	Wait() error
-	// Send queues src as the next frame; src must stay unchanged until
-	// Flush(ticket) returns.
-	Send(src []byte) (ticket uint64, err error)
-	// Flush waits until every frame up to ticket has been written.
-	Flush(ticket uint64) error
-}
 
 // Options tune the pipeline.
 type Options struct {
@@ -73,7 +76,7 @@ func (o Options) normalized() Options {
 // reuse from call to call. Its methods must not run concurrently.
 type Ring struct {
 	rank, size  int
-	left, right Link
+	left, right link.Link
 	opt         Options
 
 	recvSlots [][]byte // Depth slots the left neighbour's partial sums land in
@@ -86,15 +89,8 @@ type Ring struct {
 
 // New returns the ring of rank among size ranks, receiving from left and
 // sending to right (the same link when size is 2).
-func New(rank, size int, left, right Link, opt Options) *Ring {
+func New(rank, size int, left, right link.Link, opt Options) *Ring {
 	return &Ring{rank: rank, size: size, left: left, right: right, opt: opt.normalized()}
-}
-
-// Reducer is the reduction a schedule applies.
-type Reducer[T kernel.Elem] struct {
-	Kernel *kernel.Kernel[T]
-	// Div, if set, divides each final value by the world size (Avg).
-	Div func(dst []T, n int)
 }
 
 func (r *Ring) scratch() {
@@ -119,7 +115,7 @@ func (r *Ring) scratch() {
 // AllReduce reduces buf across the ring in place: reduce-scatter, then
 // allgather. Every rank ends with bitwise-identical values, because each
 // chunk is reduced on one rank only and then copied around.
-func AllReduce[T kernel.Elem](r *Ring, buf []T, red Reducer[T]) error {
+func AllReduce[T link.Elem](r *Ring, buf []T, red link.Reducer[T]) error {
 	if r.size == 1 {
 		return nil
 	}
@@ -129,7 +125,7 @@ func AllReduce[T kernel.Elem](r *Ring, buf []T, red Reducer[T]) error {
 
 // ReduceScatter reduces send (size blocks of len(recv)) and leaves block rank
 // of the result in recv. recv may be exactly send's block rank.
-func ReduceScatter[T kernel.Elem](r *Ring, send, recv []T, red Reducer[T]) error {
+func ReduceScatter[T link.Elem](r *Ring, send, recv []T, red link.Reducer[T]) error {
 	m := len(recv)
 	if len(send) != r.size*m {
 		return fmt.Errorf("ring: reduce-scatter of %d elements into %d-element blocks on %d ranks", len(send), m, r.size)
@@ -144,7 +140,7 @@ func ReduceScatter[T kernel.Elem](r *Ring, send, recv []T, red Reducer[T]) error
 
 // AllGather fills recv (size blocks of len(send)) with every rank's send, in
 // rank order. send may be exactly recv's block rank.
-func AllGather[T kernel.Elem](r *Ring, send, recv []T) error {
+func AllGather[T link.Elem](r *Ring, send, recv []T) error {
 	m := len(send)
 	if len(recv) != r.size*m {
 		return fmt.Errorf("ring: allgather of %d-element blocks into %d elements on %d ranks", m, len(recv), r.size)
@@ -154,5 +150,5 @@ func AllGather[T kernel.Elem](r *Ring, send, recv []T) error {
 		return nil
 	}
 	s := newSchedule[T](r, len(recv), m, false, true)
-	return run(r, s, recv, recv, Reducer[T]{})
+	return run(r, s, recv, recv, link.Reducer[T]{})
 }

@@ -1,6 +1,9 @@
 package ring
 
-import "github.com/ringo-ml/ringo/internal/kernel"
+import (
+	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/link"
+)
 
 // schedule is one rank's view of a ring operation over a vector of n elements.
 //
@@ -21,7 +24,7 @@ type schedule struct {
 	outOff     int // index of out[0] in the vector (reduce-scatter output)
 }
 
-func newSchedule[T kernel.Elem](r *Ring, n, block int, rs, ag bool) schedule {
+func newSchedule[T link.Elem](r *Ring, n, block int, rs, ag bool) schedule {
 	s := schedule{rank: r.rank, size: r.size, n: n, block: block, rs: rs, ag: ag, depth: r.opt.Depth}
 	if rs {
 		s.steps += s.size - 1
@@ -90,7 +93,7 @@ func (s *schedule) recvChunk(t int) int { return s.sendChunk(t + 1) }
 
 // run executes the schedule: own is the input vector (n elements), out the
 // output (the vector, or for reduce-scatter the rank's block).
-func run[T kernel.Elem](r *Ring, sched schedule, own, out []T, red Reducer[T]) error {
+func run[T link.Elem](r *Ring, sched schedule, own, out []T, red link.Reducer[T]) error {
 	s := &sched
 	if s.n == 0 {
 		return r.exchangeEmpty()
@@ -178,11 +181,11 @@ func (s *schedule) walk(postAhead bool, do func(m move, q, t, k int) error) erro
 }
 
 // runner holds the state of one schedule run.
-type runner[T kernel.Elem] struct {
+type runner[T link.Elem] struct {
 	r        *Ring
 	s        schedule
 	own, out []T
-	red      Reducer[T]
+	red      link.Reducer[T]
 	guarded  bool   // own and out share memory: allgather receives must wait for step-0 sends
 	guard    uint64 // last step-0 send of the current round
 	lastSend uint64
@@ -270,7 +273,7 @@ func (x *runner[T]) recvReduceSend(t, k, lo, hi int) error {
 	n := hi - lo
 	dst := kernel.FromBytes[T](x.r.sendSlots[slot][:n*kernel.Size[T]()])
 	in := kernel.FromBytes[T](x.r.recvSlots[k][:n*kernel.Size[T]()])
-	x.red.Kernel.ReduceTo(dst, in, x.own[lo:hi])
+	x.red.ReduceTo(dst, in, x.own[lo:hi])
 	if err := x.send(dst); err != nil {
 		return err
 	}
@@ -284,7 +287,7 @@ func (x *runner[T]) recvReduceCopy(k, lo, hi int, last bool) error {
 	n := hi - lo
 	dst := x.out[lo-x.s.outOff : hi-x.s.outOff]
 	in := kernel.FromBytes[T](x.r.recvSlots[k][:n*kernel.Size[T]()])
-	x.red.Kernel.ReduceTo(dst, x.own[lo:hi], in)
+	x.red.ReduceTo(dst, x.own[lo:hi], in)
 	if x.red.Div != nil {
 		x.red.Div(dst, x.s.size)
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ringo-ml/ringo/link"
 	"github.com/ringo-ml/ringo/transport"
 )
 
@@ -48,7 +49,7 @@ type testRing struct {
 
 // newTestRing builds the ring. wrap, if set, may replace a rank's link to its
 // right neighbour as the rings see it.
-func newTestRing(t testing.TB, size int, opt Options, wrap func(rank int, right *transport.Link) Link) *testRing {
+func newTestRing(t testing.TB, size int, opt Options, wrap func(rank int, right *transport.Link) link.Link) *testRing {
 	t.Helper()
 	tr := &testRing{ranks: make([]*testRank, size), sent: make([][]*atomic.Int64, size)}
 	linkTo := make([][]*transport.Link, size)
@@ -86,7 +87,7 @@ func newTestRing(t testing.TB, size int, opt Options, wrap func(rank int, right 
 		}
 	}
 	for r, rk := range tr.ranks {
-		var left, right Link
+		var left, right link.Link
 		if size > 1 {
 			left, right = linkTo[r][(r+size-1)%size], linkTo[r][(r+1)%size]
 			if wrap != nil {

@@ -19,7 +19,8 @@ import (
 
 // The conformance suite: every transport (mem, tcp, tcp+tls, quic) must frame,
 // close and authenticate the same way, so that links and collectives run on
-// any of them unchanged.
+// any of them unchanged; and so must the streams the Connectors make of them
+// (a Mesh over each Network, the pipe hub), which are what collectives run on.
 
 const confTimeout = 5 * time.Second
 
@@ -33,6 +34,10 @@ var transports = []struct {
 	{"tcp", func(t *testing.T) (transport.Stream, transport.Stream) { return tcpPair(t, false) }},
 	{"tcp+tls", func(t *testing.T) (transport.Stream, transport.Stream) { return tcpPair(t, true) }},
 	{"quic", quicPair},
+	{"mesh/tcp", meshPair(networks[0].make)},
+	{"mesh/tcp+tls", meshPair(networks[1].make)},
+	{"mesh/quic", meshPair(networks[2].make)},
+	{"pipehub", hubPair},
 }
 
 func cleanup(t *testing.T, ss ...transport.Stream) {

@@ -5,6 +5,13 @@
 // sends queued frames in order and receives payloads straight into buffers
 // the caller posted in advance.
 //
+// It also makes the connections: a Connector hands out one stream per
+// (channel, peer rank), from a Mesh over a Network (TCP, TCP with TLS, QUIC:
+// listening, dialing, the certificates and the job-token handshake), a
+// PipeHub (in-process pipes), or PerPeer (a Connector per peer: a mixed
+// mesh). Each Network says what its links cost, for the cost model that
+// picks algorithms.
+//
 // Nothing above this package touches a socket; nothing in it knows what a
 // collective does with the bytes.
 package transport

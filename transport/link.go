@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ringo-ml/ringo/link"
 )
 
 // ErrTimeout: an operation outlived its deadline.
@@ -22,6 +24,9 @@ var ErrInterrupted = errors.New("operation interrupted")
 // LinkDepth bounds the frames a Link holds queued for sending and the
 // receives posted ahead. Schedules must keep fewer in flight per link.
 const LinkDepth = 64
+
+// A Link is what ringo's algorithms run over (the contract of package link).
+var _ link.Link = (*Link)(nil)
 
 // Link is one communicator's connection to one peer rank. A sender goroutine
 // writes queued frames in order; a reader goroutine reads each data frame's

@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ringo-ml/ringo/transport"
@@ -89,6 +90,12 @@ type ServeOptions struct {
 	// each of them can name the missing ranks if it gives up. Zero means
 	// DefaultProgress, negative never.
 	Progress time.Duration
+	// PortInUse, if not nil, makes ListenAndServe wait for a port in use
+	// (by another job given the same address, say) until its context ends,
+	// rather than fail: the second job forms once the first has. It is
+	// called once, when the port is first found in use. ServeWith, given
+	// its listener, does not use it.
+	PortInUse func()
 	// OnRegister, if not nil, is called once for every rank the server
 	// accepts, with the address that rank advertised, so that a launcher can
 	// show progress. Calls are never concurrent, and all have returned when
@@ -635,4 +642,71 @@ func missingPhrase(missing []int) string {
 // waitingPhrase is "still waiting for rank 2 (3 of 4 ranks had joined)".
 func waitingPhrase(missing []int, joined, size int) string {
 	return fmt.Sprintf("still waiting for %s (%d of %d ranks had joined)", ranksNoun(missing), joined, size)
+}
+
+// Server is a rendezvous served in the background: rank 0's, or one a test
+// or a launcher runs beside its ranks.
+type Server struct {
+	ln     net.Listener
+	cancel context.CancelFunc
+	done   chan struct{} // closed when ServeWith has returned
+	err    error         // ServeWith's, once done is closed
+}
+
+// ListenAndServe listens on addr (host:port; port 0 picks one) and serves
+// the rendezvous of one job there, as ServeWith does, until every rank has
+// registered, ctx ends or Close is called. With opts.PortInUse set, a port
+// in use is waited for (see ServeOptions).
+func ListenAndServe(ctx context.Context, addr string, id transport.Identity, opts ServeOptions) (*Server, error) {
+	ln, err := listen(ctx, addr, opts.PortInUse)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	s := &Server{ln: ln, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		s.err = ServeWith(ctx, ln, id, opts)
+	}()
+	return s, nil
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Wait waits until the server has stopped serving (every rank registered,
+// or ctx ended, or Close) and returns ServeWith's error.
+func (s *Server) Wait() error {
+	<-s.done
+	return s.err
+}
+
+// Close stops serving, waits for the server to stop and closes its
+// listener. It returns nil.
+func (s *Server) Close() error {
+	s.cancel()
+	<-s.done
+	_ = s.ln.Close()
+	return nil
+}
+
+// listen listens on addr. A port in use is waited for, until ctx ends, if
+// inUse is set (it is called once, when the port is first found in use).
+func listen(ctx context.Context, addr string, inUse func()) (net.Listener, error) {
+	backoff := 20 * time.Millisecond
+	for warned := false; ; warned = true {
+		ln, err := transport.ListenTCP(ctx, addr)
+		if err == nil || inUse == nil || !errors.Is(err, syscall.EADDRINUSE) {
+			return ln, err
+		}
+		if !warned {
+			inUse()
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: the port stayed in use: is another job using it? (%w)", context.Cause(ctx), err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 500*time.Millisecond)
+	}
 }

@@ -1,12 +1,12 @@
 // Package linktest gives tests of the algorithm packages (doubling, tree,
-// direct) in-memory ring.Links: every pair of ranks joined by channels, with
+// direct) in-memory link.Links: every pair of ranks joined by channels, with
 // the receive checks of the real transport and none of its machinery.
 package linktest
 
 import (
 	"fmt"
 
-	"github.com/ringo-ml/ringo/ring"
+	"github.com/ringo-ml/ringo/link"
 )
 
 // Chan is one end of an in-memory connection: frames are copied into a
@@ -51,10 +51,10 @@ func (l *Chan) Unread() int { return len(l.in) }
 // Mesh joins n ranks pairwise: ends[r][p] is rank r's end of its
 // connection to rank p (nil for p == r), and links[r] the same as the
 // algorithms take them.
-func Mesh(n int) (links [][]ring.Link, ends [][]*Chan) {
-	links, ends = make([][]ring.Link, n), make([][]*Chan, n)
+func Mesh(n int) (links [][]link.Link, ends [][]*Chan) {
+	links, ends = make([][]link.Link, n), make([][]*Chan, n)
 	for r := range n {
-		links[r], ends[r] = make([]ring.Link, n), make([]*Chan, n)
+		links[r], ends[r] = make([]link.Link, n), make([]*Chan, n)
 	}
 	for a := range n {
 		for b := a + 1; b < n; b++ {

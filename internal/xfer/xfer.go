@@ -5,7 +5,7 @@ package xfer
 
 import (
 	"github.com/ringo-ml/ringo/internal/kernel"
-	"github.com/ringo-ml/ringo/ring"
+	"github.com/ringo-ml/ringo/link"
 )
 
 // MaxPiece bounds one frame.
@@ -14,7 +14,7 @@ const MaxPiece = 4 << 20
 // pieces calls f on successive pieces of b of at most MaxPiece bytes (one
 // empty piece for an empty b, so that the peers still exchange a frame and
 // check they agree).
-func pieces[T kernel.Elem](b []T, f func(lo, hi int) error) error {
+func pieces[T link.Elem](b []T, f func(lo, hi int) error) error {
 	step := max(1, MaxPiece/kernel.Size[T]())
 	for lo := 0; lo == 0 || lo < len(b); lo += step {
 		if err := f(lo, min(len(b), lo+step)); err != nil {
@@ -25,7 +25,7 @@ func pieces[T kernel.Elem](b []T, f func(lo, hi int) error) error {
 }
 
 // Exchange sends out to the peer and receives the peer's vector into in.
-func Exchange[T kernel.Elem](l ring.Link, out, in []T) error {
+func Exchange[T link.Elem](l link.Link, out, in []T) error {
 	return SendRecv(l, out, l, in)
 }
 
@@ -33,7 +33,7 @@ func Exchange[T kernel.Elem](l ring.Link, out, in []T) error {
 // from may be the same link, and out and in may differ in length. Pieces go
 // in step (post piece i, send piece i, wait for both), so neither side ever
 // has more than one piece queued.
-func SendRecv[T kernel.Elem](to ring.Link, out []T, from ring.Link, in []T) error {
+func SendRecv[T link.Elem](to link.Link, out []T, from link.Link, in []T) error {
 	step := max(1, MaxPiece/kernel.Size[T]())
 	n := max(1, (len(out)+step-1)/step, (len(in)+step-1)/step)
 	piece := func(b []T, i int) ([]T, bool) {
@@ -72,7 +72,7 @@ func SendRecv[T kernel.Elem](to ring.Link, out []T, from ring.Link, in []T) erro
 }
 
 // Send sends buf to the peer and waits until it is written.
-func Send[T kernel.Elem](l ring.Link, buf []T) error {
+func Send[T link.Elem](l link.Link, buf []T) error {
 	return pieces(buf, func(lo, hi int) error {
 		t, err := l.Send(kernel.Bytes(buf[lo:hi]))
 		if err != nil {
@@ -83,7 +83,7 @@ func Send[T kernel.Elem](l ring.Link, buf []T) error {
 }
 
 // Recv receives the peer's vector into buf.
-func Recv[T kernel.Elem](l ring.Link, buf []T) error {
+func Recv[T link.Elem](l link.Link, buf []T) error {
 	return pieces(buf, func(lo, hi int) error {
 		if err := l.Post(kernel.Bytes(buf[lo:hi])); err != nil {
 			return err

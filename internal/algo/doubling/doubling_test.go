@@ -9,16 +9,16 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/ringo-ml/ringo/doubling"
+	"github.com/ringo-ml/ringo/internal/algo/doubling"
 	"github.com/ringo-ml/ringo/internal/kernel"
 	"github.com/ringo-ml/ringo/internal/linktest"
-	"github.com/ringo-ml/ringo/ring"
+	"github.com/ringo-ml/ringo/link"
 )
 
-type allReduceFunc[T kernel.Elem] func(rank, size int, links []ring.Link, buf, scratch []T, red ring.Reducer[T]) error
+type allReduceFunc[T link.Elem] func(rank, size int, links []link.Link, buf, scratch []T, red link.Reducer[T]) error
 
 // run reduces bufs[r] on every rank r at once and returns each rank's error.
-func run[T kernel.Elem](t *testing.T, algo allReduceFunc[T], bufs [][]T, red ring.Reducer[T]) {
+func run[T link.Elem](t *testing.T, algo allReduceFunc[T], bufs [][]T, red link.Reducer[T]) {
 	t.Helper()
 	n := len(bufs)
 	links, _ := linktest.Mesh(n)
@@ -37,10 +37,10 @@ func run[T kernel.Elem](t *testing.T, algo allReduceFunc[T], bufs [][]T, red rin
 	}
 }
 
-func sum[T kernel.Elem](t *testing.T) ring.Reducer[T] {
+func sum[T link.Elem](t *testing.T) link.Reducer[T] {
 	k, ok := kernel.For[T](kernel.Sum)
 	require.True(t, ok)
-	return ring.Reducer[T]{Kernel: k}
+	return link.Reducer[T]{ReduceTo: k.ReduceTo}
 }
 
 var algorithms = []struct {
@@ -55,8 +55,8 @@ var algorithms = []struct {
 
 // shortScratch gives algo only len(buf) elements of scratch: the schedule
 // that waits for every send.
-func shortScratch[T kernel.Elem](algo allReduceFunc[T]) allReduceFunc[T] {
-	return func(rank, size int, links []ring.Link, buf, scratch []T, red ring.Reducer[T]) error {
+func shortScratch[T link.Elem](algo allReduceFunc[T]) allReduceFunc[T] {
+	return func(rank, size int, links []link.Link, buf, scratch []T, red link.Reducer[T]) error {
 		return algo(rank, size, links, buf, scratch[:len(buf)], red)
 	}
 }

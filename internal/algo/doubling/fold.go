@@ -1,9 +1,8 @@
 package doubling
 
 import (
-	"github.com/ringo-ml/ringo/internal/kernel"
 	"github.com/ringo-ml/ringo/internal/xfer"
-	"github.com/ringo-ml/ringo/ring"
+	"github.com/ringo-ml/ringo/link"
 )
 
 // fold is Rabenseifner's fold of size ranks onto p2, the largest power of
@@ -40,7 +39,7 @@ func (f fold) real(v int) int {
 // over, receives the result into it and returns out = true (it is done);
 // its partner receives buf into scratch (len(buf) elements) and reduces it
 // in, the lower rank's value first.
-func foldIn[T kernel.Elem](f fold, links []ring.Link, buf, scratch []T, red ring.Reducer[T]) (out bool, err error) {
+func foldIn[T link.Elem](f fold, links []link.Link, buf, scratch []T, red link.Reducer[T]) (out bool, err error) {
 	if f.rank >= 2*f.rem {
 		return false, nil
 	}
@@ -54,13 +53,13 @@ func foldIn[T kernel.Elem](f fold, links []ring.Link, buf, scratch []T, red ring
 	if err := xfer.Recv(links[f.rank-1], in); err != nil {
 		return false, err
 	}
-	red.Kernel.ReduceTo(buf, in, buf)
+	red.ReduceTo(buf, in, buf)
 	return false, nil
 }
 
 // foldOut hands the result back to the rank that sat out, if this rank
 // stood in for it.
-func foldOut[T kernel.Elem](f fold, links []ring.Link, buf []T) error {
+func foldOut[T link.Elem](f fold, links []link.Link, buf []T) error {
 	if f.rank < 2*f.rem {
 		return xfer.Send(links[f.rank-1], buf)
 	}

@@ -1,9 +1,8 @@
 package doubling
 
 import (
-	"github.com/ringo-ml/ringo/internal/kernel"
 	"github.com/ringo-ml/ringo/internal/xfer"
-	"github.com/ringo-ml/ringo/ring"
+	"github.com/ringo-ml/ringo/link"
 )
 
 // Rabenseifner reduces buf in place across size ranks by Rabenseifner's
@@ -31,7 +30,7 @@ import (
 //
 // links[p] connects to rank p (nil at rank itself); scratch holds at least
 // len(buf) elements.
-func Rabenseifner[T kernel.Elem](rank, size int, links []ring.Link, buf, scratch []T, red ring.Reducer[T]) error {
+func Rabenseifner[T link.Elem](rank, size int, links []link.Link, buf, scratch []T, red link.Reducer[T]) error {
 	if size == 1 {
 		return nil
 	}
@@ -63,9 +62,9 @@ func Rabenseifner[T kernel.Elem](rank, size int, links []ring.Link, buf, scratch
 			return err
 		}
 		if partner < rank {
-			red.Kernel.ReduceTo(keep, in, keep)
+			red.ReduceTo(keep, in, keep)
 		} else {
-			red.Kernel.ReduceTo(keep, keep, in)
+			red.ReduceTo(keep, keep, in)
 		}
 		lo, hi = keepLo, keepHi
 	}

@@ -5,13 +5,13 @@
 // vectors: for large ones the chain, which keeps every link busy at once,
 // is faster.
 //
-// Like the rest of the schedules it sees its peers only through ring.Link.
+// Like the rest of the schedules it sees its peers only through link.Link.
 package tree
 
 import (
 	"github.com/ringo-ml/ringo/internal/kernel"
 	"github.com/ringo-ml/ringo/internal/xfer"
-	"github.com/ringo-ml/ringo/ring"
+	"github.com/ringo-ml/ringo/link"
 )
 
 // Broadcast copies root's buf into buf on every one of size ranks. links[p]
@@ -32,7 +32,7 @@ import (
 // it is refused for its signature (or, if none is sent, the receiver's
 // probe is). With the data only, the root would receive nothing, and a
 // rank that wrongly believed itself the root could return none the wiser.
-func Broadcast[T kernel.Elem](rank, size, root int, links []ring.Link, buf []T) error {
+func Broadcast[T link.Elem](rank, size, root int, links []link.Link, buf []T) error {
 	if size == 1 {
 		return nil
 	}
@@ -44,7 +44,7 @@ func Broadcast[T kernel.Elem](rank, size, root int, links []ring.Link, buf []T) 
 	for low < size && rel&low == 0 {
 		low <<= 1
 	}
-	var childArr [64]ring.Link // on the stack: a call allocates nothing
+	var childArr [64]link.Link // on the stack: a call allocates nothing
 	children := childArr[:0]
 	for d := low / 2; d >= 1; d /= 2 {
 		if rel+d < size {
@@ -59,7 +59,7 @@ func Broadcast[T kernel.Elem](rank, size, root int, links []ring.Link, buf []T) 
 		}
 	}
 	var joined uint64
-	var parent ring.Link
+	var parent link.Link
 	if rel != 0 {
 		parent = links[(rank-low+size)%size]
 		t, err := parent.Send(nil)

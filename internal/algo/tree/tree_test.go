@@ -6,8 +6,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/ringo-ml/ringo/internal/algo/tree"
 	"github.com/ringo-ml/ringo/internal/linktest"
-	"github.com/ringo-ml/ringo/tree"
 )
 
 // TestBroadcast runs every root on 1..9 ranks and checks every rank got the

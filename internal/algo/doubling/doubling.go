@@ -23,13 +23,13 @@ package doubling
 import (
 	"github.com/ringo-ml/ringo/internal/kernel"
 	"github.com/ringo-ml/ringo/internal/xfer"
-	"github.com/ringo-ml/ringo/ring"
+	"github.com/ringo-ml/ringo/link"
 )
 
 // ScratchLen is how many elements of scratch AllReduce wants for n: twice n
 // for a vector that fits one frame (so that no round waits for its own send
 // to be written, see exchangeRounds), n otherwise.
-func ScratchLen[T kernel.Elem](n int) int {
+func ScratchLen[T link.Elem](n int) int {
 	if n*kernel.Size[T]() <= xfer.MaxPiece {
 		return 2 * n
 	}
@@ -39,7 +39,7 @@ func ScratchLen[T kernel.Elem](n int) int {
 // AllReduce reduces buf in place across size ranks. links[p] connects to
 // rank p (nil at rank itself); scratch holds at least len(buf) elements,
 // ScratchLen(len(buf)) for the fastest schedule.
-func AllReduce[T kernel.Elem](rank, size int, links []ring.Link, buf, scratch []T, red ring.Reducer[T]) error {
+func AllReduce[T link.Elem](rank, size int, links []link.Link, buf, scratch []T, red link.Reducer[T]) error {
 	if size == 1 {
 		return nil
 	}
@@ -67,16 +67,16 @@ func AllReduce[T kernel.Elem](rank, size int, links []ring.Link, buf, scratch []
 // exchangeWhole runs the rounds for a vector of any length: each round sends
 // buf, receives into scratch and reduces into buf, so it must wait for its
 // send to be written before it reduces.
-func exchangeWhole[T kernel.Elem](f fold, links []ring.Link, buf, scratch []T, red ring.Reducer[T]) error {
+func exchangeWhole[T link.Elem](f fold, links []link.Link, buf, scratch []T, red link.Reducer[T]) error {
 	for mask := 1; mask < f.p2; mask <<= 1 {
 		partner := f.real(f.vrank ^ mask)
 		if err := xfer.Exchange(links[partner], buf, scratch); err != nil {
 			return err
 		}
 		if partner < f.rank {
-			red.Kernel.ReduceTo(buf, scratch, buf)
+			red.ReduceTo(buf, scratch, buf)
 		} else {
-			red.Kernel.ReduceTo(buf, buf, scratch)
+			red.ReduceTo(buf, buf, scratch)
 		}
 	}
 	return nil
@@ -89,9 +89,9 @@ func exchangeWhole[T kernel.Elem](f fold, links []ring.Link, buf, scratch []T, r
 // part of a round's time for a small vector). Only before reusing a buffer
 // does it check that buffer's send is done (long since, in practice), and
 // all sends before it returns. The result is copied into buf at the end.
-func exchangeRounds[T kernel.Elem](f fold, links []ring.Link, buf, a, b []T, red ring.Reducer[T]) error {
+func exchangeRounds[T link.Elem](f fold, links []link.Link, buf, a, b []T, red link.Reducer[T]) error {
 	bufs := [3][]T{buf, a, b}
-	var sentOn [3]ring.Link // the link each buffer's pending send went on
+	var sentOn [3]link.Link // the link each buffer's pending send went on
 	var tickets [3]uint64
 	flush := func(i int) error {
 		if sentOn[i] == nil {
@@ -121,9 +121,9 @@ func exchangeRounds[T kernel.Elem](f fold, links []ring.Link, buf, a, b []T, red
 			return err
 		}
 		if partner < f.rank {
-			red.Kernel.ReduceTo(bufs[in], bufs[in], bufs[cur])
+			red.ReduceTo(bufs[in], bufs[in], bufs[cur])
 		} else {
-			red.Kernel.ReduceTo(bufs[in], bufs[cur], bufs[in])
+			red.ReduceTo(bufs[in], bufs[cur], bufs[in])
 		}
 		cur = in
 	}

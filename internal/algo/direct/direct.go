@@ -8,12 +8,12 @@ package direct
 import (
 	"github.com/ringo-ml/ringo/internal/kernel"
 	"github.com/ringo-ml/ringo/internal/xfer"
-	"github.com/ringo-ml/ringo/ring"
+	"github.com/ringo-ml/ringo/link"
 )
 
 // Gather concatenates every rank's send, in rank order, into recv at root
 // (size blocks of len(send)); recv is not used elsewhere.
-func Gather[T kernel.Elem](rank, size, root int, links []ring.Link, send, recv []T) error {
+func Gather[T link.Elem](rank, size, root int, links []link.Link, send, recv []T) error {
 	m := len(send)
 	return GatherBlocks(rank, root, links, send, recv, func(p int) (int, int) { return p * m, (p + 1) * m })
 }
@@ -21,7 +21,7 @@ func Gather[T kernel.Elem](rank, size, root int, links []ring.Link, send, recv [
 // GatherBlocks sends every rank's send to root, which puts rank p's into
 // recv[block(p)]; len(send) must be the length of block(rank). The root
 // receives from every rank at once when blocks fit a frame.
-func GatherBlocks[T kernel.Elem](rank, root int, links []ring.Link, send, recv []T, block func(p int) (lo, hi int)) error {
+func GatherBlocks[T link.Elem](rank, root int, links []link.Link, send, recv []T, block func(p int) (lo, hi int)) error {
 	if rank != root {
 		return xfer.Send(links[root], send)
 	}
@@ -63,7 +63,7 @@ func GatherBlocks[T kernel.Elem](rank, root int, links []ring.Link, send, recv [
 
 // Scatter sends block p of root's send (size blocks of len(recv)) to rank p's
 // recv; send is not used elsewhere.
-func Scatter[T kernel.Elem](rank, size, root int, links []ring.Link, send, recv []T) error {
+func Scatter[T link.Elem](rank, size, root int, links []link.Link, send, recv []T) error {
 	m := len(recv)
 	if rank != root {
 		return xfer.Recv(links[root], recv)
@@ -82,7 +82,7 @@ func Scatter[T kernel.Elem](rank, size, root int, links []ring.Link, send, recv 
 // AllToAll sends block p of send to rank p, which puts it in block rank of
 // its recv. send and recv hold size blocks of the same length and must not
 // overlap.
-func AllToAll[T kernel.Elem](rank, size int, links []ring.Link, send, recv []T) error {
+func AllToAll[T link.Elem](rank, size int, links []link.Link, send, recv []T) error {
 	m := len(send) / size
 	copy(recv[rank*m:(rank+1)*m], send[rank*m:(rank+1)*m])
 	for k := 1; k < size; k++ {
@@ -97,7 +97,7 @@ func AllToAll[T kernel.Elem](rank, size int, links []ring.Link, send, recv []T) 
 // AllGatherV is AllGather with a block length per rank: recv is the
 // concatenation of blocks of counts[0], counts[1], ... elements, and send is
 // this rank's block.
-func AllGatherV[T kernel.Elem](rank, size int, links []ring.Link, send []T, counts []int, recv []T) error {
+func AllGatherV[T link.Elem](rank, size int, links []link.Link, send []T, counts []int, recv []T) error {
 	offs := offsets(counts)
 	copy(recv[offs[rank]:offs[rank+1]], send)
 	for k := 1; k < size; k++ {
@@ -112,7 +112,7 @@ func AllGatherV[T kernel.Elem](rank, size int, links []ring.Link, send []T, coun
 // AllToAllV is AllToAll with a block length per pair: send holds
 // sendCounts[p] elements for each rank p in turn, recv receives
 // recvCounts[p] from each rank p in turn.
-func AllToAllV[T kernel.Elem](rank, size int, links []ring.Link, send []T, sendCounts []int, recv []T, recvCounts []int) error {
+func AllToAllV[T link.Elem](rank, size int, links []link.Link, send []T, sendCounts []int, recv []T, recvCounts []int) error {
 	so, ro := offsets(sendCounts), offsets(recvCounts)
 	copy(recv[ro[rank]:ro[rank+1]], send[so[rank]:so[rank+1]])
 	for k := 1; k < size; k++ {
