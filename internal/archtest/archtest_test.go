@@ -110,10 +110,12 @@ func under(rel string, dirs ...string) bool {
 // package must be placed).
 func layer(rel string) string {
 	switch {
-	case under(rel, "cmd", "bench", "examples"):
-		return "program"
-	case under(rel, "parallel", "shard", "checkpoint"):
-		return "training" // checkpoint: the file format training state is saved in
+	case under(rel, "cmd", "bench", "examples", "internal/mnist", "internal/localjob"):
+		return "program" // with the data and process helpers only programs use
+	case under(rel, "parallel", "shard", "checkpoint", "internal/nn"):
+		// checkpoint: the file format training state is saved in; nn: the
+		// model library, whose optimizers the sharded optimizer runs.
+		return "training"
 	case under(rel, "collective"):
 		return "collective"
 	case under(rel, "ring", "internal/algo", "internal/xfer", "internal/linktest"):
