@@ -2,6 +2,7 @@ package parallel
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -284,9 +285,9 @@ func (dp *DataParallel) Sync(ctx context.Context) error {
 	if misuse != nil {
 		// This rank can no longer take part correctly: stop every rank now
 		// rather than let them pair this step with another.
-		dp.comm.Abort(misuse)
+		err := dp.abort(misuse)
 		dp.waitLaunched(ctx)
-		dp.failed = fmt.Errorf("parallel: Sync on rank %d: %w (%w)", dp.comm.Rank(), misuse, dp.comm.Err())
+		dp.failed = fmt.Errorf("parallel: Sync on rank %d: %w", dp.comm.Rank(), err)
 		return dp.failed
 	}
 	if !dp.syncOn.Load() {
@@ -306,7 +307,7 @@ func (dp *DataParallel) Sync(ctx context.Context) error {
 	}
 	dp.mu.Unlock()
 	if err := dp.waitLaunched(ctx); err != nil {
-		dp.failed = fmt.Errorf("parallel: Sync on rank %d, step %d: %w", dp.comm.Rank(), dp.step.Load(), err)
+		dp.failed = fmt.Errorf("parallel: Sync on rank %d, step %d: %w", dp.comm.Rank(), dp.step.Load(), dp.abort(err))
 		return dp.failed
 	}
 	if !dp.logged {
@@ -316,6 +317,17 @@ func (dp *DataParallel) Sync(ctx context.Context) error {
 	dp.summed = false
 	dp.endStep()
 	return nil
+}
+
+// abort aborts the communicator with err (if nothing has yet): a step that
+// failed on this rank, however, must not let the ranks pair its calls with
+// the next step's. The error returned matches collective.ErrAborted.
+func (dp *DataParallel) abort(err error) error {
+	dp.comm.Abort(err)
+	if errors.Is(err, collective.ErrAborted) {
+		return err
+	}
+	return fmt.Errorf("%w (%w)", err, dp.comm.Err())
 }
 
 // waitLaunched waits for every started bucket and returns the first error.
