@@ -1,0 +1,3 @@
+package ps_test
+
+func runChild() bool { return false }

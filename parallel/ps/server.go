@@ -1,0 +1,532 @@
+package ps
+
+import (
+	"context"
+		"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/parallel"
+)
+
+// Server holds one slice of the model (see Layout) and its optimizer
+// state, applies the workers' pushes and answers their pulls. It serves
+// from the moment NewServer returns; Serve waits until the job ends.
+type Server struct {
+	*job
+	index int
+	log   *slog.Logger
+	opt   Optimizer
+	links []*serverLink // by worker
+
+	mu      sync.Mutex
+	applied *sync.Cond // Sync: a step was applied (or the server failed)
+	data    []float32
+	state   []float32
+	sum     []float32 // Sync: the step's average
+	steps   int       // optimizer updates so far
+	clocks  []int64   // pushes received, by worker
+	// Sync: pending[w] says worker w's push for the next step is in
+	// links[w].grad, waiting for the others'; arrived counts them.
+	pending  []bool
+	arrived  int
+	lost     []bool
+	finished []bool
+	left     int // workers neither finished nor lost
+	err      error
+	failed   chan struct{} // closed with err set
+	done     chan struct{} // closed when every worker has finished or been lost
+	closed   bool
+
+	wg sync.WaitGroup // the links' goroutines
+}
+
+// serverLink is the server's side of its pair with one worker.
+type serverLink struct {
+	worker, rank int
+	comm         *collective.Comm
+	grad         []float32 // the push being received
+	values       []float32 // the snapshot a pull's answer sends
+	hdrIn        []int64
+	hdrOut       []int64
+	pulls        chan int64    // clocks of pulls to answer, in order
+	notify       chan struct{} // the server's state changed: look again
+	bye          chan struct{} // the worker said bye: answer it
+	stop         chan struct{} // the worker is lost: stop
+}
+
+// NewServer makes this rank (one of ranks 0 .. opts.Servers−1) a server of
+// a parameter-server job over world. It is a collective call: every rank
+// of world calls NewServer or NewWorker (as its rank says) with the same
+// options and the same parameter names and lengths, in the same order.
+// Servers only read the names and lengths: the initial values come from
+// the first worker's params.
+//
+// The server starts serving at once; call Serve to wait for the end of the
+// job, and Close when done. world is used only while the job is set up.
+func NewServer(ctx context.Context, world *collective.Comm, params []*parallel.Param, opts Options) (*Server, error) {
+	j, err := setup(ctx, world, params, opts, true)
+	if err != nil {
+		return nil, err
+	}
+	idx := world.Rank()
+	n := j.layout.size(idx)
+	s := &Server{
+		job: j, index: idx, log: opts.logger().With("ps_server", idx, "rank", world.Rank()), opt: opts.Optimizer,
+		data:     make([]float32, n),
+		state:    make([]float32, opts.Optimizer.StateLen(n)),
+		clocks:   make([]int64, j.workers),
+		pending:  make([]bool, j.workers),
+		lost:     make([]bool, j.workers),
+		finished: make([]bool, j.workers),
+		left:     j.workers,
+		failed:   make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	s.applied = sync.NewCond(&s.mu)
+	if opts.Consistency.kind == syncKind {
+		s.sum = make([]float32, n)
+	}
+	// The first worker sends every server its initial values before
+	// anything else on the pair.
+	if err := collective.Recv(ctx, j.pairs[0], s.data, 1, tagInit); err != nil {
+		closeAll(j.pairs)
+		return nil, fmt.Errorf("ps: server %d: receiving the initial values: %w", idx, &WorkerError{Worker: 0, Rank: j.servers, Err: err})
+	}
+	s.links = make([]*serverLink, j.workers)
+	for w := range j.workers {
+		s.links[w] = &serverLink{
+			worker: w, rank: j.servers + w, comm: j.pairs[w],
+			grad: make([]float32, n), values: make([]float32, n),
+			hdrIn: make([]int64, workerHeaderLen), hdrOut: make([]int64, serverHeaderLen(j.workers)),
+			pulls: make(chan int64, 2), notify: make(chan struct{}, 1),
+			bye: make(chan struct{}), stop: make(chan struct{}),
+		}
+	}
+	s.wg.Add(1)
+	go s.abortOnFailure()
+	for _, l := range s.links {
+		s.wg.Add(2)
+		go s.read(l)
+		go s.write(l)
+	}
+	return s, nil
+}
+
+// Serve waits until every worker has closed (nil), or the server fails:
+// a worker is lost (unless AllowWorkerLoss, and not under Sync), a worker
+// breaks the protocol, or ctx ends. A failure aborts the server's pairs,
+// so that every worker's next or current call fails naming this server
+// and the cause. Serve does not close the Server.
+func (s *Server) Serve(ctx context.Context) error {
+	select {
+	case <-s.done:
+	case <-s.failed:
+	case <-ctx.Done():
+		s.fail(s.named(context.Cause(ctx)))
+	}
+	s.wg.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// Close stops the server (failing it if workers are still at work, which
+// makes them fail) and closes its pairs. It is idempotent; it does not
+// close the world communicator.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	select {
+	case <-s.done:
+	default:
+		s.fail(s.named(ErrClosed))
+	}
+	s.wg.Wait()
+	closeAll(s.pairs)
+	return nil
+}
+
+// ServerStatus is a snapshot of a server.
+type ServerStatus struct {
+	Server, Rank int
+	// Updates is how many optimizer updates the server has applied (under
+	// Sync, the steps).
+	Updates int
+	// Clocks is every worker's clock (pushes received), by worker index;
+	// worker i is rank Servers+i.
+	Clocks []int
+	// Lost and Finished list the workers (by index) lost and closed.
+	Lost, Finished []int
+	Err            error
+}
+
+// Status returns a snapshot of the server; it may be called at any time,
+// from any goroutine.
+func (s *Server) Status() ServerStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := ServerStatus{Server: s.index, Rank: s.world.Rank(), Updates: s.steps, Clocks: make([]int, len(s.clocks)), Err: s.err}
+	for w, c := range s.clocks {
+		st.Clocks[w] = int(c)
+		if s.lost[w] {
+			st.Lost = append(st.Lost, w)
+		}
+		if s.finished[w] {
+			st.Finished = append(st.Finished, w)
+		}
+	}
+	return st
+}
+
+// Values copies the server's slice of the parameters into dst (Layout says
+// which elements it holds): for tests and checkpoints.
+func (s *Server) Values(dst []float32) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return copy(dst, s.data)
+}
+
+// read receives everything worker l sends, in order: pushes are applied
+// (or, under Sync, held until the step is complete), pulls queued for
+// write.
+func (s *Server) read(l *serverLink) {
+	defer s.wg.Done()
+	bg := context.Background()
+	for {
+		if err := collective.Recv(bg, l.comm, l.hdrIn, 1, tagHeader); err != nil {
+			s.workerLost(l, err)
+			return
+		}
+		kind, clock := l.hdrIn[0], l.hdrIn[1]
+		switch kind {
+		case kindKeepAlive:
+		case kindPush, kindPushPull:
+			if !s.waitGradFree(l) {
+				return
+			}
+			if err := collective.Recv(bg, l.comm, l.grad, 1, tagGrad); err != nil {
+				s.workerLost(l, err)
+				return
+			}
+			if err := s.apply(l, clock); err != nil {
+				s.fail(err)
+				return
+			}
+			if kind == kindPushPull && !s.queuePull(l, clock) {
+				return
+			}
+		case kindPull:
+			s.mu.Lock()
+			have := s.clocks[l.worker]
+			s.mu.Unlock()
+			if clock != have {
+				s.fail(s.named(s.workerError(l, fmt.Errorf("protocol error: a pull at clock %d after %d pushes", clock, have))))
+				return
+			}
+			if !s.queuePull(l, clock) {
+				return
+			}
+		case kindBye:
+			if err := s.finish(l, clock); err != nil {
+				s.fail(err)
+				return
+			}
+			close(l.bye)
+			return
+		default:
+			s.fail(s.named(s.workerError(l, fmt.Errorf("protocol error: a message of kind %d", kind))))
+			return
+		}
+	}
+}
+
+// waitGradFree waits (under Sync) until worker l's previous push has been
+// applied, so that its buffer may take the next; false if the server failed.
+func (s *Server) waitGradFree(l *serverLink) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.pending[l.worker] && s.err == nil {
+		s.applied.Wait()
+	}
+	return s.err == nil
+}
+
+func (s *Server) queuePull(l *serverLink, clock int64) bool {
+	select {
+	case l.pulls <- clock:
+		return true
+	case <-s.failed:
+		return false
+	}
+}
+
+// apply takes worker l's push number clock (now in l.grad).
+func (s *Server) apply(l *serverLink, clock int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := l.worker
+	s.clocks[w]++
+	if clock != s.clocks[w] {
+		return s.named(s.workerError(l, fmt.Errorf("protocol error: push number %d arrived as number %d", clock, s.clocks[w])))
+	}
+	if s.opts.Consistency.kind != syncKind {
+		s.steps++
+		if err := s.opt.Update(s.steps, s.data, l.grad, s.state); err != nil {
+			return s.named(fmt.Errorf("update %d: %w", s.steps, err))
+		}
+		if s.opts.Consistency.kind == sspKind {
+			s.notifyAll()
+		}
+		return nil
+	}
+	for v, done := range s.finished {
+		if done && s.clocks[v] < clock {
+			return s.named(s.workerError(l, fmt.Errorf("pushed step %d, but worker %d (rank %d) closed after step %d: under Sync every worker takes every step",
+				clock, v, s.servers+v, s.clocks[v])))
+		}
+	}
+	s.pending[w] = true
+	s.arrived++
+	if s.arrived < s.workers {
+		return nil
+	}
+	// Every worker's gradient is in: the sum in worker order, then the
+	// division, as collective.Avg does it (sum, then divide by the count).
+	copy(s.sum, s.links[0].grad)
+	for _, o := range s.links[1:] {
+		for i, g := range o.grad {
+			s.sum[i] += g
+		}
+	}
+	n := float32(s.workers)
+	for i := range s.sum {
+		s.sum[i] /= n
+	}
+	s.steps++
+	if err := s.opt.Update(s.steps, s.data, s.sum, s.state); err != nil {
+		return s.named(fmt.Errorf("step %d: %w", s.steps, err))
+	}
+	clear(s.pending)
+	s.arrived = 0
+	s.applied.Broadcast()
+	s.notifyAll()
+	return nil
+}
+
+// notifyAll tells every writer to look at the state again (mu held).
+func (s *Server) notifyAll() {
+	for _, l := range s.links {
+		select {
+		case l.notify <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// readable says whether a pull at clock may be answered now (mu held).
+func (s *Server) readable(clock int64) bool {
+	switch s.opts.Consistency.kind {
+	case syncKind:
+		return int64(s.steps) >= clock
+	case sspKind:
+		bound := clock - int64(s.opts.Consistency.staleness)
+		for w, c := range s.clocks {
+			if c < bound && !s.lost[w] && !s.finished[w] {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// finish records worker l's bye, sent after clock pushes.
+func (s *Server) finish(l *serverLink, clock int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := l.worker
+	if clock != s.clocks[w] {
+		return s.named(s.workerError(l, fmt.Errorf("protocol error: closed after %d pushes, the server received %d", clock, s.clocks[w])))
+	}
+	if s.opts.Consistency.kind == syncKind {
+		for v, c := range s.clocks {
+			if c > clock {
+				return s.named(s.workerError(l, fmt.Errorf("closed after step %d, but worker %d (rank %d) has pushed step %d: under Sync every worker takes every step",
+					clock, v, s.servers+v, c)))
+			}
+		}
+	}
+	s.finished[w] = true
+	s.leave()
+	return nil
+}
+
+// leave counts a worker out; the last one ends the job (mu held).
+func (s *Server) leave() {
+	s.left--
+	s.notifyAll() // the slowest clock may have moved
+	if s.left > 0 {
+		return
+	}
+	for _, f := range s.finished {
+		if f {
+			close(s.done)
+			return
+		}
+	}
+	s.failLocked(s.named(ErrAllWorkersLost))
+}
+
+// workerLost handles a failed receive or send on worker l's pair.
+func (s *Server) workerLost(l *serverLink, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil || s.lost[l.worker] || s.finished[l.worker] {
+		return // the failure is ours, or already known
+	}
+	lerr := s.workerError(l, err)
+	if !s.opts.AllowWorkerLoss {
+		s.failLocked(s.named(lerr))
+		return
+	}
+	s.log.Warn("ps: lost a worker; serving the others (AllowWorkerLoss)", "err", lerr)
+	s.lost[l.worker] = true
+	close(l.stop)
+	l.comm.Abort(lerr)
+	s.leave()
+}
+
+// workerError names worker l (mu held).
+func (s *Server) workerError(l *serverLink, err error) *WorkerError {
+	return &WorkerError{Worker: l.worker, Rank: l.rank, Clock: int(s.clocks[l.worker]), Err: err}
+}
+
+func (s *Server) fail(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failLocked(err)
+}
+
+// failLocked fails the server once (mu held); abortOnFailure then aborts
+// every pair with err, which each worker reports.
+func (s *Server) failLocked(err error) {
+	if s.err != nil {
+		return
+	}
+	s.err = err
+	close(s.failed)
+	s.applied.Broadcast()
+}
+
+// named prefixes err with this server's name.
+func (s *Server) named(err error) error {
+	return fmt.Errorf("ps: server %d (rank %d): %w", s.index, s.world.Rank(), err)
+}
+
+// abortOnFailure aborts every pair with the server's error when it fails,
+// so that each worker's current or next call reports it; it ends when the
+// job does.
+func (s *Server) abortOnFailure() {
+	defer s.wg.Done()
+	select {
+	case <-s.failed:
+		for _, c := range s.pairs {
+			c.Abort(s.err)
+		}
+	case <-s.done:
+	}
+}
+
+// write sends worker l the answers to its pulls, in order, each once the
+// consistency model allows; keep-alives (with the clocks) when idle; and
+// the final bye.
+func (s *Server) write(l *serverLink) {
+	defer s.wg.Done()
+	bg := context.Background()
+	keepAlive := time.NewTimer(s.opts.keepAlive())
+	defer keepAlive.Stop()
+	send := func(kind int64, payload bool) bool {
+		var err error
+		if err = collective.Send(bg, l.comm, l.hdrOut, 1, tagHeader); err == nil && payload {
+			err = collective.Send(bg, l.comm, l.values, 1, tagValues)
+		}
+		if err != nil {
+			s.workerLost(l, err)
+			return false
+		}
+		keepAlive.Reset(s.opts.keepAlive())
+		return true
+	}
+	header := func(kind int64) { // mu held
+		l.hdrOut[0], l.hdrOut[1] = kind, int64(s.steps)
+		copy(l.hdrOut[2:], s.clocks)
+	}
+	keepAliveNow := func() bool {
+		s.mu.Lock()
+		header(kindKeepAlive)
+		s.mu.Unlock()
+		return send(kindKeepAlive, false)
+	}
+	for {
+		select {
+		case clock := <-l.pulls:
+			for {
+				s.mu.Lock()
+				ok := s.readable(clock)
+				if ok {
+					copy(l.values, s.data)
+					header(kindValues)
+				}
+				s.mu.Unlock()
+				if ok {
+					break
+				}
+				select {
+				case <-l.notify:
+				case <-keepAlive.C:
+					if !keepAliveNow() {
+						return
+					}
+				case <-s.failed:
+					return
+				case <-l.stop:
+					return
+				}
+			}
+			if !send(kindValues, true) {
+				return
+			}
+		case <-keepAlive.C:
+			if !keepAliveNow() {
+				return
+			}
+		case <-l.bye:
+			// The worker waits for its pulls before it says bye: none is
+			// queued now.
+			s.mu.Lock()
+			header(kindBye)
+			s.mu.Unlock()
+			if send(kindBye, false) {
+				// The pair's last call is a collective one: a rank may close
+				// its side as soon as a collective returns, while a peer
+				// closing during a point-to-point Send's last moments would
+				// interrupt it.
+				if err := collective.Barrier(bg, l.comm); err != nil {
+					s.log.Debug("ps: a worker's closing barrier failed", "worker", l.worker, "err", err)
+				}
+			}
+			return
+		case <-s.failed:
+			return
+		case <-l.stop:
+			return
+		}
+	}
+}
