@@ -2,7 +2,7 @@ package ps
 
 import (
 	"context"
-		"fmt"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"

@@ -23,7 +23,7 @@ type Worker struct {
 	index  int
 	params []*parallel.Param
 	links  []*workerLink // by server
-	clock  atomic.Int64   // written by the caller's goroutine, read by Status too
+	clock  atomic.Int64  // written by the caller's goroutine, read by Status too
 	// push is the Work of the pushes (and of the push half of PushPull):
 	// the next push waits for it before it refills the buffers. pull is
 	// the Work of the pulls and PushPulls.
