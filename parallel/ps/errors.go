@@ -46,3 +46,9 @@ func (e *WorkerError) Error() string {
 }
 
 func (e *WorkerError) Unwrap() error { return e.Err }
+
+// flat is err's text without its chain, as the cause of aborting a pair:
+// a communicator's Abort passes on the reason of an abort that its cause
+// wraps, which here would be another pair's, whose rank numbers mean other
+// ranks.
+func flat(err error) error { return errors.New(err.Error()) }

@@ -437,8 +437,9 @@ func (s *Server) abortOnFailure() {
 	defer s.wg.Done()
 	select {
 	case <-s.failed:
+		cause := flat(s.err)
 		for _, c := range s.pairs {
-			c.Abort(s.err)
+			c.Abort(cause)
 		}
 	case <-s.done:
 	}

@@ -256,8 +256,9 @@ func (w *Worker) fail(err error) {
 	w.err = err
 	close(w.failed)
 	w.mu.Unlock()
+	cause := flat(err)
 	for _, c := range w.pairs {
-		c.Abort(err)
+		c.Abort(cause)
 	}
 	w.push.failAll(err)
 	w.pull.failAll(err)
