@@ -18,7 +18,7 @@ func TestSteadyStateStepAllocatesNothing(t *testing.T) {
 	for _, c := range []ps.Consistency{ps.Sync, ps.Async, ps.BoundedStaleness(1)} {
 		t.Run(c.String(), func(t *testing.T) {
 			const S, W = 2, 2
-			j := startJob(t, S, W, ps.Options{Consistency: c, Optimizer: &nn.SGD{LR: 0.125, Momentum: 0.5}},
+			j := startJob(t, S, W, ps.Options{Consistency: c, Optimizer: &nn.SGD{LR: 0.125, Momentum: 0.5}, ChunkBytes: 400},
 				func(int) *model { return newModel(headSizes, false) })
 			start := make([]chan struct{}, W)
 			done := make(chan error, W)

@@ -51,7 +51,7 @@ func child(mode string) error {
 		return err
 	}
 	defer comm.Close()
-	opts := ps.Options{Servers: childServers, Consistency: ps.Sync, Optimizer: &nn.SGD{LR: 1e-3}}
+	opts := ps.Options{Servers: childServers, Consistency: ps.Sync, Optimizer: &nn.SGD{LR: 1e-3}, ChunkBytes: 64 << 10}
 	if mode == "async-allow" {
 		opts.Consistency, opts.AllowWorkerLoss = ps.Async, true
 	}

@@ -32,7 +32,7 @@ func TestBoundedStalenessHoldsFastWorkersWithinSClocks(t *testing.T) {
 	for _, s := range []int{0, 1, 3} {
 		t.Run(fmt.Sprintf("s=%d", s), func(t *testing.T) {
 			const S, W, slowPushes = 2, 3, 4
-			j := startJob(t, S, W, ps.Options{Consistency: ps.BoundedStaleness(s), Optimizer: &nn.SGD{LR: 0.125}},
+			j := startJob(t, S, W, ps.Options{Consistency: ps.BoundedStaleness(s), Optimizer: &nn.SGD{LR: 0.125}, ChunkBytes: 400},
 				func(int) *model { return newModel(headSizes, false) })
 			var slowIssued atomic.Int64
 			gate := make(chan struct{})
@@ -117,7 +117,7 @@ func TestBoundedStalenessHoldsFastWorkersWithinSClocks(t *testing.T) {
 func TestAsyncAppliesEveryPushOnArrival(t *testing.T) {
 	const S, W = 2, 2
 	opt := &nn.SGD{LR: 0.125}
-	j := startJob(t, S, W, ps.Options{Consistency: ps.Async, Optimizer: opt}, func(int) *model { return newModel(headSizes, false) })
+	j := startJob(t, S, W, ps.Options{Consistency: ps.Async, Optimizer: opt, ChunkBytes: 400}, func(int) *model { return newModel(headSizes, false) })
 	// Worker 0 alone: three steps; its values are what one process
 	// applying the same gradients computes.
 	ref := newModel(headSizes, false)

@@ -50,16 +50,23 @@ func TestSyncWorkerLostFailsEveryServerAndWorkerNamingIt(t *testing.T) {
 	}
 	crashed := time.Now()
 	j.workers[victim].Crash(errors.New("test: worker crashed"))
+	// The first server to fail names the victim; a server that hears of it
+	// first from another worker (whom the first server's abort has
+	// stopped) names that worker, with the victim in the reason.
+	named := 0
 	for s := range S {
 		err := <-j.serve
 		assert.Less(t, time.Since(crashed), failBound)
 		var we *ps.WorkerError
 		require.ErrorAs(t, err, &we, "server %d", s)
-		assert.Equal(t, victim, we.Worker)
-		assert.Equal(t, S+victim, we.Rank)
-		assert.Equal(t, 2, we.Clock, "the victim had pushed 2 steps")
+		if we.Worker == victim {
+			named++
+			assert.Equal(t, S+victim, we.Rank)
+			assert.Equal(t, 2, we.Clock, "the victim had pushed 2 steps")
+		}
 		assert.Contains(t, err.Error(), "worker 1 (rank 3)")
 	}
+	assert.Positive(t, named)
 	for range W - 1 {
 		err := <-errs
 		assert.Less(t, time.Since(crashed), failBound)

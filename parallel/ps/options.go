@@ -72,6 +72,10 @@ type Optimizer interface {
 // DefaultKeepAlive is Options.KeepAlive's default.
 const DefaultKeepAlive = time.Second
 
+// DefaultChunkBytes is Options.ChunkBytes' default, BytePS's partition
+// size.
+const DefaultChunkBytes = 4 << 20
+
 // Options configure a parameter-server job. Every rank passes the same
 // options (NewServer and NewWorker check that they do); Optimizer and
 // Logger matter on the servers only and are not compared.
@@ -96,6 +100,12 @@ type Options struct {
 	// keep-alives keep that wait shorter than the communicator's Timeout
 	// and SlowWarning. Keep it well below both.
 	KeepAlive time.Duration
+	// ChunkBytes cuts each server's slice into chunks of this many bytes
+	// (zero: DefaultChunkBytes), each pushed, applied and pulled on its own,
+	// so that a step's transfers pipeline: while a worker still pushes
+	// chunk k+1, the server applies chunk k and sends it back. Without
+	// chunks a Sync step would take a whole push, then a whole pull.
+	ChunkBytes int
 	// Logger receives warnings (a lost worker under AllowWorkerLoss); nil
 	// means slog.Default().
 	Logger *slog.Logger
@@ -106,6 +116,14 @@ func (o Options) keepAlive() time.Duration {
 		return DefaultKeepAlive
 	}
 	return o.KeepAlive
+}
+
+// chunkLen is ChunkBytes in elements.
+func (o Options) chunkLen() int {
+	if o.ChunkBytes <= 0 {
+		return DefaultChunkBytes / 4
+	}
+	return max(1, o.ChunkBytes/4)
 }
 
 func (o Options) logger() *slog.Logger {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -21,17 +22,25 @@ type Server struct {
 	opt   Optimizer
 	links []*serverLink // by worker
 
+	// The server's vector is cut into chunks (Options.ChunkBytes), each
+	// received, applied and sent on its own.
+	chunkLen, chunks int
+
 	mu      sync.Mutex
-	applied *sync.Cond // Sync: a step was applied (or the server failed)
+	applied *sync.Cond // Sync: a chunk's step was applied (or the server failed)
 	data    []float32
 	state   []float32
 	sum     []float32 // Sync: the step's average
-	steps   int       // optimizer updates so far
-	clocks  []int64   // pushes received, by worker
-	// Sync: pending[w] says worker w's push for the next step is in
-	// links[w].grad, waiting for the others'; arrived counts them.
-	pending  []bool
-	arrived  int
+	steps   []int     // by chunk: optimizer updates so far
+	clocks  []int64   // whole pushes received, by worker
+	// Sync: pending[w][k] says worker w's push of chunk k for the next
+	// step is in links[w].grad, waiting for the others'; arrived[k] counts
+	// them.
+	pending [][]bool
+	arrived []int
+	// Async and SSP: taken[w][k] is how many of worker w's pushes chunk k
+	// has taken (a PushPull's answer waits for its own push).
+	taken    [][]int64
 	lost     []bool
 	finished []bool
 	left     int // workers neither finished nor lost
@@ -75,10 +84,12 @@ func NewServer(ctx context.Context, world *collective.Comm, params []*parallel.P
 	n := j.layout.size(idx)
 	s := &Server{
 		job: j, index: idx, log: opts.logger().With("ps_server", idx, "rank", world.Rank()), opt: opts.Optimizer,
+		chunkLen: opts.chunkLen(), chunks: chunks(n, opts.chunkLen()),
 		data:     make([]float32, n),
 		state:    make([]float32, opts.Optimizer.StateLen(n)),
 		clocks:   make([]int64, j.workers),
-		pending:  make([]bool, j.workers),
+		pending:  make([][]bool, j.workers),
+		taken:    make([][]int64, j.workers),
 		lost:     make([]bool, j.workers),
 		finished: make([]bool, j.workers),
 		left:     j.workers,
@@ -86,6 +97,10 @@ func NewServer(ctx context.Context, world *collective.Comm, params []*parallel.P
 		done:     make(chan struct{}),
 	}
 	s.applied = sync.NewCond(&s.mu)
+	s.steps, s.arrived = make([]int, s.chunks), make([]int, s.chunks)
+	for w := range j.workers {
+		s.pending[w], s.taken[w] = make([]bool, s.chunks), make([]int64, s.chunks)
+	}
 	if opts.Consistency.kind == syncKind {
 		s.sum = make([]float32, n)
 	}
@@ -157,8 +172,8 @@ func (s *Server) Close() error {
 // ServerStatus is a snapshot of a server.
 type ServerStatus struct {
 	Server, Rank int
-	// Updates is how many optimizer updates the server has applied (under
-	// Sync, the steps).
+	// Updates is how many optimizer updates the server has applied to all
+	// of its slice (under Sync, the steps).
 	Updates int
 	// Clocks is every worker's clock (pushes received), by worker index;
 	// worker i is rank Servers+i.
@@ -173,7 +188,7 @@ type ServerStatus struct {
 func (s *Server) Status() ServerStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := ServerStatus{Server: s.index, Rank: s.world.Rank(), Updates: s.steps, Clocks: make([]int, len(s.clocks)), Err: s.err}
+	st := ServerStatus{Server: s.index, Rank: s.world.Rank(), Updates: slices.Min(s.steps), Clocks: make([]int, len(s.clocks)), Err: s.err}
 	for w, c := range s.clocks {
 		st.Clocks[w] = int(c)
 		if s.lost[w] {
@@ -195,8 +210,8 @@ func (s *Server) Values(dst []float32) int {
 }
 
 // read receives everything worker l sends, in order: pushes are applied
-// (or, under Sync, held until the step is complete), pulls queued for
-// write.
+// chunk by chunk (under Sync, each chunk once every worker's is in), pulls
+// queued for write.
 func (s *Server) read(l *serverLink) {
 	defer s.wg.Done()
 	bg := context.Background()
@@ -209,25 +224,37 @@ func (s *Server) read(l *serverLink) {
 		switch kind {
 		case kindKeepAlive:
 		case kindPush, kindPushPull:
-			if !s.waitGradFree(l) {
+			if want := s.clocks[l.worker] + 1; clock != want { // only this goroutine writes it
+				s.fail(s.named(s.workerError(l, fmt.Errorf("protocol error: push number %d arrived as number %d", clock, want))))
 				return
 			}
-			if err := collective.Recv(bg, l.comm, l.grad, 1, tagGrad); err != nil {
-				s.workerLost(l, err)
-				return
-			}
-			if err := s.apply(l, clock); err != nil {
-				s.fail(err)
-				return
-			}
+			// A PushPull's answer may start as soon as its first chunk is
+			// applied.
 			if kind == kindPushPull && !s.queuePull(l, clock) {
 				return
 			}
-		case kindPull:
+			for k := range s.chunks {
+				if !s.waitChunkFree(l, k) {
+					return
+				}
+				lo, hi := chunkRange(k, len(s.data), s.chunkLen)
+				if err := collective.Recv(bg, l.comm, l.grad[lo:hi], 1, tagGrad); err != nil {
+					s.workerLost(l, err)
+					return
+				}
+				if err := s.apply(l, k, clock); err != nil {
+					s.fail(err)
+					return
+				}
+			}
 			s.mu.Lock()
-			have := s.clocks[l.worker]
+			s.clocks[l.worker] = clock
+			if s.opts.Consistency.kind == sspKind {
+				s.notifyAll() // the slowest clock may have moved
+			}
 			s.mu.Unlock()
-			if clock != have {
+		case kindPull:
+			if have := s.clocks[l.worker]; clock != have {
 				s.fail(s.named(s.workerError(l, fmt.Errorf("protocol error: a pull at clock %d after %d pushes", clock, have))))
 				return
 			}
@@ -248,12 +275,13 @@ func (s *Server) read(l *serverLink) {
 	}
 }
 
-// waitGradFree waits (under Sync) until worker l's previous push has been
-// applied, so that its buffer may take the next; false if the server failed.
-func (s *Server) waitGradFree(l *serverLink) bool {
+// waitChunkFree waits (under Sync) until worker l's previous push of chunk
+// k has been applied, so that its buffer may take the next; false if the
+// server failed.
+func (s *Server) waitChunkFree(l *serverLink, k int) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for s.pending[l.worker] && s.err == nil {
+	for s.pending[l.worker][k] && s.err == nil {
 		s.applied.Wait()
 	}
 	return s.err == nil
@@ -268,83 +296,91 @@ func (s *Server) queuePull(l *serverLink, clock int64) bool {
 	}
 }
 
-// apply takes worker l's push number clock (now in l.grad).
-func (s *Server) apply(l *serverLink, clock int64) error {
+// apply takes chunk k of worker l's push number clock (now in l.grad).
+func (s *Server) apply(l *serverLink, k int, clock int64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w := l.worker
-	s.clocks[w]++
-	if clock != s.clocks[w] {
-		return s.named(s.workerError(l, fmt.Errorf("protocol error: push number %d arrived as number %d", clock, s.clocks[w])))
-	}
+	lo, hi := chunkRange(k, len(s.data), s.chunkLen)
+	slo, shi := s.opt.StateLen(lo), s.opt.StateLen(hi)
 	if s.opts.Consistency.kind != syncKind {
-		s.steps++
-		if err := s.opt.Update(s.steps, s.data, l.grad, s.state); err != nil {
-			return s.named(fmt.Errorf("update %d: %w", s.steps, err))
+		s.steps[k]++
+		if err := s.opt.Update(s.steps[k], s.data[lo:hi], l.grad[lo:hi], s.state[slo:shi]); err != nil {
+			return s.named(fmt.Errorf("update %d: %w", s.steps[k], err))
 		}
-		if s.opts.Consistency.kind == sspKind {
-			s.notifyAll()
-		}
+		s.taken[w][k] = clock
+		notify(l) // its PushPull's answer may wait for this
 		return nil
 	}
-	for v, done := range s.finished {
-		if done && s.clocks[v] < clock {
-			return s.named(s.workerError(l, fmt.Errorf("pushed step %d, but worker %d (rank %d) closed after step %d: under Sync every worker takes every step",
-				clock, v, s.servers+v, s.clocks[v])))
+	if k == 0 {
+		for v, done := range s.finished {
+			if done && s.clocks[v] < clock {
+				return s.named(s.workerError(l, fmt.Errorf("pushed step %d, but worker %d (rank %d) closed after step %d: under Sync every worker takes every step",
+					clock, v, s.servers+v, s.clocks[v])))
+			}
 		}
 	}
-	s.pending[w] = true
-	s.arrived++
-	if s.arrived < s.workers {
+	s.pending[w][k] = true
+	s.arrived[k]++
+	if s.arrived[k] < s.workers {
 		return nil
 	}
-	// Every worker's gradient is in: the sum in worker order, then the
+	// Every worker's chunk is in: the sum in worker order, then the
 	// division, as collective.Avg does it (sum, then divide by the count).
-	copy(s.sum, s.links[0].grad)
+	sum := s.sum[lo:hi]
+	copy(sum, s.links[0].grad[lo:hi])
 	for _, o := range s.links[1:] {
-		for i, g := range o.grad {
-			s.sum[i] += g
+		for i, g := range o.grad[lo:hi] {
+			sum[i] += g
 		}
 	}
 	n := float32(s.workers)
-	for i := range s.sum {
-		s.sum[i] /= n
+	for i := range sum {
+		sum[i] /= n
 	}
-	s.steps++
-	if err := s.opt.Update(s.steps, s.data, s.sum, s.state); err != nil {
-		return s.named(fmt.Errorf("step %d: %w", s.steps, err))
+	s.steps[k]++
+	if err := s.opt.Update(s.steps[k], s.data[lo:hi], sum, s.state[slo:shi]); err != nil {
+		return s.named(fmt.Errorf("step %d: %w", s.steps[k], err))
 	}
-	clear(s.pending)
-	s.arrived = 0
+	for v := range s.pending {
+		s.pending[v][k] = false
+	}
+	s.arrived[k] = 0
 	s.applied.Broadcast()
 	s.notifyAll()
 	return nil
 }
 
-// notifyAll tells every writer to look at the state again (mu held).
-func (s *Server) notifyAll() {
-	for _, l := range s.links {
-		select {
-		case l.notify <- struct{}{}:
-		default:
-		}
+// notify tells l's writer to look at the state again.
+func notify(l *serverLink) {
+	select {
+	case l.notify <- struct{}{}:
+	default:
 	}
 }
 
-// readable says whether a pull at clock may be answered now (mu held).
-func (s *Server) readable(clock int64) bool {
+// notifyAll tells every writer to look at the state again (mu held).
+func (s *Server) notifyAll() {
+	for _, l := range s.links {
+		notify(l)
+	}
+}
+
+// readable says whether chunk k of the answer to worker w's pull at clock
+// may be sent now (mu held).
+func (s *Server) readable(w, k int, clock int64) bool {
 	switch s.opts.Consistency.kind {
 	case syncKind:
-		return int64(s.steps) >= clock
+		return int64(s.steps[k]) >= clock
 	case sspKind:
 		bound := clock - int64(s.opts.Consistency.staleness)
-		for w, c := range s.clocks {
-			if c < bound && !s.lost[w] && !s.finished[w] {
+		for v, c := range s.clocks {
+			if c < bound && !s.lost[v] && !s.finished[v] {
 				return false
 			}
 		}
 	}
-	return true
+	return s.taken[w][k] >= clock
 }
 
 // finish records worker l's bye, sent after clock pushes.
@@ -445,20 +481,16 @@ func (s *Server) abortOnFailure() {
 	}
 }
 
-// write sends worker l the answers to its pulls, in order, each once the
-// consistency model allows; keep-alives (with the clocks) when idle; and
-// the final bye.
+// write sends worker l the answers to its pulls, in order, each chunk once
+// the consistency model allows; keep-alives (with the clocks) when idle;
+// and the final bye.
 func (s *Server) write(l *serverLink) {
 	defer s.wg.Done()
 	bg := context.Background()
 	keepAlive := time.NewTimer(s.opts.keepAlive())
 	defer keepAlive.Stop()
-	send := func(kind int64, payload bool) bool {
-		var err error
-		if err = collective.Send(bg, l.comm, l.hdrOut, 1, tagHeader); err == nil && payload {
-			err = collective.Send(bg, l.comm, l.values, 1, tagValues)
-		}
-		if err != nil {
+	send := func(buf []int64) bool {
+		if err := collective.Send(bg, l.comm, buf, 1, tagHeader); err != nil {
 			s.workerLost(l, err)
 			return false
 		}
@@ -466,44 +498,22 @@ func (s *Server) write(l *serverLink) {
 		return true
 	}
 	header := func(kind int64) { // mu held
-		l.hdrOut[0], l.hdrOut[1] = kind, int64(s.steps)
+		l.hdrOut[0], l.hdrOut[1] = kind, int64(slices.Min(s.steps))
 		copy(l.hdrOut[2:], s.clocks)
 	}
 	keepAliveNow := func() bool {
 		s.mu.Lock()
 		header(kindKeepAlive)
 		s.mu.Unlock()
-		return send(kindKeepAlive, false)
+		return send(l.hdrOut)
 	}
 	for {
 		select {
 		case clock := <-l.pulls:
-			for {
-				s.mu.Lock()
-				ok := s.readable(clock)
-				if ok {
-					copy(l.values, s.data)
-					header(kindValues)
-				}
-				s.mu.Unlock()
-				if ok {
-					break
-				}
-				select {
-				case <-l.notify:
-				case <-keepAlive.C:
-					if !keepAliveNow() {
-						return
-					}
-				case <-s.failed:
-					return
-				case <-l.stop:
-					return
-				}
-			}
-			if !send(kindValues, true) {
+			if !s.answer(l, clock, keepAlive.C, keepAliveNow, header) {
 				return
 			}
+			keepAlive.Reset(s.opts.keepAlive())
 		case <-keepAlive.C:
 			if !keepAliveNow() {
 				return
@@ -514,7 +524,7 @@ func (s *Server) write(l *serverLink) {
 			s.mu.Lock()
 			header(kindBye)
 			s.mu.Unlock()
-			if send(kindBye, false) {
+			if send(l.hdrOut) {
 				// The pair's last call is a collective one: a rank may close
 				// its side as soon as a collective returns, while a peer
 				// closing during a point-to-point Send's last moments would
@@ -530,4 +540,55 @@ func (s *Server) write(l *serverLink) {
 			return
 		}
 	}
+}
+
+// answer sends the answer to worker l's pull at clock: the header once the
+// first chunk may go (keep-alives until then), then each chunk as soon as
+// it may. False if the server failed or lost the worker.
+func (s *Server) answer(l *serverLink, clock int64, keepAlive <-chan time.Time, keepAliveNow func() bool, header func(int64)) bool {
+	bg := context.Background()
+	for k := range s.chunks {
+		lo, hi := chunkRange(k, len(s.data), s.chunkLen)
+		for {
+			s.mu.Lock()
+			ok := s.readable(l.worker, k, clock)
+			if ok {
+				copy(l.values[lo:hi], s.data[lo:hi])
+				if k == 0 {
+					header(kindValues)
+				}
+			}
+			s.mu.Unlock()
+			if ok {
+				break
+			}
+			tick := keepAlive
+			if k > 0 {
+				tick = nil // mid-answer: the worker waits for values, not headers
+			}
+			select {
+			case <-l.notify:
+			case <-tick:
+				if !keepAliveNow() {
+					return false
+				}
+			case <-s.failed:
+				return false
+			case <-l.stop:
+				return false
+			}
+		}
+		var err error
+		if k == 0 {
+			err = collective.Send(bg, l.comm, l.hdrOut, 1, tagHeader)
+		}
+		if err == nil {
+			err = collective.Send(bg, l.comm, l.values[lo:hi], 1, tagValues)
+		}
+		if err != nil {
+			s.workerLost(l, err)
+			return false
+		}
+	}
+	return true
 }

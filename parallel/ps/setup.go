@@ -181,6 +181,9 @@ func checkLocal(world *collective.Comm, params []*parallel.Param, opts Options, 
 	case c.kind == syncKind && opts.AllowWorkerLoss:
 		bad("AllowWorkerLoss under Sync: a synchronous step needs every worker's gradients")
 	}
+	if opts.ChunkBytes < 0 {
+		bad("Options.ChunkBytes = %d is negative", opts.ChunkBytes)
+	}
 	if asServer && opts.Optimizer == nil {
 		bad("Options.Optimizer is nil: the servers need an update rule")
 	}
@@ -219,6 +222,7 @@ func describe(opts Options, params []*parallel.Param) []byte {
 	}
 	b = binary.AppendVarint(b, allow)
 	b = binary.AppendVarint(b, int64(opts.keepAlive()))
+	b = binary.AppendVarint(b, int64(opts.chunkLen()))
 	b = binary.AppendVarint(b, int64(len(params)))
 	for _, p := range params {
 		if p == nil {
@@ -248,7 +252,7 @@ func difference(rank0, mine []byte) string {
 	return fmt.Sprintf("list has %d parameters; rank 0's has %d", len(b.params), len(a.params))
 }
 
-var optionNames = [...]string{"Servers", "Consistency", "Consistency", "AllowWorkerLoss", "KeepAlive", "(number of parameters)"}
+var optionNames = [...]string{"Servers", "Consistency", "Consistency", "AllowWorkerLoss", "KeepAlive", "ChunkBytes", "(number of parameters)"}
 
 type description struct {
 	opts   [len(optionNames)]int64

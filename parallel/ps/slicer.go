@@ -79,12 +79,23 @@ func (l layout) gather(s int, params []*parallel.Param, pick func(*parallel.Para
 	}
 }
 
-// scatter copies server s's share from src into the parameters' vectors.
-func (l layout) scatter(s int, params []*parallel.Param, pick func(*parallel.Param) []float32, src []float32) {
+// scatter copies elements [from, to) of server s's vector, src, into the
+// parameters' vectors.
+func (l layout) scatter(s, from, to int, params []*parallel.Param, pick func(*parallel.Param) []float32, src []float32) {
 	for _, p := range l.pieces[s] {
-		copy(pick(params[p.param])[p.lo:p.hi], src[p.offset:p.offset+p.hi-p.lo])
+		a, b := max(from, p.offset), min(to, p.offset+p.hi-p.lo)
+		if a < b {
+			copy(pick(params[p.param])[p.lo+a-p.offset:p.lo+b-p.offset], src[a:b])
+		}
 	}
 }
+
+// chunks is how many chunks of at most chunkLen elements n elements make
+// (one, empty, for none: every message still has its chunk).
+func chunks(n, chunkLen int) int { return max(1, (n+chunkLen-1)/chunkLen) }
+
+// chunkRange is chunk k of n elements.
+func chunkRange(k, n, chunkLen int) (int, int) { return min(n, k*chunkLen), min(n, (k+1)*chunkLen) }
 
 func data(p *parallel.Param) []float32 { return p.Data }
 func grad(p *parallel.Param) []float32 { return p.Grad }

@@ -23,6 +23,7 @@ type Worker struct {
 	index  int
 	params []*parallel.Param
 	links  []*workerLink // by server
+	chunks []int         // by server: the chunks of its slice (Options.ChunkBytes)
 	clock  atomic.Int64  // written by the caller's goroutine, read by Status too
 	// push is the Work of the pushes (and of the push half of PushPull):
 	// the next push waits for it before it refills the buffers. pull is
@@ -71,8 +72,10 @@ func NewWorker(ctx context.Context, world *collective.Comm, params []*parallel.P
 	}
 	w.push, w.pull = newWork(w), newWork(w)
 	w.links = make([]*workerLink, j.servers)
+	w.chunks = make([]int, j.servers)
 	for s := range j.servers {
 		n := j.layout.size(s)
+		w.chunks[s] = chunks(n, opts.chunkLen())
 		w.links[s] = &workerLink{
 			server: s, comm: j.pairs[s],
 			grads: make([]float32, n), values: make([]float32, n),
@@ -285,8 +288,11 @@ func (w *Worker) write(l *workerLink) {
 		}
 		l.hdrOut[0], l.hdrOut[1] = r.kind, r.clock
 		err := collective.Send(bg, l.comm, l.hdrOut, 0, tagHeader)
-		if err == nil && (r.kind == kindPush || r.kind == kindPushPull) {
-			err = collective.Send(bg, l.comm, l.grads, 0, tagGrad)
+		if r.kind == kindPush || r.kind == kindPushPull {
+			for k := 0; err == nil && k < w.chunks[l.server]; k++ {
+				lo, hi := chunkRange(k, len(l.grads), w.opts.chunkLen())
+				err = collective.Send(bg, l.comm, l.grads[lo:hi], 0, tagGrad)
+			}
 		}
 		if err != nil {
 			w.serverLost(l, err)
@@ -320,11 +326,14 @@ func (w *Worker) read(l *workerLink) {
 		switch l.hdrIn[0] {
 		case kindKeepAlive:
 		case kindValues:
-			if err := collective.Recv(bg, l.comm, l.values, 0, tagValues); err != nil {
-				w.serverLost(l, err)
-				return
+			for k := range w.chunks[l.server] {
+				lo, hi := chunkRange(k, len(l.values), w.opts.chunkLen())
+				if err := collective.Recv(bg, l.comm, l.values[lo:hi], 0, tagValues); err != nil {
+					w.serverLost(l, err)
+					return
+				}
+				w.layout.scatter(l.server, lo, hi, w.params, data, l.values)
 			}
-			w.layout.scatter(l.server, w.params, data, l.values)
 			w.pull.finish(nil)
 		case kindBye:
 			return
