@@ -255,3 +255,46 @@ func TestSparseAllReduceAllocatesNothing(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkSparseAllReduce: 4 ranks in this process (memory, not a
+// network: the CPU's costs), a 100000 × 64 table, each mode at each
+// density. The netns testbed's numbers (bench/ps/run.sh) are the network's.
+func BenchmarkSparseAllReduce(b *testing.B) {
+	const n, rows, dim = 4, 100000, 64
+	for _, density := range []float64{0.001, 0.01, 0.1, 0.5} {
+		for _, mode := range []SparseMode{SparseGather, SparseDense, SparseAuto} {
+			b.Run(fmt.Sprintf("density=%g/%v", density, mode), func(b *testing.B) {
+				comms := embLocal(b, n)
+				reducers := make([]*SparseAllReducer, n)
+				ids, grads := make([][]int64, n), make([][]float32, n)
+				for r := range n {
+					var err error
+					reducers[r], err = NewSparseAllReducer(comms[r], rows, dim, SparseAllReducerOptions{Mode: mode})
+					require.NoError(b, err)
+					rng := rand.New(rand.NewPCG(uint64(r), 1))
+					for _, id := range rng.Perm(rows)[:int(density*rows)] {
+						ids[r] = append(ids[r], int64(id))
+					}
+					grads[r] = make([]float32, len(ids[r])*dim)
+				}
+				d := newEmbDriver(b, n, func(r int) error {
+					_, err := reducers[r].AllReduce(embCtx, ids[r], grads[r])
+					return err
+				})
+				require.NoError(b, d.run())
+				b.ResetTimer()
+				for range b.N {
+					if err := d.run(); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StopTimer()
+				if reducers[0].Stats().LastDense {
+					b.ReportMetric(1, "dense")
+				} else {
+					b.ReportMetric(0, "dense")
+				}
+			})
+		}
+	}
+}
