@@ -23,8 +23,11 @@
 //
 // Layout (the key slicer) lays the parameters end to end and gives each
 // server a contiguous Ψ/S of the elements, splitting big parameters across
-// servers: every push and pull is one message per server, and every server
-// moves the same number of bytes.
+// servers, so that every server moves the same number of bytes. A push or
+// a pull to a server goes in chunks of Options.ChunkBytes (4 MiB, as
+// BytePS partitions), each applied and answered on its own: a Sync step
+// overlaps the pull of chunk k with the push of chunk k+1 instead of
+// pushing everything, then pulling everything.
 //
 // # Consistency
 //
