@@ -13,11 +13,13 @@
 # 2. Sparse vs dense: SparseAllReducer on SPARSE_N hosts at each density,
 #    the sparse path, the dense one and the automatic choice, in turns.
 #
-# Results: $OUT/results.csv, $OUT/ringps.png, $OUT/sparse.png.
+# Results: $OUT/ringps.csv and $OUT/sparse.csv (each rewritten only when
+# its part runs: PARTS="ringps sparse" by default), $OUT/results.csv (both),
+# $OUT/ringps.png, $OUT/sparse.png.
 #
 # Environment: RATE (1gbit), NS ("2 3 4 5 6 7 8"), SIZES (1M,16M,64M),
 # STEPS (3), SPARSE_N (4), ROWS (100000), DIM (64), DENSITIES
-# (0.001,0.01,0.1,0.5), ROUNDS (3), OUT (bench/ps/results),
+# (0.001,0.01,0.1,0.5), ROUNDS (5), OUT (bench/ps/results),
 # RINGO_NETNS_PREFIX (rps-), RINGO_NETNS_SUBNET (10.79.0).
 set -euo pipefail
 
@@ -30,8 +32,9 @@ SPARSE_N=${SPARSE_N:-4}
 ROWS=${ROWS:-100000}
 DIM=${DIM:-64}
 DENSITIES=${DENSITIES:-0.001,0.01,0.1,0.5}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 OUT=${OUT:-bench/ps/results}
+PARTS=${PARTS:-ringps sparse}
 export RINGO_NETNS_PREFIX=${RINGO_NETNS_PREFIX:-rps-}
 export RINGO_NETNS_SUBNET=${RINGO_NETNS_SUBNET:-10.79.0}
 P=$RINGO_NETNS_PREFIX
@@ -73,20 +76,32 @@ job() {
 	return 1
 }
 
+header="experiment,method,workers,servers,bytes,density,time_us,dense_share"
+if [[ " $PARTS " == *" ringps "* ]]; then
+	csv=$OUT/ringps.csv
+	echo "$header" >"$csv"
+	for n in $NS; do
+		echo "N=$n: ring" >&2
+		job "$n" -exp ringps -method ring -sizes "$SIZES" -steps "$STEPS" | tee -a "$csv" >&2
+		echo "N=$n: PS, 1 server" >&2
+		job $((n + 1)) -exp ringps -method ps -servers 1 -sizes "$SIZES" -steps "$STEPS" | tee -a "$csv" >&2
+		if [ $((n / 2)) -gt 1 ]; then
+			echo "N=$n: PS, $((n / 2)) servers" >&2
+			job $((n + n / 2)) -exp ringps -method ps -servers $((n / 2)) -sizes "$SIZES" -steps "$STEPS" | tee -a "$csv" >&2
+		fi
+	done
+fi
+if [[ " $PARTS " == *" sparse "* ]]; then
+	csv=$OUT/sparse.csv
+	echo "$header" >"$csv"
+	echo "sparse vs dense on $SPARSE_N hosts" >&2
+	job "$SPARSE_N" -exp sparse -rows "$ROWS" -dim "$DIM" -densities "$DENSITIES" -steps "$STEPS" -rounds "$ROUNDS" | tee -a "$csv" >&2
+fi
 csv=$OUT/results.csv
-echo "experiment,method,workers,servers,bytes,density,time_us,dense_share" >"$csv"
-for n in $NS; do
-	echo "N=$n: ring" >&2
-	job "$n" -exp ringps -method ring -sizes "$SIZES" -steps "$STEPS" | tee -a "$csv" >&2
-	echo "N=$n: PS, 1 server" >&2
-	job $((n + 1)) -exp ringps -method ps -servers 1 -sizes "$SIZES" -steps "$STEPS" | tee -a "$csv" >&2
-	if [ $((n / 2)) -gt 1 ]; then
-		echo "N=$n: PS, $((n / 2)) servers" >&2
-		job $((n + n / 2)) -exp ringps -method ps -servers $((n / 2)) -sizes "$SIZES" -steps "$STEPS" | tee -a "$csv" >&2
-	fi
+echo "$header" >"$csv"
+for part in ringps sparse; do
+	[ -f "$OUT/$part.csv" ] && tail -n +2 "$OUT/$part.csv" >>"$csv"
 done
-echo "sparse vs dense on $SPARSE_N hosts" >&2
-job "$SPARSE_N" -exp sparse -rows "$ROWS" -dim "$DIM" -densities "$DENSITIES" -steps "$STEPS" -rounds "$ROUNDS" | tee -a "$csv" >&2
 
 {
 	echo "$(date -u +%Y-%m-%d), $(nproc) CPUs shared, netns hosts at $RATE"

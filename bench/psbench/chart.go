@@ -70,14 +70,16 @@ type series struct {
 
 func (s *series) add(x, y float64) { s.xy = append(s.xy, plotter.XY{X: x, Y: y}) }
 
-func newPanel(title, x, y string, logX bool) *plot.Plot {
+func newPanel(title, x, y string, logScales bool) *plot.Plot {
 	p := plot.New()
 	p.Title.Text = title
 	p.X.Label.Text, p.Y.Label.Text = x, y
-	if logX {
+	if logScales {
 		p.X.Scale, p.X.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
+		p.Y.Scale, p.Y.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
+	} else {
+		p.Y.Min = 0
 	}
-	p.Y.Scale, p.Y.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
 	p.Add(plotter.NewGrid())
 	p.Legend.Top, p.Legend.Left = true, true
 	return p
@@ -175,7 +177,7 @@ func drawCharts(csvPath, dir, title string) error {
 // save draws panels (rows of plots) under a heading into a PNG.
 func save(path string, panels [][]*plot.Plot, heading, subtitle string) error {
 	cols := len(panels[0])
-	w, h := vg.Length(cols)*11*vg.Centimeter, vg.Length(len(panels))*10*vg.Centimeter+2*vg.Centimeter
+	w, h := max(16*vg.Centimeter, vg.Length(cols)*11*vg.Centimeter), vg.Length(len(panels))*10*vg.Centimeter+2*vg.Centimeter
 	c, err := draw.NewFormattedCanvas(w, h, "png")
 	if err != nil {
 		return err

@@ -10,9 +10,10 @@
 //	psbench -chart results.csv -o DIR         draws ringps.png and sparse.png from the CSV
 //
 // Every measurement is the slowest rank's (an AllReduce Max of each rank's
-// own time), after a warm-up call; the sparse methods take turns, -rounds
-// times, and the median round counts, so that a shared machine's noise
-// falls on all three alike. bench/ps/run.sh runs the whole sweep on the
+// own time), after a warm-up call. The sparse methods take turns, -rounds
+// times, each turn at least -min-sample long, and the fastest turn counts:
+// on a machine shared with other work, turns of the very same code differ
+// by ±20% with the load, and the fastest is the least disturbed. bench/ps/run.sh runs the whole sweep on the
 // network-namespace testbed.
 package main
 
@@ -37,10 +38,11 @@ import (
 
 type options struct {
 	exp, method       string
-	servers           int
+	servers, chunk    int
 	sizes             []int
 	densities         []float64
 	steps, rounds     int
+	minSample         time.Duration
 	rows, dim         int
 	chart, chartTitle string
 	out               string
@@ -54,10 +56,12 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.exp, "exp", "ringps", "ringps or sparse")
 	fs.StringVar(&o.method, "method", "ring", "ringps: ring or ps")
 	fs.IntVar(&o.servers, "servers", 1, "ringps -method ps: the number of servers (the first ranks)")
+	fs.IntVar(&o.chunk, "chunk", 0, "ringps -method ps: ps.Options.ChunkBytes (0: the default)")
 	sizes := fs.String("sizes", "1M,16M,64M", "ringps: gradient sizes in bytes (K and M suffixes)")
 	densities := fs.String("densities", "0.001,0.01,0.1,0.5", "sparse: fractions of the rows each rank touches")
 	fs.IntVar(&o.steps, "steps", 3, "timed calls per measurement")
-	fs.IntVar(&o.rounds, "rounds", 3, "sparse: turns of the three methods")
+	fs.IntVar(&o.rounds, "rounds", 5, "sparse: turns of the three methods")
+	fs.DurationVar(&o.minSample, "min-sample", 200*time.Millisecond, "sparse: a turn makes at least -steps calls, and more if they take less than this")
 	fs.IntVar(&o.rows, "rows", 100000, "sparse: table rows")
 	fs.IntVar(&o.dim, "dim", 64, "sparse: values per row")
 	fs.BoolVar(&o.header, "header", false, "print the CSV header first")
@@ -185,7 +189,7 @@ func benchRing(ctx context.Context, comm *collective.Comm, o *options, out io.Wr
 // gradient, the servers average and apply it (SGD), every worker pulls the
 // new values.
 func benchPS(ctx context.Context, comm *collective.Comm, o *options, out io.Writer) error {
-	opts := ps.Options{Servers: o.servers, Consistency: ps.Sync, Optimizer: sgd{lr: 1e-6}}
+	opts := ps.Options{Servers: o.servers, Consistency: ps.Sync, Optimizer: sgd{lr: 1e-6}, ChunkBytes: o.chunk}
 	for _, size := range o.sizes {
 		n := size / 4
 		params := []*parallel.Param{{Name: "grad", Data: make([]float32, n), Grad: make([]float32, n)}}
@@ -274,11 +278,23 @@ func benchSparse(ctx context.Context, comm *collective.Comm, o *options, out io.
 		}
 		times := make([][]time.Duration, len(modes))
 		dense := make([]int, len(modes))
-		for i, red := range reducers { // warm-up: buffers grow
+		calls := make([]int, len(modes))
+		for i, red := range reducers {
+			// Warm-up (the buffers grow), then one timed call: short calls
+			// are batched so that a turn lasts -min-sample (the slowest
+			// rank's time decides, so every rank makes the same calls).
 			if _, err := red.AllReduce(ctx, ids, grads); err != nil {
 				return err
 			}
-			_ = i
+			start := time.Now()
+			if _, err := red.AllReduce(ctx, ids, grads); err != nil {
+				return err
+			}
+			t, err := slowest(ctx, comm, time.Since(start))
+			if err != nil {
+				return err
+			}
+			calls[i] = max(o.steps, min(1000, int(o.minSample/max(t, time.Microsecond))))
 		}
 		for range o.rounds {
 			for i, red := range reducers {
@@ -286,7 +302,7 @@ func benchSparse(ctx context.Context, comm *collective.Comm, o *options, out io.
 					return err
 				}
 				start := time.Now()
-				for range o.steps {
+				for range calls[i] {
 					if _, err := red.AllReduce(ctx, ids, grads); err != nil {
 						return err
 					}
@@ -294,7 +310,7 @@ func benchSparse(ctx context.Context, comm *collective.Comm, o *options, out io.
 						dense[i]++
 					}
 				}
-				t, err := slowest(ctx, comm, time.Since(start)/time.Duration(o.steps))
+				t, err := slowest(ctx, comm, time.Since(start)/time.Duration(calls[i]))
 				if err != nil {
 					return err
 				}
@@ -302,8 +318,7 @@ func benchSparse(ctx context.Context, comm *collective.Comm, o *options, out io.
 			}
 		}
 		for i, m := range modes {
-			slices.Sort(times[i])
-			row(out, "sparse", m.String(), comm.Size(), 0, o.rows*o.dim*4, density, times[i][len(times[i])/2], float64(dense[i])/float64(o.rounds*o.steps))
+			row(out, "sparse", m.String(), comm.Size(), 0, o.rows*o.dim*4, density, slices.Min(times[i]), float64(dense[i])/float64(o.rounds*calls[i]))
 		}
 	}
 	return nil
