@@ -38,17 +38,23 @@ func runChild() bool {
 		return false
 	}
 	if err := child(mode); err != nil {
-		fmt.Printf("ERROR: %v\n", err)
 		os.Exit(3)
 	}
 	os.Exit(0)
 	return true
 }
 
+// failed prints the ERROR line the tests wait for the moment a call fails
+// (before the deferred Closes, which linger so that peers read why).
+func failed(err error) error {
+	fmt.Printf("ERROR: %v\n", err)
+	return err
+}
+
 func child(mode string) error {
 	comm, err := collective.Init(ctx)
 	if err != nil {
-		return err
+		return failed(err)
 	}
 	defer comm.Close()
 	opts := ps.Options{Servers: childServers, Consistency: ps.Sync, Optimizer: &nn.SGD{LR: 1e-3}, ChunkBytes: 64 << 10}
@@ -62,19 +68,19 @@ func child(mode string) error {
 	if comm.Rank() < opts.Servers {
 		srv, err := ps.NewServer(ctx, comm, params, opts)
 		if err != nil {
-			return err
+			return failed(err)
 		}
 		defer srv.Close()
 		fmt.Println("serving")
 		if err := srv.Serve(ctx); err != nil {
-			return err
+			return failed(err)
 		}
 		fmt.Printf("SERVED lost=%v\n", srv.Status().Lost)
 		return nil
 	}
 	w, err := ps.NewWorker(ctx, comm, params, opts)
 	if err != nil {
-		return err
+		return failed(err)
 	}
 	defer w.Close()
 	stdin := bufio.NewReader(os.Stdin)
@@ -85,19 +91,19 @@ func child(mode string) error {
 			}
 		}
 		if err := w.PushPull(ctx).Wait(); err != nil {
-			return err
+			return failed(err)
 		}
 		if step == 5 {
 			fmt.Println("training")
 			if mode == "async-allow" {
 				if _, err := stdin.ReadString('\n'); err != nil {
-					return err
+					return failed(err)
 				}
 			}
 		}
 		if mode == "async-allow" && step == 25 {
 			if err := w.Close(); err != nil {
-				return err
+				return failed(err)
 			}
 			fmt.Printf("DONE clock=%d\n", w.Clock())
 			return nil

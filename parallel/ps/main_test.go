@@ -94,21 +94,16 @@ func startJob(t testing.TB, S, W int, opts ps.Options, newModel func(w int) *mod
 		go func() { j.serve <- s.Serve(ctx) }()
 	}
 	t.Cleanup(func() {
-		for _, w := range j.workers {
-			_ = w.Close()
-		}
-		for _, s := range j.servers {
-			_ = s.Close()
-		}
+		// At once: a failed one lingers a second before closing.
+		each(len(j.workers), func(w int) error { return j.workers[w].Close() })
+		each(len(j.servers), func(s int) error { return j.servers[s].Close() })
 	})
 	return j
 }
 
 // finish closes every worker and returns every server's Serve result.
 func (j *job) finish() []error {
-	for _, w := range j.workers {
-		_ = w.Close()
-	}
+	each(len(j.workers), func(w int) error { return j.workers[w].Close() })
 	errs := make([]error, len(j.servers))
 	for i := range j.servers {
 		errs[i] = <-j.serve

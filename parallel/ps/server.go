@@ -33,10 +33,10 @@ type Server struct {
 	sum     []float32 // Sync: the step's average
 	steps   []int     // by chunk: optimizer updates so far
 	clocks  []int64   // whole pushes received, by worker
-	// Sync: pending[w][k] says worker w's push of chunk k for the next
-	// step is in links[w].grad, waiting for the others'; arrived[k] counts
-	// them.
-	pending [][]bool
+	// busy[w][k] says links[w].grad holds a chunk k not applied yet (under
+	// Sync: maybe waiting for the others'); arrived[k] counts the workers
+	// whose chunk k of the step is in (Sync).
+	busy    [][]bool
 	arrived []int
 	// Async and SSP: taken[w][k] is how many of worker w's pushes chunk k
 	// has taken (a PushPull's answer waits for its own push).
@@ -61,6 +61,8 @@ type serverLink struct {
 	hdrIn        []int64
 	hdrOut       []int64
 	pulls        chan int64    // clocks of pulls to answer, in order
+	events       chan event    // read's to apply, in order
+	received     int64         // pushes read has received (read's own)
 	notify       chan struct{} // the server's state changed: look again
 	bye          chan struct{} // the worker said bye: answer it
 	stop         chan struct{} // the worker is lost: stop
@@ -88,7 +90,7 @@ func NewServer(ctx context.Context, world *collective.Comm, params []*parallel.P
 		data:     make([]float32, n),
 		state:    make([]float32, opts.Optimizer.StateLen(n)),
 		clocks:   make([]int64, j.workers),
-		pending:  make([][]bool, j.workers),
+		busy:     make([][]bool, j.workers),
 		taken:    make([][]int64, j.workers),
 		lost:     make([]bool, j.workers),
 		finished: make([]bool, j.workers),
@@ -99,7 +101,7 @@ func NewServer(ctx context.Context, world *collective.Comm, params []*parallel.P
 	s.applied = sync.NewCond(&s.mu)
 	s.steps, s.arrived = make([]int, s.chunks), make([]int, s.chunks)
 	for w := range j.workers {
-		s.pending[w], s.taken[w] = make([]bool, s.chunks), make([]int64, s.chunks)
+		s.busy[w], s.taken[w] = make([]bool, s.chunks), make([]int64, s.chunks)
 	}
 	if opts.Consistency.kind == syncKind {
 		s.sum = make([]float32, n)
@@ -116,15 +118,16 @@ func NewServer(ctx context.Context, world *collective.Comm, params []*parallel.P
 			worker: w, rank: j.servers + w, comm: j.pairs[w],
 			grad: make([]float32, n), values: make([]float32, n),
 			hdrIn: make([]int64, workerHeaderLen), hdrOut: make([]int64, serverHeaderLen(j.workers)),
-			pulls: make(chan int64, 2), notify: make(chan struct{}, 1),
+			pulls: make(chan int64, 2), notify: make(chan struct{}, 1), events: make(chan event, s.chunks+2),
 			bye: make(chan struct{}), stop: make(chan struct{}),
 		}
 	}
 	s.wg.Add(1)
 	go s.abortOnFailure()
 	for _, l := range s.links {
-		s.wg.Add(2)
+		s.wg.Add(3)
 		go s.read(l)
+		go s.apply(l)
 		go s.write(l)
 	}
 	return s, nil
@@ -149,8 +152,11 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 // Close stops the server (failing it if workers are still at work, which
-// makes them fail) and closes its pairs. It is idempotent; it does not
-// close the world communicator.
+// makes them fail) and closes its pairs. After a failure it first keeps
+// the pairs open for abortLinger, so that every worker reads why the server
+// failed before the connections close (a worker that sees them close first
+// can only report the server lost). It is idempotent; it does not close
+// the world communicator.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -165,6 +171,9 @@ func (s *Server) Close() error {
 		s.fail(s.named(ErrClosed))
 	}
 	s.wg.Wait()
+	if s.Status().Err != nil {
+		linger()
+	}
 	closeAll(s.pairs)
 	return nil
 }
@@ -209,9 +218,17 @@ func (s *Server) Values(dst []float32) int {
 	return copy(dst, s.data)
 }
 
-// read receives everything worker l sends, in order: pushes are applied
-// chunk by chunk (under Sync, each chunk once every worker's is in), pulls
-// queued for write.
+// event is what read hands apply: a chunk received, the end of a push, a
+// bye.
+type event struct {
+	kind  int64 // kindPush: chunk received; kindValues: the push is complete; kindBye
+	clock int64
+	chunk int
+}
+
+// read receives everything worker l sends, in order, and hands pushes'
+// chunks to apply as they arrive, so that the next chunk is received while
+// the last is applied; pulls go to write's queue.
 func (s *Server) read(l *serverLink) {
 	defer s.wg.Done()
 	bg := context.Background()
@@ -224,12 +241,12 @@ func (s *Server) read(l *serverLink) {
 		switch kind {
 		case kindKeepAlive:
 		case kindPush, kindPushPull:
-			if want := s.clocks[l.worker] + 1; clock != want { // only this goroutine writes it
-				s.fail(s.named(s.workerError(l, fmt.Errorf("protocol error: push number %d arrived as number %d", clock, want))))
+			if clock != l.received+1 {
+				s.fail(s.named(s.workerError(l, fmt.Errorf("protocol error: push number %d arrived as number %d", clock, l.received+1))))
 				return
 			}
 			// A PushPull's answer may start as soon as its first chunk is
-			// applied.
+			// applied (write waits for that).
 			if kind == kindPushPull && !s.queuePull(l, clock) {
 				return
 			}
@@ -242,31 +259,24 @@ func (s *Server) read(l *serverLink) {
 					s.workerLost(l, err)
 					return
 				}
-				if err := s.apply(l, k, clock); err != nil {
-					s.fail(err)
+				if !s.hand(l, event{kind: kindPush, clock: clock, chunk: k}) {
 					return
 				}
 			}
-			s.mu.Lock()
-			s.clocks[l.worker] = clock
-			if s.opts.Consistency.kind == sspKind {
-				s.notifyAll() // the slowest clock may have moved
+			l.received = clock
+			if !s.hand(l, event{kind: kindValues, clock: clock}) {
+				return
 			}
-			s.mu.Unlock()
 		case kindPull:
-			if have := s.clocks[l.worker]; clock != have {
-				s.fail(s.named(s.workerError(l, fmt.Errorf("protocol error: a pull at clock %d after %d pushes", clock, have))))
+			if clock != l.received {
+				s.fail(s.named(s.workerError(l, fmt.Errorf("protocol error: a pull at clock %d after %d pushes", clock, l.received))))
 				return
 			}
 			if !s.queuePull(l, clock) {
 				return
 			}
 		case kindBye:
-			if err := s.finish(l, clock); err != nil {
-				s.fail(err)
-				return
-			}
-			close(l.bye)
+			s.hand(l, event{kind: kindBye, clock: clock})
 			return
 		default:
 			s.fail(s.named(s.workerError(l, fmt.Errorf("protocol error: a message of kind %d", kind))))
@@ -275,16 +285,28 @@ func (s *Server) read(l *serverLink) {
 	}
 }
 
-// waitChunkFree waits (under Sync) until worker l's previous push of chunk
-// k has been applied, so that its buffer may take the next; false if the
-// server failed.
+// hand gives apply an event; false if the server failed or lost l.
+func (s *Server) hand(l *serverLink, e event) bool {
+	select {
+	case l.events <- e:
+		return true
+	case <-s.failed:
+	case <-l.stop:
+	}
+	return false
+}
+
+// waitChunkFree waits until worker l's previous chunk k has been applied
+// (under Sync: the whole step's chunk k), so that its buffer may take the
+// next, and marks it taken; false if the server failed.
 func (s *Server) waitChunkFree(l *serverLink, k int) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for s.pending[l.worker][k] && s.err == nil {
+	for s.busy[l.worker][k] && s.err == nil && !s.lost[l.worker] {
 		s.applied.Wait()
 	}
-	return s.err == nil
+	s.busy[l.worker][k] = true
+	return s.err == nil && !s.lost[l.worker]
 }
 
 func (s *Server) queuePull(l *serverLink, clock int64) bool {
@@ -296,8 +318,45 @@ func (s *Server) queuePull(l *serverLink, clock int64) bool {
 	}
 }
 
-// apply takes chunk k of worker l's push number clock (now in l.grad).
-func (s *Server) apply(l *serverLink, k int, clock int64) error {
+// apply applies worker l's pushes, chunk by chunk, in the order read
+// received them, and its bye.
+func (s *Server) apply(l *serverLink) {
+	defer s.wg.Done()
+	for {
+		var e event
+		select {
+		case e = <-l.events:
+		case <-s.failed:
+			return
+		case <-l.stop:
+			return
+		}
+		var err error
+		switch e.kind {
+		case kindPush:
+			err = s.applyChunk(l, e.chunk, e.clock)
+		case kindValues:
+			s.mu.Lock()
+			s.clocks[l.worker] = e.clock
+			if s.opts.Consistency.kind == sspKind {
+				s.notifyAll() // the slowest clock may have moved
+			}
+			s.mu.Unlock()
+		case kindBye:
+			if err = s.finish(l, e.clock); err == nil {
+				close(l.bye)
+				return
+			}
+		}
+		if err != nil {
+			s.fail(err)
+			return
+		}
+	}
+}
+
+// applyChunk takes chunk k of worker l's push number clock (now in l.grad).
+func (s *Server) applyChunk(l *serverLink, k int, clock int64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w := l.worker
@@ -309,6 +368,8 @@ func (s *Server) apply(l *serverLink, k int, clock int64) error {
 			return s.named(fmt.Errorf("update %d: %w", s.steps[k], err))
 		}
 		s.taken[w][k] = clock
+		s.busy[w][k] = false
+		s.applied.Broadcast()
 		notify(l) // its PushPull's answer may wait for this
 		return nil
 	}
@@ -320,7 +381,6 @@ func (s *Server) apply(l *serverLink, k int, clock int64) error {
 			}
 		}
 	}
-	s.pending[w][k] = true
 	s.arrived[k]++
 	if s.arrived[k] < s.workers {
 		return nil
@@ -342,8 +402,8 @@ func (s *Server) apply(l *serverLink, k int, clock int64) error {
 	if err := s.opt.Update(s.steps[k], s.data[lo:hi], sum, s.state[slo:shi]); err != nil {
 		return s.named(fmt.Errorf("step %d: %w", s.steps[k], err))
 	}
-	for v := range s.pending {
-		s.pending[v][k] = false
+	for v := range s.busy {
+		s.busy[v][k] = false
 	}
 	s.arrived[k] = 0
 	s.applied.Broadcast()
@@ -434,6 +494,7 @@ func (s *Server) workerLost(l *serverLink, err error) {
 	}
 	s.log.Warn("ps: lost a worker; serving the others (AllowWorkerLoss)", "err", lerr)
 	s.lost[l.worker] = true
+	s.applied.Broadcast()
 	close(l.stop)
 	l.comm.Abort(lerr)
 	s.leave()

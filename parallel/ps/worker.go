@@ -184,9 +184,9 @@ func (w *Worker) Status() WorkerStatus {
 }
 
 // Close waits for the pushes and pulls in flight, tells the servers this
-// worker is done, and closes its pairs. It returns the error that failed
-// the worker, if any. It is idempotent; it does not close the world
-// communicator.
+// worker is done, and closes its pairs (after a failure, abortLinger later:
+// see Server.Close). It returns the error that failed the worker, if any.
+// It is idempotent; it does not close the world communicator.
 func (w *Worker) Close() error {
 	w.mu.Lock()
 	if w.closed {
@@ -206,6 +206,9 @@ func (w *Worker) Close() error {
 		}
 	}
 	w.wg.Wait() // the readers end at the servers' byes, or on failure
+	if err != nil {
+		linger() // the servers read why (see Server.Close)
+	}
 	if err == nil {
 		// The servers end with a Barrier too (see Server.write): then no
 		// call of theirs is in flight when this side closes.
