@@ -218,10 +218,9 @@ func (s *Server) Values(dst []float32) int {
 	return copy(dst, s.data)
 }
 
-// event is what read hands apply: a chunk received, the end of a push, a
-// bye.
+// event is what read hands apply: a chunk received, or the bye.
 type event struct {
-	kind  int64 // kindPush: chunk received; kindValues: the push is complete; kindBye
+	kind  int64 // kindPush (a chunk received) or kindBye
 	clock int64
 	chunk int
 }
@@ -264,9 +263,6 @@ func (s *Server) read(l *serverLink) {
 				}
 			}
 			l.received = clock
-			if !s.hand(l, event{kind: kindValues, clock: clock}) {
-				return
-			}
 		case kindPull:
 			if clock != l.received {
 				s.fail(s.named(s.workerError(l, fmt.Errorf("protocol error: a pull at clock %d after %d pushes", clock, l.received))))
@@ -335,13 +331,6 @@ func (s *Server) apply(l *serverLink) {
 		switch e.kind {
 		case kindPush:
 			err = s.applyChunk(l, e.chunk, e.clock)
-		case kindValues:
-			s.mu.Lock()
-			s.clocks[l.worker] = e.clock
-			if s.opts.Consistency.kind == sspKind {
-				s.notifyAll() // the slowest clock may have moved
-			}
-			s.mu.Unlock()
 		case kindBye:
 			if err = s.finish(l, e.clock); err == nil {
 				close(l.bye)
@@ -362,6 +351,13 @@ func (s *Server) applyChunk(l *serverLink, k int, clock int64) error {
 	w := l.worker
 	lo, hi := chunkRange(k, len(s.data), s.chunkLen)
 	slo, shi := s.opt.StateLen(lo), s.opt.StateLen(hi)
+	if k == s.chunks-1 {
+		// The push is complete: its clock counts from now on.
+		s.clocks[w] = clock
+		if s.opts.Consistency.kind == sspKind {
+			s.notifyAll() // the slowest clock may have moved
+		}
+	}
 	if s.opts.Consistency.kind != syncKind {
 		s.steps[k]++
 		if err := s.opt.Update(s.steps[k], s.data[lo:hi], l.grad[lo:hi], s.state[slo:shi]); err != nil {
@@ -375,7 +371,7 @@ func (s *Server) applyChunk(l *serverLink, k int, clock int64) error {
 	}
 	if k == 0 {
 		for v, done := range s.finished {
-			if done && s.clocks[v] < clock {
+			if done && s.clocks[v] < clock && v != w {
 				return s.named(s.workerError(l, fmt.Errorf("pushed step %d, but worker %d (rank %d) closed after step %d: under Sync every worker takes every step",
 					clock, v, s.servers+v, s.clocks[v])))
 			}

@@ -102,11 +102,6 @@ func TestSyncEqualsDataParallelBitwise(t *testing.T) {
 						for w, m := range j.models {
 							require.NoError(t, sameBits(m.params, want), "worker %d", w)
 						}
-						for s, srv := range j.servers {
-							st := srv.Status()
-							assert.Equal(t, steps, st.Updates, "server %d", s)
-							assert.Equal(t, repeat(steps, W), st.Clocks, "server %d", s)
-						}
 						for w, wk := range j.workers {
 							assert.Equal(t, steps, wk.Clock())
 							// As the servers last said: an answer's header
@@ -118,6 +113,13 @@ func TestSyncEqualsDataParallelBitwise(t *testing.T) {
 						}
 						for s, err := range j.finish() {
 							require.NoError(t, err, "server %d", s)
+						}
+						// Once Serve has returned, every push is counted.
+						for s, srv := range j.servers {
+							st := srv.Status()
+							assert.Equal(t, steps, st.Updates, "server %d", s)
+							assert.Equal(t, repeat(steps, W), st.Clocks, "server %d", s)
+							assert.Equal(t, []int{0, 1, 2}[:W], st.Finished, "server %d", s)
 						}
 					})
 				}
