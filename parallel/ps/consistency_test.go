@@ -144,7 +144,7 @@ func TestAsyncAppliesEveryPushOnArrival(t *testing.T) {
 // Async training of a linear regression (a learnable target) by 4
 // workers, each on its own samples, brings the held-out loss down by far.
 func TestAsyncTrainingConverges(t *testing.T) {
-	const S, W, steps, dim = 2, 4, 50, 40
+	const S, W, steps, dim = 2, 4, 150, 40
 	newRegression := func() []*parallel.Param {
 		return []*parallel.Param{
 			{Name: "w", Data: make([]float32, dim), Grad: make([]float32, dim)},
@@ -176,7 +176,7 @@ func TestAsyncTrainingConverges(t *testing.T) {
 		return total / 256
 	}
 	comms := local(t, S+W)
-	opts := ps.Options{Servers: S, Consistency: ps.Async, Optimizer: &nn.SGD{LR: 0.05, Momentum: 0.5}}
+	opts := ps.Options{Servers: S, Consistency: ps.Async, Optimizer: &nn.SGD{LR: 0.02}}
 	params := make([][]*parallel.Param, W)
 	// The initial model's (a worker's first pull may already see the
 	// others' first pushes).
