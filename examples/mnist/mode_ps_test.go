@@ -9,8 +9,8 @@ import (
 )
 
 // TestPSAsyncConverges: 3 workers pushing asynchronously to 2 servers
-// (5 ranks) learn MNIST: after one epoch of 12000 samples the loss has
-// fallen by more than half and the test accuracy is above 85% (ddp and
+// (5 ranks) learn MNIST: after one epoch of 12000 samples the loss (the
+// mean of the last three logged) has fallen by more than half and the test accuracy is above 85% (ddp and
 // sync reach 91% here; async, whose pushes are each a step of their own,
 // 90% without momentum).
 func TestPSAsyncConverges(t *testing.T) {
@@ -20,7 +20,9 @@ func TestPSAsyncConverges(t *testing.T) {
 	losses, acc, _ := parseOutput(t, out)
 	require.Len(t, acc, 1)
 	t.Logf("losses every 20 steps: %.3f; test accuracy %.4f", losses, acc[0])
-	require.Less(t, losses[len(losses)-1], losses[0]*0.5)
+	require.GreaterOrEqual(t, len(losses), 4)
+	last := losses[len(losses)-3:] // one batch's loss is noisy: the mean of the last three
+	require.Less(t, (last[0]+last[1]+last[2])/3, losses[0]*0.5)
 	require.Greater(t, acc[0], 0.85)
 }
 
