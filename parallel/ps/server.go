@@ -27,7 +27,7 @@ type Server struct {
 	chunkLen, chunks int
 
 	mu      sync.Mutex
-	applied *sync.Cond // Sync: a chunk's step was applied (or the server failed)
+	applied *sync.Cond // a chunk was applied (a buffer is free), or the server failed or lost a worker
 	data    []float32
 	state   []float32
 	sum     []float32 // Sync: the step's average
