@@ -37,7 +37,10 @@
 // an AllReduce. Async applies each push as it arrives, as pushed (scale the
 // gradients as the learning rate needs). BoundedStaleness(s) applies pushes
 // as Async does but holds a worker's Pull until the slowest worker is at
-// most s clocks behind it.
+// most s clocks behind it. Under Async and BoundedStaleness an answer's
+// chunks are read one by one as they go out, so they may include
+// different numbers of the other workers' pushes (never fewer of the
+// puller's own than it has made).
 //
 // # Failures
 //
