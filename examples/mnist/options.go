@@ -34,6 +34,8 @@ type options struct {
 	microbatches int
 	chunks       int
 	schedule     string
+	servers      int    // -mode ps
+	consistency  string // -mode ps
 }
 
 func parseOptions(args []string, stderr io.Writer) (options, error) {
@@ -54,7 +56,7 @@ Rank 0 prints "step=K loss=X" (the mean loss over the global batch),
 		fs.PrintDefaults()
 	}
 	fs.IntVar(&o.np, "np", 4, "number of local rank processes to start (ignored under a launcher, which sets the world size)")
-	fs.StringVar(&o.mode, "mode", "ddp", "how to train: single (one process), ddp (data parallel) or pipeline (model split into -stages; -np/-stages replicas)")
+	fs.StringVar(&o.mode, "mode", "ddp", "how to train: single (one process), ddp (data parallel), pipeline (model split into -stages; -np/-stages replicas) or ps (parameter servers)")
 	fs.IntVar(&o.epochs, "epochs", 2, "passes over the training set")
 	fs.IntVar(&o.steps, "steps", 0, "stop after this many optimizer steps in all (0: no limit)")
 	fs.IntVar(&o.batch, "batch", 64, "global batch size, split over the ranks")
@@ -69,6 +71,8 @@ Rank 0 prints "step=K loss=X" (the mean loss over the global batch),
 	fs.IntVar(&o.trainSamples, "train-samples", 0, "train on the first N training images only (0: all 60000), for quick runs")
 	fs.StringVar(&o.compression, "compression", "", "ddp: compress gradient traffic, bf16 or fp16")
 	pipelineFlags(fs, &o)
+	fs.IntVar(&o.servers, "servers", 1, "ps: how many of the -np ranks are servers (the first ones)")
+	fs.StringVar(&o.consistency, "consistency", "async", "ps: async, sync or ssp:K (bounded staleness K)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -86,7 +90,9 @@ Rank 0 prints "step=K loss=X" (the mean loss over the global batch),
 	o.hidden, err = parseSizes(*hidden)
 	check(err == nil, "-hidden %q: want positive sizes separated by commas", *hidden)
 	check(o.np >= 1, "-np %d: want 1 or more", o.np)
-	check(o.mode == "single" || o.mode == "ddp" || o.mode == "pipeline", "-mode %q: want single, ddp or pipeline", o.mode)
+	check(o.mode == "single" || o.mode == "ddp" || o.mode == "pipeline" || o.mode == "ps", "-mode %q: want single, ddp, pipeline or ps", o.mode)
+	check(o.mode != "ps" || o.servers >= 1 && (!o.npSet || o.servers < o.np), "-servers %d: want 1 or more, leaving at least one worker of the -np ranks", o.servers)
+	check(o.mode != "ps" || o.checkpoint == "", "-checkpoint: -mode ps does not save checkpoints")
 	check(o.epochs >= 1, "-epochs %d: want 1 or more", o.epochs)
 	check(o.steps >= 0, "-steps %d: want 0 (no limit) or more", o.steps)
 	check(o.batch >= 1, "-batch %d: want 1 or more", o.batch)

@@ -77,6 +77,8 @@ func newTrainer(ctx context.Context, j *job) (trainer, error) {
 		return newDDP(ctx, j)
 	case "pipeline":
 		return newPipe(ctx, j)
+	case "ps":
+		return newPS(ctx, j)
 	}
 	return nil, fmt.Errorf("unknown mode %q", j.opts.mode)
 }
