@@ -33,7 +33,7 @@ const (
 	kindReveal                       // client → server: the seeds that remove the masks
 	kindFailed                       // client → server: I could not do this task
 	kindBye                          // server → client: training is over
-	maxKind   = kindBye
+	maxKind       = kindBye
 )
 
 func (k msgKind) String() string {

@@ -9,8 +9,8 @@ import (
 	"io/fs"
 	"log/slog"
 	"math"
-	"net"
 	mrand "math/rand/v2"
+	"net"
 	"slices"
 	"strconv"
 	"sync"
@@ -79,10 +79,10 @@ type ServerConfig struct {
 // RoundSummary says what a round did.
 type RoundSummary struct {
 	Round    int
-	Attempts int           // 1 unless attempts failed
-	Clients  []ClientInfo  // whose results are in the new weights
-	Failures []Failure     // sampled clients of the last attempt with no result
-	Examples int64         // Σ n_i over Clients
+	Attempts int                // 1 unless attempts failed
+	Clients  []ClientInfo       // whose results are in the new weights
+	Failures []Failure          // sampled clients of the last attempt with no result
+	Examples int64              // Σ n_i over Clients
 	Metrics  map[string]float64 // from Evaluate
 	Duration time.Duration
 }

@@ -99,10 +99,10 @@ func (l *tcpListener) secure(ctx context.Context, s transport.Stream) (transport
 	return transport.ServerTLS(ctx, s.(net.Conn), l.cert, anyCertificate)
 }
 
-func (l *tcpListener) addr() string  { return l.ln.Addr().String() }
-func (l *tcpListener) close() error  { return l.ln.Close() }
-func (l quicListener) addr() string  { return l.ln.Addr().String() }
-func (l quicListener) close() error  { return l.ln.Close() }
+func (l *tcpListener) addr() string { return l.ln.Addr().String() }
+func (l *tcpListener) close() error { return l.ln.Close() }
+func (l quicListener) addr() string { return l.ln.Addr().String() }
+func (l quicListener) close() error { return l.ln.Close() }
 func (quicListener) secure(_ context.Context, s transport.Stream) (transport.Stream, error) {
 	return s, nil
 }
