@@ -376,6 +376,9 @@ func TestBadUpdatesDropped(t *testing.T) {
 		{"garbage", func(f *fakeClient, task uint64) {
 			f.sendRaw(kindUpdate, []byte("\x01\x02 this is not an update"))
 		}, "sent garbage"},
+		{"oversized", func(f *fakeClient, task uint64) {
+			f.sendRaw(kindUpdate, make([]byte, f.limit+1))
+		}, "update message of 1051709 bytes (at most 1051708 expected)"},
 		{"alien", func(f *fakeClient, task uint64) {
 			_, err := f.w.s.Write([]byte("SSH-2.0-OpenSSH_9.6\r\n................................................"))
 			require.NoError(t, err)
@@ -384,6 +387,7 @@ func TestBadUpdatesDropped(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, b := range bad {
 		f := dialFake(t, srv, "bad-"+b.name)
+		f.limit = srv.limit(kindUpdate)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

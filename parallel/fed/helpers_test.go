@@ -158,9 +158,10 @@ func names(n int) []string {
 // fakeClient speaks the protocol by hand, to send what a Client never
 // would.
 type fakeClient struct {
-	t  testing.TB
-	w  *wire
-	id uint64
+	t     testing.TB
+	w     *wire
+	id    uint64
+	limit int // for tests that need it
 }
 
 func dialFake(t testing.TB, srv *Server, name string) *fakeClient {

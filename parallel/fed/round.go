@@ -197,6 +197,11 @@ func (s *Server) connected() []ClientInfo {
 func (s *Server) plan(ctx context.Context, r int) (FitPlan, error) {
 	waiting := false
 	for {
+		// Take in what sessions said since the last attempt: the plan is
+		// made with every client that has joined by now.
+		for range len(s.events) {
+			s.dispatch(nil, <-s.events, 0, nil, nil)
+		}
 		plan, err := s.cfg.Strategy.ConfigureFit(r, s.connected(), s.rng)
 		if err == nil {
 			if err := s.checkPlan(plan); err != nil {

@@ -74,6 +74,9 @@ type ServerConfig struct {
 	// record, if set (tests), wraps every accepted stream once its TLS
 	// handshake is done: it sees every byte the server reads.
 	record func(transport.Stream) transport.Stream
+	// observe, if set (tests), is given every message a client sends, as
+	// soon as it is decoded, late ones included.
+	observe func(ClientInfo, message)
 }
 
 // RoundSummary says what a round did.
@@ -520,6 +523,9 @@ func (s *Server) read(ss *session) {
 		m, err := ss.w.recv(s.limit)
 		switch {
 		case err == nil:
+			if s.cfg.observe != nil {
+				s.cfg.observe(ss.info, m)
+			}
 			if !s.emit(event{sess: ss, msg: m}) {
 				ss.close()
 				return

@@ -212,7 +212,7 @@ func (w *wire) recv(limit func(msgKind) int) (message, error) {
 	case k == 0 || k > maxKind:
 		return nil, fmt.Errorf("%w: message kind %d", errGarbage, h.Sig.Kind)
 	case int64(h.Len) > int64(limit(k)):
-		return nil, fmt.Errorf("%w: a %v message of %d bytes (at most %d expected)", errGarbage, k, h.Len, limit(k))
+		return nil, fmt.Errorf("%w: %v message of %d bytes (at most %d expected)", errGarbage, k, h.Len, limit(k))
 	}
 	if cap(w.in) < int(h.Len) {
 		w.in = make([]byte, h.Len)
