@@ -184,7 +184,7 @@ func (c *Client) limit(k msgKind) int {
 	case kindFit, kindKeys, kindUnmask:
 		return transport.MaxPayload
 	case kindBye:
-		return 4 + maxStringBytes
+		return 1 + 4 + maxStringBytes
 	}
 	return 0
 }
@@ -231,6 +231,10 @@ func (c *Client) session(ctx context.Context) (joined, done bool, err error) {
 	switch m := m.(type) {
 	case *welcomeMsg:
 	case *byeMsg:
+		if m.Over {
+			c.log.Info("fed: the server ended training", "reason", m.Reason)
+			return false, true, nil
+		}
 		return false, false, fmt.Errorf("the server turned the client away: %s", m.Reason)
 	default:
 		return false, false, fmt.Errorf("the server answered the join with a %v message", m.kind())
@@ -290,6 +294,10 @@ func (c *Client) session(ctx context.Context) (joined, done bool, err error) {
 					c.log.Warn("fed: the server sent more messages for a task than the protocol has", "message", m.kind())
 				}
 			case *byeMsg:
+				if !m.Over {
+					c.log.Warn("fed: the server hung up", "reason", m.Reason)
+					return true, false, errors.New("the server hung up: " + m.Reason)
+				}
 				c.log.Info("fed: the server ended training", "reason", m.Reason)
 				return true, true, nil
 			default:

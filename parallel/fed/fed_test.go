@@ -342,10 +342,11 @@ func TestBadUpdatesDropped(t *testing.T) {
 	var logs logSink
 	honest := []int{0, 1}
 	examples := []int{4, 4}
+	const bad = 7
 	srv := startServer(t, ServerConfig{
 		Weights:  exactWeights(d),
 		Rounds:   1,
-		Strategy: &FedAvg{MinFitClients: 2, MinAvailableClients: 8},
+		Strategy: &FedAvg{MinFitClients: 2, MinAvailableClients: 2 + bad},
 		Logger:   logs.logger(),
 	})
 	runClients(t, srv, []string{"c00", "c01"}, ClientConfig{}, func(name string) FitFunc {
@@ -356,7 +357,7 @@ func TestBadUpdatesDropped(t *testing.T) {
 	nan[3] = float32(math.NaN())
 	inf := make([]float32, d)
 	inf[8] = float32(math.Inf(-1))
-	bad := []struct {
+	cases := []struct {
 		name   string
 		answer func(f *fakeClient, task uint64)
 		reason string
@@ -384,8 +385,9 @@ func TestBadUpdatesDropped(t *testing.T) {
 			require.NoError(t, err)
 		}, "not a frame of the federated protocol"},
 	}
+	require.Len(t, cases, bad)
 	var wg sync.WaitGroup
-	for _, b := range bad {
+	for _, b := range cases {
 		f := dialFake(t, srv, "bad-"+b.name)
 		f.limit = srv.limit(kindUpdate)
 		wg.Add(1)
@@ -402,9 +404,9 @@ func TestBadUpdatesDropped(t *testing.T) {
 	requireBitwise(t, want, srv.Weights())
 	h := srv.History()[0]
 	assert.Len(t, h.Clients, 2)
-	require.Len(t, h.Failures, len(bad))
+	require.Len(t, h.Failures, bad)
 	log := logs.String()
-	for _, b := range bad {
+	for _, b := range cases {
 		assert.Contains(t, log, b.reason, b.name)
 	}
 }
@@ -495,4 +497,14 @@ func TestRoundFailsAfterMaxAttempts(t *testing.T) {
 	err := srv.Run(testContext(t))
 	require.ErrorIs(t, err, ErrRoundFailed)
 	require.ErrorContains(t, err, "no data")
+}
+
+// TestJoinAfterTrainingEnds: a client that connects after Run finished is
+// told that training is over, and its Run returns nil.
+func TestJoinAfterTrainingEnds(t *testing.T) {
+	srv := startServer(t, ServerConfig{Weights: exactWeights(3), Rounds: 1})
+	runClients(t, srv, names(2), ClientConfig{}, func(string) FitFunc { return exactFit(0, 1) })
+	require.NoError(t, srv.Run(testContext(t)))
+	late := runClients(t, srv, []string{"late"}, ClientConfig{}, func(string) FitFunc { return exactFit(0, 1) })
+	require.NoError(t, late.wait()["late"])
 }

@@ -137,6 +137,7 @@ type failedMsg struct {
 }
 
 type byeMsg struct {
+	Over   bool // training is over; otherwise the client is turned away for now
 	Reason string
 }
 
@@ -211,7 +212,13 @@ func sortedKeys[V any](m map[string]V) []string {
 
 func (m *joinMsg) appendTo(b []byte) []byte    { return putString(b, m.Name) }
 func (m *welcomeMsg) appendTo(b []byte) []byte { return putU64(b, m.ID) }
-func (m *byeMsg) appendTo(b []byte) []byte     { return putString(b, m.Reason) }
+func (m *byeMsg) appendTo(b []byte) []byte {
+	flag := byte(0)
+	if m.Over {
+		flag = 1
+	}
+	return putString(append(b, flag), m.Reason)
+}
 
 func (m *fitMsg) appendTo(b []byte) []byte {
 	b = putU64(b, m.Task)
@@ -486,7 +493,16 @@ func decodeMessage(k msgKind, b []byte) (message, error) {
 	case kindFailed:
 		m = &failedMsg{Task: r.u64("task"), Reason: r.str(maxStringBytes, "reason")}
 	case kindBye:
-		m = &byeMsg{Reason: r.str(maxStringBytes, "reason")}
+		v := &byeMsg{}
+		switch over := r.u8("over flag"); {
+		case r.err != nil:
+		case over > 1:
+			r.fail("over flag %d", over)
+		default:
+			v.Over = over == 1
+		}
+		v.Reason = r.str(maxStringBytes, "reason")
+		m = v
 	default:
 		return nil, fmt.Errorf("%w: unknown kind %d", errMalformed, uint8(k))
 	}

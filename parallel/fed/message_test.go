@@ -31,7 +31,8 @@ func sampleMessages() []message {
 		&unmaskMsg{Task: 13, Survivors: []uint64{1, 2, 9}, Dropped: []uint64{5}},
 		&revealMsg{Task: 14, SelfSeed: seed, Pairs: []pairSeed{{ID: 5, Seed: key}, {ID: 6, Seed: seed}}},
 		&failedMsg{Task: 15, Reason: "out of memory"},
-		&byeMsg{Reason: "training is over"},
+		&byeMsg{Over: true, Reason: "training is over"},
+		&byeMsg{Reason: "full"},
 	}
 }
 

@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -531,14 +534,15 @@ func (s *Server) secureAttempt(ctx context.Context, a *attempt) (*Aggregate, err
 
 	// 4. Remove the masks: each survivor's own, and those it shares with
 	// the dropped clients (the masks between survivors cancel).
-	var m masker
+	var removals []maskRemoval
 	for _, id := range survivors {
 		r := reveals[id]
-		m.apply(sum, selfMaskKey(a.task, r.SelfSeed), true)
+		removals = append(removals, maskRemoval{selfMaskKey(a.task, r.SelfSeed), true})
 		for _, p := range r.Pairs {
-			m.apply(sum, p.Seed, pairAdds(id, p.ID))
+			removals = append(removals, maskRemoval{p.Seed, pairAdds(id, p.ID)})
 		}
 	}
+	removeMasks(sum, removals)
 	agg := &Aggregate{Mean: make([]float32, s.dims), Clients: clients, Failures: a.failures}
 	examples, err := params.decodeMean(agg.Mean, sum, s.global, len(survivors))
 	if err != nil {
@@ -549,16 +553,63 @@ func (s *Server) secureAttempt(ctx context.Context, a *attempt) (*Aggregate, err
 	return agg, nil
 }
 
+// maskRemoval is one mask to take out of the sum.
+type maskRemoval struct {
+	key      [32]byte
+	subtract bool // the client added it
+}
+
+// removeMasks applies the removals to sum, spread over the CPUs: each
+// worker expands its share of the masks into a vector of its own, and the
+// vectors are added to sum (modulo 2^64, so the order does not matter).
+// The server pays one expansion per survivor and one per (survivor,
+// dropped client) pair.
+func removeMasks(sum []uint64, removals []maskRemoval) {
+	workers := min(runtime.GOMAXPROCS(0), len(removals))
+	if workers <= 1 {
+		var m masker
+		for _, r := range removals {
+			m.apply(sum, r.key, r.subtract)
+		}
+		return
+	}
+	partials := make([][]uint64, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		partials[w] = make([]uint64, len(sum))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var m masker
+			for i := w; i < len(removals); i += workers {
+				m.apply(partials[w], removals[i].key, removals[i].subtract)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, p := range partials {
+		for j, v := range p {
+			sum[j] += v
+		}
+	}
+}
+
 // farewell tells every connected client that training is over and waits,
 // at most SendTimeout, for the messages to be written.
 func (s *Server) farewell(ctx context.Context, reason string) {
-	payload := encode(&byeMsg{Reason: reason})
+	payload := encode(&byeMsg{Over: true, Reason: reason})
 	type posted struct {
 		ss   *session
 		sent chan struct{}
 	}
+	// Every admitted session, including those whose join Run has not
+	// seen; those admitted from now on are told at once (admit).
+	s.liveMu.Lock()
+	s.over = reason
+	sessions := slices.Collect(maps.Values(s.live))
+	s.liveMu.Unlock()
 	var all []posted
-	for _, ss := range s.sessions {
+	for _, ss := range sessions {
 		p := posted{ss, make(chan struct{})}
 		if ss.post(outgoing{kind: kindBye, payload: payload, sent: p.sent}) {
 			all = append(all, p)

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -605,4 +606,34 @@ func (f *firstWithAll) ConfigureFit(round int, connected []ClientInfo, rng *rand
 	}
 	f.started = true
 	return f.FedAvg.ConfigureFit(round, connected, rng)
+}
+
+// TestRemoveMasksInParallel: the workers' partial vectors add up to what
+// removing the masks one after the other gives, for any worker count.
+func TestRemoveMasksInParallel(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	var removals []maskRemoval
+	for i := range 7 {
+		var k [32]byte
+		for j := range k {
+			k[j] = byte(rng.Uint32())
+		}
+		removals = append(removals, maskRemoval{k, i%3 == 0})
+	}
+	start := make([]uint64, 1500)
+	for j := range start {
+		start[j] = rng.Uint64()
+	}
+	want := slices.Clone(start)
+	var m masker
+	for _, r := range removals {
+		m.apply(want, r.key, r.subtract)
+	}
+	for _, procs := range []int{1, 2, 3, 8} {
+		prev := runtime.GOMAXPROCS(procs)
+		got := slices.Clone(start)
+		removeMasks(got, removals)
+		runtime.GOMAXPROCS(prev)
+		require.Equal(t, want, got, "GOMAXPROCS=%d", procs)
+	}
 }

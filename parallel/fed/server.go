@@ -114,6 +114,7 @@ type Server struct {
 	nextID atomic.Uint64
 	liveMu sync.Mutex
 	live   map[uint64]*session // every admitted session, for Close and MaxClients
+	over   string              // set when Run has ended training: why
 
 	running atomic.Bool
 	// Run's state.
@@ -444,6 +445,12 @@ func (s *Server) admit(raw transport.Stream) {
 		s.liveMu.Unlock()
 		_ = st.Close()
 		return
+	case s.over != "":
+		over := s.over
+		s.liveMu.Unlock()
+		_ = ss.w.send(&byeMsg{Over: true, Reason: over}, s.cfg.SendTimeout)
+		_ = st.Close()
+		return
 	case len(s.live) >= s.cfg.MaxClients:
 		s.liveMu.Unlock()
 		s.log.Warn("fed: refused a client: the server is full", "client", ss.info, "max", s.cfg.MaxClients)
@@ -463,12 +470,12 @@ func (s *Server) admit(raw transport.Stream) {
 		return
 	}
 	s.log.Debug("fed: client joined", "client", ss.info)
+	s.wg.Add(1)
+	go s.write(ss)
 	if !s.emit(event{sess: ss, joined: true}) {
 		ss.close()
 		return
 	}
-	s.wg.Add(1)
-	go s.write(ss)
 	s.read(ss) // until the session ends
 }
 
