@@ -88,3 +88,69 @@ func BenchmarkMask(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkClientMasking is one client's secure-aggregation work in a
+// round of n clients, apart from training: n−1 key agreements and the
+// masking of its encoded update with its self mask and n−1 pair masks.
+// In a real federation each client pays it on its own CPU.
+func BenchmarkClientMasking(b *testing.B) {
+	for _, d := range []int{1000, 100000} {
+		for _, n := range []int{10, 100, 1000} {
+			b.Run(fmt.Sprintf("d=%d/clients=%d", d, n), func(b *testing.B) {
+				const task, self = 7, 1
+				priv, err := newKey()
+				require.NoError(b, err)
+				km := &keysMsg{Task: task, Peers: []peerKey{{ID: self, Key: publicBytes(priv)}}}
+				for i := 2; i <= n; i++ {
+					k, err := newKey()
+					require.NoError(b, err)
+					km.Peers = append(km.Peers, peerKey{ID: uint64(i), Key: publicBytes(k)})
+				}
+				p := defaultParams()
+				global, w := make([]float32, d), make([]float32, d)
+				vec := make([]uint64, d+1)
+				var c Client
+				var m masker
+				for b.Loop() {
+					seeds, err := c.agreeAll(task, self, publicBytes(priv), priv, km, p)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if _, err := p.encodeUpdate(vec, w, global, 10); err != nil {
+						b.Fatal(err)
+					}
+					m.apply(vec, [32]byte{}, false)
+					for _, pk := range km.Peers[1:] {
+						m.apply(vec, seeds[pk.ID], !pairAdds(self, pk.ID))
+					}
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkServerUnmasking is the server's mask removal in a secure round
+// of n clients of which 30% dropped after the keys were agreed: one self
+// mask per survivor and one pair mask per (survivor, dropped) pair, spread
+// over the CPUs.
+func BenchmarkServerUnmasking(b *testing.B) {
+	const d = 1000
+	for _, n := range []int{10, 100, 1000} {
+		b.Run(fmt.Sprintf("d=%d/clients=%d", d, n), func(b *testing.B) {
+			dropped := int(0.3 * float64(n))
+			survivors := n - dropped
+			removals := make([]maskRemoval, 0, survivors*(1+dropped))
+			for u := range survivors {
+				removals = append(removals, maskRemoval{key: [32]byte{byte(u)}, subtract: true})
+				for v := range dropped {
+					removals = append(removals, maskRemoval{key: [32]byte{byte(u), byte(v)}, subtract: u < v})
+				}
+			}
+			sum := make([]uint64, d+1)
+			b.ReportMetric(float64(len(removals)), "masks")
+			for b.Loop() {
+				removeMasks(sum, removals)
+			}
+		})
+	}
+}

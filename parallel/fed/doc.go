@@ -81,32 +81,30 @@
 //
 // With ServerConfig.Secure, the server learns the sum of the surviving
 // clients' weighted updates and of their sample counts, and nothing else
-// about any one of them (a simplified Bonawitz et al., CCS 2017). A round:
+// about any one of them (a simplified Bonawitz et al., CCS 2017). Client u
+// sends, instead of its weights,
+//
+//	y_u = n_u·round(x_u·2^ScaleBits) ‖ n_u  +  PRG(b_u)  +  Σ_{v>u} PRG(s_uv)  −  Σ_{v<u} PRG(s_uv)   (mod 2^64)
+//
+// where x_u is its update (its weights minus the global weights, each
+// element clipped to ±Clip), n_u its sample count (appended as the last
+// element), b_u a self seed of its own, s_uv the seed it shares with
+// client v, and PRG(s) AES-256-CTR keyed by s, read as little-endian
+// uint64s. The pair masks cancel in the sum over all clients. A round:
 //
 //  1. The server sends the weights and the fixed-point parameters to the
 //     sampled clients. Each makes a fresh X25519 key pair (crypto/ecdh)
-//     and a fresh random self seed b_u, and sends its public key and a
-//     commitment SHA-256(b_u) before it trains. The server waits at most
-//     KeyTimeout for the keys; the clients that sent one are the round's.
-//
+//     and a fresh random b_u, and sends its public key and a commitment
+//     SHA-256(b_u) before it trains. The server waits at most KeyTimeout
+//     for the keys; the clients that sent one are the round's.
 //  2. The server sends every such client the list of their ids and keys.
-//     Each pair u, v derives a shared seed s_uv from the X25519 secret
-//     (SHA-256 with the task id and both ids). After training, client u
-//     encodes its update x_u (weights minus the global weights, each
-//     element clipped to ±Clip) in fixed point, weights it by its sample
-//     count, appends the count, and adds masks modulo 2^64:
-//
-//     y_u = n_u·round(x_u·2^ScaleBits) ‖ n_u  +  PRG(b_u)  +  Σ_{v>u} PRG(s_uv)  −  Σ_{v<u} PRG(s_uv)
-//
-//     (PRG: AES-256-CTR keyed by the seed, read as little-endian uint64s.)
-//     The pair masks cancel in the sum over all clients.
-//
+//     Each pair u, v derives s_uv from their X25519 secret (SHA-256 with
+//     the task id and both ids). After training, each client sends y_u.
 //  3. The survivors U are the clients whose y_u came within RoundTimeout;
 //     the others, D, dropped. The server tells every survivor U and D.
 //     Each survivor checks that U and D partition the round's clients,
 //     that it is in U, and that U has at least MinSurvivors members, and
 //     only then reveals b_u and its pair seeds s_uv with every v in D.
-//
 //  4. The server adds the y_u of U, subtracts each PRG(b_u) and each
 //     revealed PRG(s_uv) (the masks between survivors cancel), and decodes
 //     Aggregate.Mean = g + Σ n_u·q_u·2^−ScaleBits / Σ n_u.
@@ -163,9 +161,10 @@
 // Over plain TCP a network eavesdropper sees what the server sees (masked
 // updates, revealed seeds; in the clear, the updates themselves); use TLS
 // or QUIC where that matters. Key agreement costs each client one X25519
-// operation and one mask expansion per other client: O(n²) over a round
-// of n clients (see the benchmark in the README's section on federated
-// learning, and SecAgg+ for the remedy, a k-regular graph of pairs).
+// operation and one mask expansion per other client, O(n²) over a round
+// of n clients, and the server one mask expansion per (survivor, dropped
+// client) pair; README.md in this directory has the measurements, where
+// that stops scaling, and the remedy (SecAgg+: a k-regular graph of pairs).
 //
 // # Layering
 //
