@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"math/rand/v2"
 
 	"github.com/ringo-ml/ringo/internal/mnist"
@@ -40,24 +39,10 @@ func newLearner(o *options) (*learner, error) {
 }
 
 // weights returns a copy of the model's parameters, flattened in order.
-func (l *learner) weights() []float32 {
-	w := make([]float32, 0, l.model.NumParams())
-	for _, p := range l.model.Params() {
-		w = append(w, p.Data...)
-	}
-	return w
-}
+func (l *learner) weights() []float32 { return fed.Weights(l.model.Params()) }
 
 // setWeights loads flattened parameters into the model.
-func (l *learner) setWeights(w []float32) error {
-	if len(w) != l.model.NumParams() {
-		return fmt.Errorf("%d weights for a model of %d", len(w), l.model.NumParams())
-	}
-	for _, p := range l.model.Params() {
-		w = w[copy(p.Data, w):]
-	}
-	return nil
-}
+func (l *learner) setWeights(w []float32) error { return fed.SetWeights(l.model.Params(), w) }
 
 // step takes one SGD step on the samples idx of set, with FedProx's
 // proximal term towards global when mu > 0, and returns the batch's summed

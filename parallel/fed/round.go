@@ -423,16 +423,6 @@ func weightedMean(out []float32, results []FitResult) int64 {
 	return total
 }
 
-func compareClients(a, b ClientInfo) int {
-	switch {
-	case a.less(b):
-		return -1
-	case b.less(a):
-		return 1
-	}
-	return 0
-}
-
 // secureAttempt runs an attempt with secure aggregation (see the package
 // documentation): keys, masked updates, unmasking.
 func (s *Server) secureAttempt(ctx context.Context, a *attempt) (*Aggregate, error) {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"math"
 	mrand "math/rand/v2"
 	"net"
 	"slices"
@@ -149,10 +148,14 @@ func NewServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	case len(cfg.Token) == 0:
 		return nil, errors.New("fed: the server needs a job token")
 	}
-	for i, w := range cfg.Weights {
-		if math.IsNaN(float64(w)) || math.IsInf(float64(w), 0) {
-			return nil, fmt.Errorf("fed: initial weight %d is %g", i, w)
-		}
+	if i := firstNonFinite(cfg.Weights); i >= 0 {
+		return nil, fmt.Errorf("fed: initial weight %d is %g", i, cfg.Weights[i])
+	}
+	// Every message is one frame: the weights (4 bytes each) and a masked
+	// update (8 bytes each) must fit.
+	if limit := maxWeights(cfg.Secure != nil); len(cfg.Weights) > limit {
+		return nil, fmt.Errorf("fed: a model of %d weights does not fit in one message (at most %d, secure aggregation %v)",
+			len(cfg.Weights), limit, cfg.Secure != nil)
 	}
 	if cfg.Strategy == nil {
 		cfg.Strategy = &FedAvg{}
@@ -246,8 +249,10 @@ func (s *Server) Weights() []float32 {
 	return slices.Clone(s.weights)
 }
 
-// History returns the summaries of the rounds this server ran (a resumed
-// server's history starts at the round it resumed with).
+// History returns the summaries of the rounds this server ran: with
+// Evaluate, round 0 (the initial weights' metrics) first, unless the
+// server resumed from a checkpoint, whose history starts at the round it
+// resumed with.
 func (s *Server) History() []RoundSummary {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -570,6 +575,15 @@ func (s *Server) write(ss *session) {
 	}
 }
 
+// maxWeights is the largest model whose messages fit in one frame.
+func maxWeights(secure bool) int {
+	const overhead = 64 << 10 // the messages' other fields: ids, config
+	if secure {
+		return (transport.MaxPayload - overhead) / 8
+	}
+	return (transport.MaxPayload - overhead - maxMapEntries*(8+2*maxStringBytes)) / 4
+}
+
 // newTask draws a task id: unique per attempt, and unpredictable, so that
 // no result for another attempt (or another server's) can pass for one of
 // this attempt.
@@ -581,14 +595,3 @@ func newTask() (uint64, error) {
 	return binary.LittleEndian.Uint64(b[:]) | 1, nil // never 0, the id of no task
 }
 
-func sortClients(c []ClientInfo) {
-	slices.SortFunc(c, func(a, b ClientInfo) int {
-		switch {
-		case a.less(b):
-			return -1
-		case b.less(a):
-			return 1
-		}
-		return 0
-	})
-}

@@ -1,10 +1,12 @@
 package fed
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 )
 
@@ -18,15 +20,17 @@ type ClientInfo struct {
 	Name string
 }
 
-// less orders clients by name, then id: the order of the lists a Strategy
-// gets and of FedAvg's sums, stable across reconnections and server
-// restarts when names are unique.
-func (c ClientInfo) less(d ClientInfo) bool {
-	if c.Name != d.Name {
-		return c.Name < d.Name
+// compareClients orders clients by name, then id: the order of the lists
+// a Strategy gets and of FedAvg's sums, stable across reconnections and
+// server restarts when names are unique.
+func compareClients(a, b ClientInfo) int {
+	if c := cmp.Compare(a.Name, b.Name); c != 0 {
+		return c
 	}
-	return c.ID < d.ID
+	return cmp.Compare(a.ID, b.ID)
 }
+
+func sortClients(c []ClientInfo) { slices.SortFunc(c, compareClients) }
 
 func (c ClientInfo) String() string { return fmt.Sprintf("%s#%d", c.Name, c.ID) }
 

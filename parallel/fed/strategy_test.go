@@ -10,6 +10,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/ringo-ml/ringo/parallel"
 )
 
 func infos(n int) []ClientInfo {
@@ -196,4 +198,41 @@ func TestRequireSecure(t *testing.T) {
 	runClients(t, srv, names(2), ClientConfig{RequireSecure: true}, func(string) FitFunc { return exactFit(0, 1) })
 	require.ErrorIs(t, srv.Run(testContext(t)), ErrRoundFailed)
 	assert.Contains(t, logs.String(), "requires secure aggregation")
+}
+
+// TestWeightsOfParams: Weights and SetWeights are inverse, in parameter
+// order; a vector of another length is refused.
+func TestWeightsOfParams(t *testing.T) {
+	params := []*parallel.Param{{Name: "a", Data: []float32{1, 2}}, {Name: "b", Data: []float32{3}}}
+	w := Weights(params)
+	assert.Equal(t, []float32{1, 2, 3}, w)
+	require.NoError(t, SetWeights(params, []float32{4, 5, 6}))
+	assert.Equal(t, []float32{4, 5}, params[0].Data)
+	assert.Equal(t, []float32{6}, params[1].Data)
+	assert.Equal(t, []float32{1, 2, 3}, w, "Weights copies")
+	require.ErrorContains(t, SetWeights(params, []float32{1}), "1 weights for parameters of 3")
+}
+
+// TestServerLimits: a full server turns a client away (it retries later);
+// a model too big for one message is refused at once.
+func TestServerLimits(t *testing.T) {
+	srv := startServer(t, ServerConfig{Weights: exactWeights(3), Rounds: 1, MaxClients: 1})
+	runClients(t, srv, []string{"first"}, ClientConfig{}, func(string) FitFunc { return exactFit(0, 1) })
+	waitJoined(t, srv, 1)
+	ctx := testContext(t)
+	st, err := dial(ctx, TCP, srv.Addr(), "", nil)
+	require.NoError(t, err)
+	defer st.Close()
+	require.NoError(t, clientHandshake(st, testToken, testJob, time.Now().Add(testTimeout)))
+	w := newWire(st)
+	require.NoError(t, w.send(&joinMsg{Name: "second"}, testTimeout))
+	m, err := w.recv(func(msgKind) int { return 1 << 20 })
+	require.NoError(t, err)
+	require.IsType(t, &byeMsg{}, m)
+	assert.False(t, m.(*byeMsg).Over)
+	assert.Contains(t, m.(*byeMsg).Reason, "as many clients")
+
+	_, err = NewServer(context.Background(), ServerConfig{Addr: "127.0.0.1:0", Token: testToken,
+		Weights: make([]float32, maxWeights(true)+1), Secure: &SecureAggregation{}})
+	require.ErrorContains(t, err, "does not fit in one message")
 }
