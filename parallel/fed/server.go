@@ -594,4 +594,3 @@ func newTask() (uint64, error) {
 	}
 	return binary.LittleEndian.Uint64(b[:]) | 1, nil // never 0, the id of no task
 }
-
