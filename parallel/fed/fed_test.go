@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -507,4 +508,43 @@ func TestJoinAfterTrainingEnds(t *testing.T) {
 	require.NoError(t, srv.Run(testContext(t)))
 	late := runClients(t, srv, []string{"late"}, ClientConfig{}, func(string) FitFunc { return exactFit(0, 1) })
 	require.NoError(t, late.wait()["late"])
+}
+
+// TestClientBacksOff: a client whose connections keep failing retries,
+// waiting at least half of a delay that doubles from MinBackoff up to
+// MaxBackoff between attempts (the lower bounds hold however loaded the
+// machine is).
+func TestClientBacksOff(t *testing.T) {
+	ln, err := transport.ListenTCP(testContext(t), "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	const attempts = 7
+	accepted := make(chan time.Time, attempts)
+	go func() {
+		for range attempts {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- time.Now()
+			_ = c.Close() // the handshake fails: not a permanent error
+		}
+	}()
+	client, err := NewClient(ClientConfig{Addr: ln.Addr().String(), Token: testToken, Name: "c", Fit: exactFit(0, 1),
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 40 * time.Millisecond, Logger: discardLogger()})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(testContext(t))
+	done := make(chan error, 1)
+	go func() { done <- client.Run(ctx) }()
+	var times []time.Time
+	for range attempts {
+		times = append(times, <-accepted)
+	}
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
+	delay := 10 * time.Millisecond
+	for i := 1; i < attempts; i++ {
+		assert.GreaterOrEqual(t, times[i].Sub(times[i-1]), delay/2, "attempt %d", i)
+		delay = min(2*delay, 40*time.Millisecond)
+	}
 }
