@@ -382,38 +382,38 @@ func (c *Client) secureTask(ctx context.Context, w *wire, self uint64, m *fitMsg
 		return err
 	}
 	global := slices.Clone(m.Weights)
+	// The masks do not depend on the update: agree the keys and expand the
+	// masks while Fit trains.
+	mctx, stopMasks := context.WithCancel(ctx)
+	defer stopMasks()
+	masks := make(chan maskResult, 1)
+	go func() { masks <- c.prepareMasks(mctx, m, self, pub, priv, seed, inbox) }()
 	res, err := c.fit(ctx, m, true)
 	if err != nil {
+		stopMasks()
+		<-masks
 		return err
+	}
+	mr := <-masks
+	if mr.err != nil {
+		return mr.err
 	}
 	examples := min(uint64(res.Examples), p.MaxExamples)
-
-	km, err := await[*keysMsg](ctx, inbox)
-	if err != nil {
-		return err
-	}
-	seeds, err := c.agreeAll(m.Task, self, pub, priv, km, p)
-	if err != nil {
-		return err
-	}
-	vec := make([]uint64, len(global)+1)
-	clipped, err := p.encodeUpdate(vec, res.Weights, global, examples)
+	update := make([]uint64, len(global)+1)
+	clipped, err := p.encodeUpdate(update, res.Weights, global, examples)
 	if err != nil {
 		return err
 	}
 	if clipped > 0 {
 		c.log.Warn("fed: clipped update elements to the secure-aggregation range", "round", m.Round, "clipped", clipped, "clip", p.Clip)
 	}
-	var mk masker
-	mk.apply(vec, selfMaskKey(m.Task, seed), false)
-	for _, pk := range km.Peers {
-		if pk.ID != self {
-			mk.apply(vec, seeds[pk.ID], !pairAdds(self, pk.ID))
-		}
+	for j, v := range update { // modulo 2^64
+		mr.vec[j] += v
 	}
-	if err := w.send(&maskedMsg{Task: m.Task, Vector: vec}, c.cfg.SendTimeout); err != nil {
+	if err := w.send(&maskedMsg{Task: m.Task, Vector: mr.vec}, c.cfg.SendTimeout); err != nil {
 		return err
 	}
+	km, seeds := mr.keys, mr.seeds
 
 	um, err := await[*unmaskMsg](ctx, inbox)
 	if err != nil {
@@ -427,6 +427,39 @@ func (c *Client) secureTask(ctx context.Context, w *wire, self uint64, m *fitMsg
 		r.Pairs[i] = pairSeed{ID: id, Seed: seeds[id]}
 	}
 	return w.send(r, c.cfg.SendTimeout)
+}
+
+// maskResult is the sum of a client's masks, ready for its update.
+type maskResult struct {
+	keys  *keysMsg
+	seeds map[uint64][32]byte // by peer id
+	vec   []uint64            // PRG(b_u) + Σ ±PRG(s_uv)
+	err   error
+}
+
+// prepareMasks waits for the task's keys, agrees a seed with every peer
+// and adds up the client's masks.
+func (c *Client) prepareMasks(ctx context.Context, m *fitMsg, self uint64, pub [32]byte, priv *ecdh.PrivateKey, seed [32]byte, inbox <-chan message) maskResult {
+	km, err := await[*keysMsg](ctx, inbox)
+	if err != nil {
+		return maskResult{err: err}
+	}
+	seeds, err := c.agreeAll(m.Task, self, pub, priv, km, m.Secure)
+	if err != nil {
+		return maskResult{err: err}
+	}
+	vec := make([]uint64, len(m.Weights)+1)
+	var mk masker
+	mk.apply(vec, selfMaskKey(m.Task, seed), false)
+	for _, pk := range km.Peers {
+		if err := ctx.Err(); err != nil {
+			return maskResult{err: err}
+		}
+		if pk.ID != self {
+			mk.apply(vec, seeds[pk.ID], !pairAdds(self, pk.ID))
+		}
+	}
+	return maskResult{keys: km, seeds: seeds, vec: vec}
 }
 
 // agreeAll computes the pair seed with every other client of the task.

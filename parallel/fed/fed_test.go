@@ -460,27 +460,40 @@ func TestLateResultRefused(t *testing.T) {
 }
 
 // TestRetryWithTooFewResults: when fewer than MinFitClients answer, the
-// round is tried again, and completes when enough do.
+// round is tried again, and completes when enough do. Under secure
+// aggregation the failing client has sent its key before its training
+// fails: the server takes its report in a later phase and goes on without
+// waiting for the round's timeout.
 func TestRetryWithTooFewResults(t *testing.T) {
 	const d = 5
-	var failed atomic.Bool
-	srv := startServer(t, ServerConfig{Weights: exactWeights(d), Rounds: 1, Strategy: &FedAvg{MinFitClients: 3}})
-	runClients(t, srv, names(3), ClientConfig{}, func(name string) FitFunc {
-		i, _ := strconv.Atoi(name[1:])
-		fit := exactFit(i, []int{2, 2, 4}[i])
-		return func(ctx context.Context, ins *FitIns) (FitRes, error) {
-			if i == 1 && failed.CompareAndSwap(false, true) {
-				return FitRes{}, errors.New("out of memory")
+	for _, secure := range []bool{false, true} {
+		t.Run("secure="+strconv.FormatBool(secure), func(t *testing.T) {
+			var failed atomic.Bool
+			cfg := ServerConfig{Weights: exactWeights(d), Rounds: 1, Strategy: &FedAvg{MinFitClients: 3}}
+			if secure {
+				cfg.Secure = &SecureAggregation{}
 			}
-			return fit(ctx, ins)
-		}
-	})
-	require.NoError(t, srv.Run(testContext(t)))
-	h := srv.History()[0]
-	assert.Equal(t, 2, h.Attempts)
-	want, exact := exactMean(exactWeights(d), []int{0, 1, 2}, []int{2, 2, 4}, 1)
-	require.True(t, exact)
-	requireBitwise(t, want, srv.Weights())
+			srv := startServer(t, cfg)
+			runClients(t, srv, names(3), ClientConfig{}, func(name string) FitFunc {
+				i, _ := strconv.Atoi(name[1:])
+				fit := exactFit(i, []int{2, 2, 4}[i])
+				return func(ctx context.Context, ins *FitIns) (FitRes, error) {
+					if i == 1 && failed.CompareAndSwap(false, true) {
+						return FitRes{}, errors.New("out of memory")
+					}
+					return fit(ctx, ins)
+				}
+			})
+			start := time.Now()
+			require.NoError(t, srv.Run(testContext(t)))
+			assert.Less(t, time.Since(start), testTimeout/2, "the failure was taken at once, not at the round's timeout")
+			h := srv.History()[0]
+			assert.Equal(t, 2, h.Attempts)
+			want, exact := exactMean(exactWeights(d), []int{0, 1, 2}, []int{2, 2, 4}, 1)
+			require.True(t, exact)
+			requireBitwise(t, want, srv.Weights())
+		})
+	}
 }
 
 // TestRoundFailsAfterMaxAttempts: with MinFitClients unreachable, Run

@@ -84,7 +84,7 @@ func (s *Server) runRound(ctx context.Context, r int) error {
 		if err != nil {
 			return err
 		}
-		a := &attempt{round: r, number: number, task: task, plan: plan, log: s.log}
+		a := newAttempt(r, number, task, plan, s.log)
 		s.remember(a)
 		if s.secure != nil {
 			agg, err = s.secureAttempt(ctx, a)
@@ -150,12 +150,24 @@ type attempt struct {
 	round, number int
 	task          uint64
 	plan          FitPlan
+	sampled       map[uint64]bool
+	dropped       map[uint64]bool // failed, in any phase
 	failures      []Failure
 	log           *slog.Logger
 }
 
+func newAttempt(round, number int, task uint64, plan FitPlan, log *slog.Logger) *attempt {
+	a := &attempt{round: round, number: number, task: task, plan: plan, log: log,
+		sampled: make(map[uint64]bool, len(plan.Clients)), dropped: make(map[uint64]bool)}
+	for _, c := range plan.Clients {
+		a.sampled[c.ID] = true
+	}
+	return a
+}
+
 // fail drops a client from the attempt, saying why.
 func (a *attempt) fail(c ClientInfo, reason string) {
+	a.dropped[c.ID] = true
 	a.failures = append(a.failures, Failure{Client: c, Reason: reason})
 	a.log.Warn("fed: dropped a client from the round", "round", a.round, "attempt", a.number, "client", c, "reason", reason)
 }
@@ -255,11 +267,15 @@ func (s *Server) checkPlan(p FitPlan) error {
 	return nil
 }
 
-// send queues one payload for each of the clients to; a client no longer
-// connected fails. It returns the sessions the payload was queued for.
+// send queues one payload for each of the clients to that has not failed
+// yet; a client no longer connected fails. It returns the sessions the
+// payload was queued for.
 func (s *Server) send(a *attempt, k msgKind, payload []byte, to []ClientInfo) map[uint64]*session {
 	pending := make(map[uint64]*session, len(to))
 	for _, c := range to {
+		if a.dropped[c.ID] {
+			continue
+		}
 		ss, ok := s.sessions[c.ID]
 		if !ok || !ss.post(outgoing{kind: k, task: a.task, payload: payload}) {
 			a.fail(c, fmt.Sprintf("disconnected before the %v message", k))
@@ -323,6 +339,12 @@ func (s *Server) dispatch(a *attempt, ev event, want msgKind, pending map[uint64
 			return
 		}
 		if !owes {
+			// A client of the attempt that gives up between phases (its
+			// key sent, its training failed) is out of the later ones.
+			if f, ok := ev.msg.(*failedMsg); ok && a.sampled[info.ID] && !a.dropped[info.ID] {
+				a.fail(info, "reported a failure: "+f.Reason)
+				return
+			}
 			s.log.Info("fed: refused a late or unexpected message", "round", a.round, "client", info, "message", ev.msg.kind(), "awaiting", want)
 			return
 		}
