@@ -99,7 +99,8 @@
 //     for the keys; the clients that sent one are the round's.
 //  2. The server sends every such client the list of their ids and keys.
 //     Each pair u, v derives s_uv from their X25519 secret (SHA-256 with
-//     the task id and both ids). After training, each client sends y_u.
+//     the task id and both ids), and expands its masks while it trains;
+//     after training, each client sends y_u.
 //  3. The survivors U are the clients whose y_u came within RoundTimeout;
 //     the others, D, dropped. The server tells every survivor U and D.
 //     Each survivor checks that U and D partition the round's clients,
