@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -228,5 +227,3 @@ func waitJoined(t testing.TB, srv *Server, n int) {
 		return len(srv.live) >= n
 	}, testTimeout, 2*time.Millisecond)
 }
-
-func contains(s, sub string) bool { return strings.Contains(s, sub) }
