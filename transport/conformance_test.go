@@ -20,7 +20,8 @@ import (
 // The conformance suite: every transport (mem, tcp, tcp+tls, quic) must frame,
 // close and authenticate the same way, so that links and collectives run on
 // any of them unchanged; and so must the streams the Connectors make of them
-// (a Mesh over each Network, the pipe hub), which are what collectives run on.
+// (a Mesh over each Network, the pipe hub), which are what collectives run on,
+// and the streams an AuthListener and DialAuth make over each Network.
 
 const confTimeout = 5 * time.Second
 
@@ -37,6 +38,9 @@ var transports = []struct {
 	{"mesh/tcp", meshPair(networks[0].make)},
 	{"mesh/tcp+tls", meshPair(networks[1].make)},
 	{"mesh/quic", meshPair(networks[2].make)},
+	{"auth/tcp", authPair(networks[0].make)},
+	{"auth/tcp+tls", authPair(networks[1].make)},
+	{"auth/quic", authPair(networks[2].make)},
 	{"pipehub", hubPair},
 }
 

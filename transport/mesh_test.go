@@ -207,7 +207,7 @@ func TestMeshRefusesAWrongToken(t *testing.T) {
 			_, err = ms[0].Connect(short, 0, 1)
 			require.ErrorIs(t, err, context.DeadlineExceeded, "nothing was admitted")
 			require.Eventually(t, func() bool {
-				return bytes.Contains([]byte(logs.String()), []byte("refused a peer connection"))
+				return bytes.Contains([]byte(logs.String()), []byte(`refused a connection" purpose=peer`))
 			}, confTimeout, 10*time.Millisecond)
 		})
 	}

@@ -208,7 +208,7 @@ type task struct {
 func (c *Client) session(ctx context.Context) (joined, done bool, err error) {
 	deadline := time.Now().Add(handshakeTimeout)
 	dctx, cancel := context.WithDeadline(ctx, deadline)
-	st, err := dial(dctx, c.cfg.Transport, c.cfg.Addr, c.cfg.ServerFingerprint, c.cert)
+	st, err := dial(dctx, c.cfg.Transport, c.cfg.Addr, c.cfg.ServerFingerprint, c.cert, c.cfg.Token, c.cfg.Job)
 	cancel()
 	if err != nil {
 		return false, false, err
@@ -216,9 +216,6 @@ func (c *Client) session(ctx context.Context) (joined, done bool, err error) {
 	stop := context.AfterFunc(ctx, func() { _ = st.Close() })
 	defer stop()
 	defer st.Close()
-	if err := clientHandshake(st, c.cfg.Token, c.cfg.Job, deadline); err != nil {
-		return false, false, err
-	}
 	w := newWire(st)
 	if err := w.send(&joinMsg{Name: c.cfg.Name}, c.cfg.SendTimeout); err != nil {
 		return false, false, err

@@ -170,7 +170,10 @@
 // # Layering
 //
 // The package sits beside the other training APIs but reaches below
-// package collective, to package transport, for links that come and go:
-// wire.go is the one file that listens, dials, runs the handshake and
-// frames messages. The wire format of each message is in message.go.
+// package collective, to package transport, for links that come and go.
+// It never listens, dials or handshakes itself: wire.go, its one seam with
+// transport, names the Network of the configured Transport, takes
+// authenticated streams from transport's AuthListener (the server) and
+// DialAuth (a client), and frames messages. The wire format of each
+// message is in message.go.
 package fed

@@ -166,10 +166,9 @@ type fakeClient struct {
 func dialFake(t testing.TB, srv *Server, name string) *fakeClient {
 	t.Helper()
 	ctx := testContext(t)
-	st, err := dial(ctx, srv.cfg.Transport, srv.Addr(), srv.Fingerprint(), mustCert(t, srv.cfg.Transport))
+	st, err := dial(ctx, srv.cfg.Transport, srv.Addr(), srv.Fingerprint(), mustCert(t, srv.cfg.Transport), testToken, testJob)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = st.Close() })
-	require.NoError(t, clientHandshake(st, testToken, testJob, time.Now().Add(testTimeout)))
 	f := &fakeClient{t: t, w: newWire(st)}
 	f.send(&joinMsg{Name: name})
 	m := f.recv()

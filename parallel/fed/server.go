@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"log/slog"
 	mrand "math/rand/v2"
-	"net"
 	"slices"
 	"strconv"
 	"sync"
@@ -70,8 +69,9 @@ type ServerConfig struct {
 	// clients and why, round results. Default slog.Default().
 	Logger *slog.Logger
 
-	// record, if set (tests), wraps every accepted stream once its TLS
-	// handshake is done: it sees every byte the server reads.
+	// record, if set (tests), wraps every accepted stream once its
+	// handshakes are done: it sees every byte of every message the server
+	// reads.
 	record func(transport.Stream) transport.Stream
 	// observe, if set (tests), is given every message a client sends, as
 	// soon as it is decoded, late ones included.
@@ -102,7 +102,7 @@ type Server struct {
 	cfg    ServerConfig
 	secure *SecureAggregation // with defaults; nil in the clear
 	log    *slog.Logger
-	ln     listener
+	ln     *transport.AuthListener
 	cert   *transport.Certificate
 	dims   int
 
@@ -211,7 +211,7 @@ func NewServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 			}
 		}
 	}
-	ln, err := listen(ctx, cfg.Transport, cfg.Addr, s.cert)
+	ln, err := listen(ctx, cfg.Transport, cfg.Addr, s.cert, cfg.Token, cfg.Job, s.log)
 	if err != nil {
 		return nil, fmt.Errorf("fed: listen on %s: %w", cfg.Addr, err)
 	}
@@ -223,7 +223,7 @@ func NewServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 }
 
 // Addr is the address clients dial.
-func (s *Server) Addr() string { return s.ln.addr() }
+func (s *Server) Addr() string { return s.ln.Endpoint().Addr }
 
 // Fingerprint is the fingerprint of the server's certificate, which
 // clients check (ClientConfig.ServerFingerprint); "" over plain TCP.
@@ -263,16 +263,13 @@ func (s *Server) History() []RoundSummary {
 // server's goroutines. Run, if running, returns ErrClosed.
 func (s *Server) Close() error {
 	s.cancel()
-	err := s.ln.close()
+	err := s.ln.Close()
 	s.liveMu.Lock()
 	for _, ss := range s.live {
 		ss.close()
 	}
 	s.liveMu.Unlock()
 	s.wg.Wait()
-	if errors.Is(err, net.ErrClosed) {
-		err = nil
-	}
 	return err
 }
 
@@ -397,16 +394,11 @@ func (s *Server) emit(ev event) bool {
 func (s *Server) acceptLoop() {
 	defer s.wg.Done()
 	for {
-		st, err := s.ln.accept(s.ctx)
+		st, _, err := s.ln.Accept(s.ctx)
 		if err != nil {
-			if s.ctx.Err() != nil {
-				return
+			if s.ctx.Err() == nil && !errors.Is(err, transport.ErrClosed) {
+				s.log.Error("fed: listener failed; no more clients can connect", "err", err)
 			}
-			if errors.Is(err, transport.ErrAuth) || errors.Is(err, transport.ErrProtocol) {
-				s.log.Warn("fed: refused a connection", "err", err)
-				continue
-			}
-			s.log.Error("fed: listener failed; no more clients can connect", "err", err)
 			return
 		}
 		s.wg.Add(1)
@@ -414,22 +406,17 @@ func (s *Server) acceptLoop() {
 	}
 }
 
-// admit runs the handshakes of a new connection and, if the client proves
-// the token and joins, starts its session.
-func (s *Server) admit(raw transport.Stream) {
+// admit takes a connection whose client proved the token and, if it
+// joins, starts its session.
+func (s *Server) admit(st transport.Stream) {
 	defer s.wg.Done()
 	deadline := time.Now().Add(handshakeTimeout)
 	ctx, cancel := context.WithDeadline(s.ctx, deadline)
 	defer cancel()
-	st, err := s.ln.secure(ctx, raw)
-	if err != nil {
-		s.log.Warn("fed: refused a connection", "err", err)
-		return
-	}
 	if s.cfg.record != nil {
 		st = s.cfg.record(st)
 	}
-	// Close stops a handshake in progress by closing its stream.
+	// Close stops a join in progress by closing its stream.
 	stop := context.AfterFunc(ctx, func() { _ = st.Close() })
 	ss, err := s.join(st, deadline)
 	stillOpen := stop()
@@ -486,9 +473,6 @@ func (s *Server) admit(raw transport.Stream) {
 
 // join runs the job-token handshake and reads the client's join message.
 func (s *Server) join(st transport.Stream, deadline time.Time) (*session, error) {
-	if err := serverHandshake(st, s.cfg.Token, s.cfg.Job, deadline); err != nil {
-		return nil, err
-	}
 	w := newWire(st)
 	w.setReadDeadline(deadline)
 	m, err := w.recv(func(k msgKind) int {

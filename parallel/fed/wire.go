@@ -4,16 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
+	"log/slog"
 	"time"
 
 	"github.com/ringo-ml/ringo/transport"
 	"github.com/ringo-ml/ringo/transport/quic"
 )
 
-// This file is the package's one seam with package transport: how the
-// server listens, how a client dials, the job-token handshake, and how a
-// message becomes a frame. Nothing else in the package touches a stream.
+// This file is the package's one seam with package transport: which
+// Network carries the streams, the server's listener and a client's dial
+// (both run the job-token handshake, in transport), and how a message
+// becomes a frame. Nothing else in the package touches a stream.
 
 // Transport says how clients reach the server.
 type Transport string
@@ -35,96 +36,51 @@ func (t Transport) check() error {
 
 func (t Transport) secure() bool { return t == TLS || t == QUIC }
 
+// network is the transport's Network, presenting cert (nil over TCP).
+func (t Transport) network(cert *transport.Certificate) transport.Network {
+	switch t {
+	case QUIC:
+		return quic.NewNetwork(cert)
+	case TLS:
+		return transport.NewTCPNetwork(cert)
+	}
+	return transport.NewTCPNetwork(nil)
+}
+
 // fedChannel is the Comm field of every frame of the protocol ("FED1").
 const fedChannel = 0x31444546
 
-// handshakeTimeout bounds a connection's TLS and job-token handshakes and
-// the join that follows them.
+// handshakeTimeout bounds a connection's TLS and job-token handshakes, and
+// then the join that follows them.
 const handshakeTimeout = 10 * time.Second
-
-// listener accepts clients' streams.
-type listener interface {
-	// accept returns the next stream, quickly: what waits on the dialer
-	// happens in secure, on the stream's own goroutine. An error that
-	// wraps transport.ErrAuth or transport.ErrProtocol concerns one
-	// dialer; others end the listener.
-	accept(ctx context.Context) (transport.Stream, error)
-	// secure finishes a stream accept returned (the TLS handshake).
-	secure(ctx context.Context, s transport.Stream) (transport.Stream, error)
-	addr() string
-	close() error
-}
 
 // anyCertificate accepts every client certificate: clients are
 // authenticated by the job token, in the handshake that follows TLS.
 func anyCertificate(string) error { return nil }
 
-func listen(ctx context.Context, t Transport, addr string, cert *transport.Certificate) (listener, error) {
-	if t == QUIC {
-		ln, err := quic.Listen(ctx, addr, cert, anyCertificate)
-		if err != nil {
-			return nil, err
-		}
-		return quicListener{ln}, nil
-	}
-	ln, err := transport.ListenTCP(ctx, addr)
+// listen listens on addr ("host:port") for clients that prove the job
+// token; log receives the refusals of those that do not.
+func listen(ctx context.Context, t Transport, addr string, cert *transport.Certificate, token []byte, job string, log *slog.Logger) (*transport.AuthListener, error) {
+	// The server only listens: its network keeps nothing to let go of.
+	ln, err := t.network(cert).Listen(ctx, addr, anyCertificate)
 	if err != nil {
 		return nil, err
 	}
-	if t == TLS {
-		return &tcpListener{ln: ln, cert: cert}, nil
-	}
-	return &tcpListener{ln: ln}, nil
+	opts := transport.AuthOptions{Timeout: handshakeTimeout, Log: log}
+	return transport.NewAuthListener(ln, identity(token, job, true), opts), nil
 }
 
-type tcpListener struct {
-	ln   net.Listener
-	cert *transport.Certificate // nil: plain TCP
-}
-
-func (l *tcpListener) accept(ctx context.Context) (transport.Stream, error) {
-	stop := context.AfterFunc(ctx, func() { _ = l.ln.Close() })
-	defer stop()
-	c, err := l.ln.Accept()
-	if err != nil && ctx.Err() != nil {
-		return nil, ctx.Err()
-	}
-	return c, err
-}
-
-func (l *tcpListener) secure(ctx context.Context, s transport.Stream) (transport.Stream, error) {
-	if l.cert == nil {
-		return s, nil
-	}
-	return transport.ServerTLS(ctx, s.(net.Conn), l.cert, anyCertificate)
-}
-
-func (l *tcpListener) addr() string { return l.ln.Addr().String() }
-func (l *tcpListener) close() error { return l.ln.Close() }
-func (l quicListener) addr() string { return l.ln.Addr().String() }
-func (l quicListener) close() error { return l.ln.Close() }
-func (quicListener) secure(_ context.Context, s transport.Stream) (transport.Stream, error) {
-	return s, nil
-}
-
-type quicListener struct{ ln *quic.Listener }
-
-func (l quicListener) accept(ctx context.Context) (transport.Stream, error) { return l.ln.Accept(ctx) }
-
-// dial connects to the server at addr; with TLS or QUIC it accepts only
-// the certificate whose fingerprint is fingerprint.
-func dial(ctx context.Context, t Transport, addr, fingerprint string, cert *transport.Certificate) (transport.Stream, error) {
-	switch t {
-	case QUIC:
-		return quic.Dial(ctx, addr, cert, fingerprint)
-	case TLS:
-		c, err := transport.DialTCP(ctx, addr)
-		if err != nil {
-			return nil, err
-		}
-		return transport.ClientTLS(ctx, c, cert, fingerprint)
-	}
-	return transport.DialTCP(ctx, addr)
+// dial connects to the server at addr and proves the job token; with TLS
+// or QUIC it accepts only the certificate whose fingerprint is
+// fingerprint.
+func dial(ctx context.Context, t Transport, addr, fingerprint string, cert *transport.Certificate, token []byte, job string) (transport.Stream, error) {
+	// A network per dial, let go of at once: QUIC's would keep its
+	// connection for the next dial, and after a restart of the server that
+	// connection leads nowhere. The stream keeps what it needs.
+	nw := t.network(cert)
+	defer nw.Close()
+	s, _, err := transport.DialAuth(ctx, nw, transport.Endpoint{Addr: addr, Fingerprint: fingerprint}, identity(token, job, false))
+	return s, err
 }
 
 // identity is what the server and its clients say in the handshake: the
@@ -135,19 +91,6 @@ func identity(token []byte, job string, server bool) transport.Identity {
 		id.Rank = 0
 	}
 	return id
-}
-
-// serverHandshake checks that the dialer holds the job token.
-func serverHandshake(s transport.Stream, token []byte, job string, deadline time.Time) error {
-	_, err := transport.ServerHandshake(s, identity(token, job, true), deadline, nil)
-	return err
-}
-
-// clientHandshake proves the job token to the server and checks that the
-// server holds it too.
-func clientHandshake(s transport.Stream, token []byte, job string, deadline time.Time) error {
-	_, err := transport.ClientHandshake(s, identity(token, job, false), deadline)
-	return err
 }
 
 // permanent says whether a failed connection attempt will fail again the
