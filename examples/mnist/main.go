@@ -29,6 +29,7 @@ import (
 	"syscall"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/localjob"
 	"github.com/ringo-ml/ringo/internal/mnist"
 )
 
@@ -49,28 +50,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	switch {
-	case inJob():
+	case localjob.InJob():
 		err = runRank(ctx, o, stdout, stderr)
 	case o.mode == "single":
 		err = runSingle(ctx, o, stdout, stderr)
 	default:
-		err = spawn(ctx, o, args, stdout, stderr)
+		// -np copies of this program, each taking the first case above.
+		err = localjob.Spawn(ctx, o.np, args, nil, stdout, stderr)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "mnist: %v\n", err)
 		return 1
 	}
 	return 0
-}
-
-// inJob says whether a launcher (or spawn) started this process as a rank.
-func inJob() bool {
-	for _, v := range []string{"RINGO_RANK", "RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"} {
-		if os.Getenv(v) != "" {
-			return true
-		}
-	}
-	return false
 }
 
 func runSingle(ctx context.Context, o options, stdout, stderr io.Writer) error {
