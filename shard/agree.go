@@ -62,8 +62,8 @@ func agree(ctx context.Context, comm *collective.Comm, units [][]*parallel.Param
 	code, a, b := table[3*worst], int(table[3*worst+1]), int(table[3*worst+2])
 	switch code {
 	case invalid:
-		if self {
-			return local
+		if local != nil {
+			return local // this rank's own problem says most
 		}
 		return fmt.Errorf("%w: rank %d's units or options are invalid (its error says how)", collective.ErrInvalid, worst)
 	case optionDiffers:

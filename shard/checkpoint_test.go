@@ -12,7 +12,6 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/ringo-ml/ringo/checkpoint"
 	"github.com/ringo-ml/ringo/collective"
@@ -92,7 +91,7 @@ func requireSameParams(t *testing.T, want, got []result, what string) {
 // uninterrupted run of k+m steps at the new N ends (exact data: the runs at
 // every N are the same).
 func TestShardedCheckpointReshards(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	leakCheck(t)
 	const k, m = 4, 3
 	for _, saver := range []session{
 		{4, shard.Options{Strategy: shard.FullShard}, oddLayout.model},
@@ -124,7 +123,7 @@ func TestShardedCheckpointReshards(t *testing.T) {
 // library's ParamOptimizer; and DataParallel's loads into FSDP: each
 // resumed run ends bitwise where an uninterrupted one does.
 func TestFullCheckpointRoundTrips(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	leakCheck(t)
 	const k, m = 3, 3
 	path := filepath.Join(t.TempDir(), "full.ckpt")
 	session{3, shard.Options{Strategy: shard.FullShard}, oddLayout.model}.run(t, 0, k, "", path, false)
@@ -189,39 +188,66 @@ func TestFullCheckpointRoundTrips(t *testing.T) {
 	requireSameParams(t, whole, fromDP.run(t, k+m-1, k+m, dpPath, "", false), "FSDP from DataParallel's checkpoint")
 }
 
-// loadAll has every rank of an n-rank FullShard job load path, and returns
-// each rank's error and its parameters afterwards.
-func loadAll(t *testing.T, n int, path string, units func() [][]*parallel.Param) ([]error, [][][]float32) {
+// job is an FSDP job kept across calls: each call runs a function on
+// every rank at once.
+type job struct {
+	comms []*collective.Comm
+	fss   []*shard.FSDP
+	units [][][]*parallel.Param
+}
+
+func newJob(t *testing.T, n int, opts shard.Options, units func() [][]*parallel.Param) *job {
 	t.Helper()
 	comms, err := collective.Local(n)
 	require.NoError(t, err)
-	defer func() {
-		for _, c := range comms {
+	j := &job{comms: comms, fss: make([]*shard.FSDP, n), units: make([][][]*parallel.Param, n)}
+	t.Cleanup(func() {
+		for r, c := range j.comms {
+			if j.fss[r] != nil {
+				j.fss[r].Close()
+			}
 			c.Close()
 		}
-	}()
-	errs := make([]error, n)
-	params := make([][][]float32, n)
+	})
+	require.NoError(t, errors.Join(j.all(func(r int) (err error) {
+		j.units[r] = units()
+		j.fss[r], err = shard.New(ctx, comms[r], j.units[r], opts)
+		return err
+	})...))
+	return j
+}
+
+// all runs fn on every rank at once and returns each rank's error.
+func (j *job) all(fn func(r int) error) []error {
+	errs := make([]error, len(j.comms))
 	var wg sync.WaitGroup
-	for r, c := range comms {
+	for r := range j.comms {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			us := units()
-			fs, err := shard.New(ctx, c, us, shard.Options{})
-			if err != nil {
-				errs[r] = err
-				return
-			}
-			defer fs.Close()
-			_, errs[r] = fs.Load(ctx, path, adam())
-			if errs[r] == nil || !errors.Is(errs[r], collective.ErrAborted) {
-				params[r], _ = fullParams(fs, us)
-			}
+			errs[r] = fn(r)
 		}()
 	}
 	wg.Wait()
+	return errs
+}
+
+// load has every rank load path with Adam, and returns each rank's error
+// and its parameters afterwards.
+func (j *job) load(path string) ([]error, [][][]float32) {
+	params := make([][][]float32, len(j.comms))
+	errs := j.all(func(r int) error {
+		_, err := j.fss[r].Load(ctx, path, adam())
+		params[r], _ = fullParams(j.fss[r], j.units[r])
+		return err
+	})
 	return errs, params
+}
+
+// loadAll is load on a fresh n-rank FullShard job.
+func loadAll(t *testing.T, n int, path string, units func() [][]*parallel.Param) ([]error, [][][]float32) {
+	t.Helper()
+	return newJob(t, n, shard.Options{}, units).load(path)
 }
 
 // TestTruncatedCheckpointRefusedAtEveryByte: a sharded checkpoint's
@@ -231,7 +257,7 @@ func loadAll(t *testing.T, n int, path string, units func() [][]*parallel.Param)
 // naming the file, and leave the model as
 // it was: the job goes on.
 func TestTruncatedCheckpointRefusedAtEveryByte(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	leakCheck(t)
 	small := layout{{3, 2}, {1}, {4}}
 	dir := filepath.Join(t.TempDir(), "ckpt")
 	full := filepath.Join(t.TempDir(), "full.ckpt")
@@ -245,6 +271,7 @@ func TestTruncatedCheckpointRefusedAtEveryByte(t *testing.T) {
 	}
 	require.Len(t, files, 3, "meta.ckpt and 2 shard files: %v", files)
 	fresh := small.model()
+	j := newJob(t, 2, shard.Options{}, small.model) // one job refuses them all, and stays usable
 	check := func(file string, cut int, errs []error, params [][][]float32) {
 		for r, err := range errs {
 			require.Error(t, err, "%s cut at %d, rank %d", file, cut, r)
@@ -267,7 +294,7 @@ func TestTruncatedCheckpointRefusedAtEveryByte(t *testing.T) {
 		}
 		for cut := range len(whole) {
 			require.NoError(t, os.WriteFile(file, whole[:cut], 0o644))
-			errs, params := loadAll(t, 2, path, small.model)
+			errs, params := j.load(path)
 			check(file, cut, errs, params)
 		}
 		if strings.Contains(file, "shard-") {
@@ -275,14 +302,14 @@ func TestTruncatedCheckpointRefusedAtEveryByte(t *testing.T) {
 				flipped := slices.Clone(whole)
 				flipped[i] ^= 0x10
 				require.NoError(t, os.WriteFile(file, flipped, 0o644))
-				errs, params := loadAll(t, 2, path, small.model)
+				errs, params := j.load(path)
 				check(file, -i, errs, params)
 			}
 		}
 		require.NoError(t, os.WriteFile(file, whole, 0o644))
 	}
-	// Intact again, it loads.
-	errs, _ := loadAll(t, 2, dir, small.model)
+	// Intact again, it loads, into the same job.
+	errs, _ := j.load(dir)
 	require.NoError(t, errors.Join(errs...))
 }
 
@@ -301,7 +328,7 @@ func paramsOf(units [][]*parallel.Param) [][]float32 {
 // or of another optimizer: every rank gets the same kind of error, saying
 // what is wrong, and no rank hangs.
 func TestBadCheckpointsNameTheProblemOnEveryRank(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	leakCheck(t)
 	base := t.TempDir()
 	dir := filepath.Join(base, "ckpt")
 	s := session{3, shard.Options{}, oddLayout.model}
@@ -367,7 +394,7 @@ func TestBadCheckpointsNameTheProblemOnEveryRank(t *testing.T) {
 // temporary meta file) does not change what Load reads, and the next save
 // removes it.
 func TestInterruptedSaveLeavesThePreviousCheckpoint(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	leakCheck(t)
 	dir := filepath.Join(t.TempDir(), "ckpt")
 	s := session{2, shard.Options{}, oddLayout.model}
 	s.run(t, 0, 2, "", dir, true)

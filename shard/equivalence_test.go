@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/shard"
@@ -51,7 +50,7 @@ func variants(n int) []variant {
 // not divide and units smaller than N; and every forward saw the same
 // gathered parameters.
 func TestBitwiseEqualToDataParallel(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	leakCheck(t)
 	const steps = 10
 	for n := 1; n <= 6; n++ {
 		for _, opt := range []struct {
@@ -94,7 +93,7 @@ func TestBitwiseEqualToDataParallel(t *testing.T) {
 // the first two with gradient synchronisation off, end bitwise where
 // DataParallel's NoSync ends.
 func TestAccumulationWithoutSyncEqualsDataParallel(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	leakCheck(t)
 	const steps, micro = 4, 3
 	for _, n := range []int{1, 3, 4} {
 		want := make([]result, n)

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/internal/nn"
@@ -16,6 +17,12 @@ import (
 )
 
 var ctx = context.Background()
+
+// leakCheck checks, once the test and its cleanups are done, that no
+// goroutine is left.
+func leakCheck(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+}
 
 // layout is a model's unit structure: per unit, its parameters' lengths.
 type layout [][]int
