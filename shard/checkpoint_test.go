@@ -198,7 +198,7 @@ type job struct {
 
 func newJob(t *testing.T, n int, opts shard.Options, units func() [][]*parallel.Param) *job {
 	t.Helper()
-	comms, err := collective.Local(n)
+	comms, err := localComms(n)
 	require.NoError(t, err)
 	j := &job{comms: comms, fss: make([]*shard.FSDP, n), units: make([][][]*parallel.Param, n)}
 	t.Cleanup(func() {

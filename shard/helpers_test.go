@@ -6,6 +6,7 @@ import (
 	"math"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -17,6 +18,14 @@ import (
 )
 
 var ctx = context.Background()
+
+// testTimeout bounds every collective call of these tests: a hang fails
+// the test instead of stalling it.
+const testTimeout = 30 * time.Second
+
+func localComms(n int) ([]*collective.Comm, error) {
+	return collective.LocalConfig(n, collective.Config{Timeout: testTimeout})
+}
 
 // leakCheck checks, once the test and its cleanups are done, that no
 // goroutine is left.
@@ -116,7 +125,7 @@ func checksum(ps []*parallel.Param) float64 {
 // any rank's error.
 func onRanks(t *testing.T, n int, fn func(c *collective.Comm) error) {
 	t.Helper()
-	comms, err := collective.Local(n)
+	comms, err := localComms(n)
 	require.NoError(t, err)
 	defer func() {
 		for _, c := range comms {

@@ -16,7 +16,7 @@ import (
 // units(r) and opts(r), and returns each rank's error.
 func newOn(t *testing.T, n int, units func(r int) [][]*parallel.Param, opts func(r int) shard.Options) []error {
 	t.Helper()
-	comms, err := collective.Local(n)
+	comms, err := localComms(n)
 	require.NoError(t, err)
 	j := &job{comms: comms, fss: make([]*shard.FSDP, n)}
 	defer func() {

@@ -240,12 +240,13 @@ func (fs *FSDP) stepChecks(opt Optimizer) error {
 			return fs.misuse("unit %d is still gathered (Release it before Step)", un.index)
 		}
 	}
+	// StateNames is checked once, when the state is made: it allocates.
 	k := opt.StateLen(1)
-	if fs.optK < 0 || k < 0 || opt.StateLen(2) != 2*k || len(opt.StateNames()) != k {
-		return fs.misuse("the optimizer keeps %d state values per element but names %d", k, len(opt.StateNames()))
-	}
-	if fs.state() && k != fs.optK {
+	if fs.state() && (k != fs.optK || opt.StateLen(2) != 2*k) {
 		return fs.misuse("the optimizer keeps %d state values per element; the state so far has %d", k, fs.optK)
+	}
+	if !fs.state() && (k < 0 || opt.StateLen(2) != 2*k || len(opt.StateNames()) != k) {
+		return fs.misuse("the optimizer keeps %d state values per element but names %d", k, len(opt.StateNames()))
 	}
 	return nil
 }
