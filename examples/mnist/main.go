@@ -4,6 +4,7 @@
 //
 //	go run ./examples/mnist                       4 local ranks, data parallel, 2 epochs
 //	go run ./examples/mnist -mode single          the same training in one process
+//	go run ./examples/mnist -mode fsdp            sharded (FSDP/ZeRO-3; -strategy grad|optim|none|hybrid)
 //	ringrun -np 4 ./mnist -checkpoint ckpt        one rank per process under a launcher
 //
 // Standalone, -mode ddp starts -np copies of itself as the ranks of a local

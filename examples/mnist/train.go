@@ -75,6 +75,8 @@ func newTrainer(ctx context.Context, j *job) (trainer, error) {
 		return newSingle(j)
 	case "ddp":
 		return newDDP(ctx, j)
+	case "fsdp":
+		return newFSDP(ctx, j)
 	}
 	return nil, fmt.Errorf("unknown mode %q", j.opts.mode)
 }
