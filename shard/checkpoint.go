@@ -387,7 +387,7 @@ func (fs *FSDP) Load(ctx context.Context, path string, opt Optimizer) (*checkpoi
 	for _, un := range fs.units {
 		un.accumulating, un.reduced = false, false
 		if fs.opts.Strategy.regathers() {
-			fs.issue(ctx, &un.gather, un, request{kind: allGather, send: un.data, recv: un.full})
+			fs.issue(&un.gather, un, request{kind: allGather, send: un.data, recv: un.full})
 		}
 	}
 	return ck, nil

@@ -1,6 +1,7 @@
 package shard_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -265,5 +266,61 @@ func TestParametersExistOnlyWhileGathered(t *testing.T) {
 				return nil
 			})...))
 		})
+	}
+}
+
+// TestContexts: a context cancelled once a call has returned does not
+// touch the collectives that call left running (prefetches, reductions);
+// a call whose context ends while it waits fails with the context's cause,
+// and every other rank's next call fails naming that rank.
+func TestContexts(t *testing.T) {
+	leakCheck(t)
+	const n, odd = 3, 1
+	j := newJob(t, n, shard.Options{Prefetch: 2}, oddLayout.model)
+	require.NoError(t, errors.Join(j.all(func(r int) error {
+		fs := j.fss[r]
+		for u := range j.units[r] {
+			short, cancel := context.WithCancel(ctx)
+			err := fs.Gather(short, u) // starts gathering the next 2
+			cancel()
+			if err != nil {
+				return err
+			}
+			if err := fs.Release(u); err != nil {
+				return err
+			}
+		}
+		for u := len(j.units[r]) - 1; u >= 0; u-- {
+			short, cancel := context.WithCancel(ctx)
+			err := fs.GatherBackward(short, u)
+			if err == nil {
+				err = fs.ReduceGrads(short, u) // runs on after cancel
+			}
+			cancel()
+			if err != nil {
+				return err
+			}
+			if err := fs.Release(u); err != nil {
+				return err
+			}
+		}
+		return fs.Step(ctx, adam())
+	})...))
+	errs := j.all(func(r int) error {
+		if r == odd {
+			gone, cancel := context.WithCancelCause(ctx)
+			cancel(errors.New("the caller gave up"))
+			return j.fss[r].Gather(gone, 1) // its prefetch (Step started it) is waited for: abandoned
+		}
+		_, err := trainFSDP(j.fss[r], j.units[r], adam(), fsdpRun{steps: 2, micro: 1})
+		return err
+	})
+	for r, err := range errs {
+		if r == odd {
+			require.ErrorContains(t, err, "the caller gave up")
+			continue
+		}
+		require.ErrorIs(t, err, collective.ErrAborted, "rank %d", r)
+		require.Contains(t, err.Error(), fmt.Sprintf("rank %d", odd), "rank %d", r)
 	}
 }

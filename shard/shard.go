@@ -30,11 +30,9 @@ type FSDP struct {
 	gradSlots []*gradSlot // ShardGradOp: the full-gradient buffers
 	nextSlot  int         // round robin over slots and gradSlots where any will do
 
-	// Prefetch: the units to gather ahead, in order, and the context of the
-	// Gather that asked for them.
+	// Prefetch: the units to gather ahead, in order.
 	want     []int
 	wantNext int // want[wantNext:] are still to be issued
-	wantCtx  context.Context
 
 	sync     bool // gradient synchronisation on
 	steps    int  // optimizer steps taken
@@ -354,6 +352,9 @@ func (fs *FSDP) misuse(format string, a ...any) error {
 func (fs *FSDP) wait(ctx context.Context, o *op) error {
 	if !o.busy {
 		return nil
+	}
+	if ctx.Err() != nil {
+		return fs.fail(fmt.Errorf("abandoned a collective: %w", context.Cause(ctx)))
 	}
 	select {
 	case err := <-o.done:

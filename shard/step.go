@@ -55,7 +55,7 @@ func (fs *FSDP) GatherBackward(ctx context.Context, u int) error {
 		return fs.callErr("GatherBackward", u, fs.misuse("unit %d is in backward already (ReduceGrads ends it)", u))
 	}
 	if un.gathered {
-		fs.setWant(ctx, un, -1)
+		fs.setWant(un.index, -1)
 		fs.prefetch()
 	} else if err := fs.gatherParams(ctx, un, -1); err != nil {
 		return fs.callErr("GatherBackward", u, err)
@@ -97,7 +97,7 @@ func (fs *FSDP) ReduceGrads(ctx context.Context, u int) error {
 	if un.reduced {
 		return fs.callErr("ReduceGrads", u, fs.misuse("unit %d was reduced already in this step", u))
 	}
-	fs.issueReduce(ctx, un, un.gradBuf)
+	fs.issueReduce(un, un.gradBuf)
 	if gs := un.gradSlot; gs >= 0 {
 		fs.gradSlots[gs].bound = nil
 		un.gradSlot = -1
@@ -193,7 +193,7 @@ func (fs *FSDP) Step(ctx context.Context, opt Optimizer) error {
 		if err != nil {
 			return fmt.Errorf("shard: Step on rank %d: %w", fs.comm.Rank(), err)
 		}
-		fs.issueReduce(ctx, un, buf)
+		fs.issueReduce(un, buf)
 		if gs := un.gradSlot; gs >= 0 {
 			fs.gradSlots[gs].bound = nil
 			un.gradSlot = -1
@@ -222,9 +222,13 @@ func (fs *FSDP) Step(ctx context.Context, opt Optimizer) error {
 	for _, un := range fs.units {
 		un.reduced = false
 		if fs.opts.Strategy.regathers() {
-			fs.issue(ctx, &un.gather, un, request{kind: allGather, send: un.data, recv: un.full})
+			fs.issue(&un.gather, un, request{kind: allGather, send: un.data, recv: un.full})
 		}
 	}
+	// The next forward starts with unit 0: its gather (and the next
+	// Prefetch-1) can start now, overlapping whatever comes before it.
+	fs.setWant(-1, +1)
+	fs.prefetch()
 	return nil
 }
 
@@ -334,19 +338,19 @@ func (fs *FSDP) gatherParams(ctx context.Context, un *unit, dir int) error {
 		if s < 0 {
 			return fs.misuse("%d units are gathered already, the MaxGathered bound (Release one first)", len(fs.slots))
 		}
-		fs.gatherInto(ctx, un, s)
+		fs.gatherInto(un, s)
 	}
 	un.gathered = true
-	fs.setWant(ctx, un, dir)
+	fs.setWant(un.index, dir)
 	fs.prefetch()
 	return fs.wait(ctx, &un.gather)
 }
 
 // gatherInto issues un's gather into slot s.
-func (fs *FSDP) gatherInto(ctx context.Context, un *unit, s int) {
+func (fs *FSDP) gatherInto(un *unit, s int) {
 	sl := fs.slots[s]
 	sl.unit, un.slot = un.index, s
-	fs.issue(ctx, &un.gather, un, request{kind: allGather, send: un.data, recv: sl.params[:un.padded]})
+	fs.issue(&un.gather, un, request{kind: allGather, send: un.data, recv: sl.params[:un.padded]})
 }
 
 func (fs *FSDP) freeSlot() int {
@@ -376,17 +380,17 @@ func (fs *FSDP) evictPrefetch(ctx context.Context) (int, error) {
 	return -1, nil
 }
 
-// setWant makes the units after un in direction dir the ones to prefetch.
-func (fs *FSDP) setWant(ctx context.Context, un *unit, dir int) {
+// setWant makes the Prefetch units after unit u in direction dir the
+// ones to prefetch.
+func (fs *FSDP) setWant(u, dir int) {
 	fs.want, fs.wantNext = fs.want[:0], 0
 	for i := 1; i <= fs.opts.Prefetch; i++ {
-		v := un.index + dir*i
+		v := u + dir*i
 		if v < 0 || v >= len(fs.units) {
 			break
 		}
 		fs.want = append(fs.want, v)
 	}
-	fs.wantCtx = ctx
 }
 
 // prefetch issues the wanted gathers, in order, while buffers are free.
@@ -400,7 +404,7 @@ func (fs *FSDP) prefetch() {
 			if s < 0 {
 				return
 			}
-			fs.gatherInto(fs.wantCtx, v, s)
+			fs.gatherInto(v, s)
 		}
 	}
 }
@@ -457,7 +461,7 @@ func (fs *FSDP) gradBuffer(ctx context.Context, un *unit) ([]float32, error) {
 }
 
 // issueReduce starts the reduction of un's full gradient buf.
-func (fs *FSDP) issueReduce(ctx context.Context, un *unit, buf []float32) {
+func (fs *FSDP) issueReduce(un *unit, buf []float32) {
 	r := request{kind: reduceScatter, send: buf[:un.padded], recv: un.gradShard}
 	switch fs.opts.Strategy {
 	case NoShard:
@@ -465,14 +469,18 @@ func (fs *FSDP) issueReduce(ctx context.Context, un *unit, buf []float32) {
 	case Hybrid:
 		r.then = fs.rw
 	}
-	fs.issue(ctx, &un.reduce, un, r)
+	fs.issue(&un.reduce, un, r)
 	un.reduced, un.accumulating = true, false
 }
 
 // issue queues r for un with o as its completion, and adds it to the trace
-// of this step's collectives.
-func (fs *FSDP) issue(ctx context.Context, o *op, un *unit, r request) {
-	r.ctx = ctx
+// of this step's collectives. The call runs in the background, past the
+// method that issued it, so it does not take that method's context (a
+// caller cancelling a context once the method returns must not abort the
+// job): it is bounded by the communicator's timeout and failure detection,
+// and whoever waits for it does so under its own context.
+func (fs *FSDP) issue(o *op, un *unit, r request) {
+	r.ctx = context.Background()
 	fs.trace = (fs.trace ^ uint64(r.kind)<<56 ^ uint64(un.index)<<32 ^ uint64(len(r.send)+len(r.recv))) * 0x100000001b3
 	o.issue(fs.gw, r)
 }
