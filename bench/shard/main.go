@@ -90,7 +90,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 	fs.IntVar(&o.np, "np", 2, "local ranks to start (ignored under a launcher)")
 	model := fs.String("model", "784-2048-2048-2048-10", "MLP sizes (the default has 10.0M parameters in 4 units)")
-	fs.IntVar(&o.batch, "batch", 32, "batch per rank")
+	fs.IntVar(&o.batch, "batch", 8, "batch per rank (small: on shared CPUs the compute must not drown the communication)")
 	fs.IntVar(&o.steps, "steps", 10, "timed steps per mode (the modes take turns, step by step)")
 	fs.IntVar(&o.warmup, "warmup", 2, "untimed steps per mode first")
 	modes := fs.String("modes", "compute,ddp,full,full-noprefetch,grad,optim", "modes to time: "+strings.Join(allModes, ", "))

@@ -15,7 +15,7 @@
 #
 # Environment: NS ("2 4"), TESTBEDS ("loopback netns"), REPS (3),
 # STEPS (timed steps per mode, 8), MODEL (784-2048-2048-2048-10: 10.0M
-# parameters), BATCH (per rank, 32), MODES (bench/shard's default list),
+# parameters), BATCH (per rank, 8), MODES (bench/shard's default list),
 # RATE (1gbit), RINGO_NETNS_PREFIX (rshard-), RINGO_NETNS_SUBNET (10.78.5).
 set -euo pipefail
 
@@ -25,7 +25,7 @@ TESTBEDS=${TESTBEDS:-"loopback netns"}
 REPS=${REPS:-3}
 STEPS=${STEPS:-8}
 MODEL=${MODEL:-784-2048-2048-2048-10}
-BATCH=${BATCH:-32}
+BATCH=${BATCH:-8}
 MODES=${MODES:-compute,ddp,full,full-noprefetch,grad,optim}
 RATE=${RATE:-1gbit}
 OUT=${OUT:-bench/shard/results.csv}
