@@ -30,6 +30,7 @@ func variants(n int) []variant {
 	add("full/no-prefetch", shard.Options{Strategy: shard.FullShard, Prefetch: -1}, false)
 	add("full/prefetch-2", shard.Options{Strategy: shard.FullShard, Prefetch: 2}, true)
 	add("full/prefetch-2-max-2", shard.Options{Strategy: shard.FullShard, Prefetch: 2, MaxGathered: 2}, false)
+	add("full/max-1", shard.Options{Strategy: shard.FullShard, MaxGathered: 1}, true)
 	add("grad", shard.Options{Strategy: shard.ShardGradOp}, false)
 	add("grad/keep-last", shard.Options{Strategy: shard.ShardGradOp}, true)
 	add("optim", shard.Options{Strategy: shard.ShardOptimizer}, false)
@@ -44,8 +45,8 @@ func variants(n int) []variant {
 
 // TestBitwiseEqualToDataParallel: with exactly representable gradients
 // (integers, multiples of N: every partial sum of either reduction is
-// exact), every strategy ends 10 steps of SGD with momentum and of Adam
-// with the same parameters as parallel.DataParallel, bit for bit, on 1 to
+// exact), every strategy ends 10 steps of SGD with momentum, of Adam and of
+// AdamW with the same parameters as parallel.DataParallel, bit for bit, on 1 to
 // 5 ranks (and 6, for Hybrid's groups of 2 and 3), with units that N does
 // not divide and units smaller than N; and every forward saw the same
 // gathered parameters.
@@ -56,7 +57,7 @@ func TestBitwiseEqualToDataParallel(t *testing.T) {
 		for _, opt := range []struct {
 			name string
 			make optimizer
-		}{{"sgd", sgd}, {"adam", adam}} {
+		}{{"sgd", sgd}, {"adam", adam}, {"adamw", adamw}} {
 			want := make([]result, n)
 			onRanks(t, n, func(c *collective.Comm) (err error) {
 				want[c.Rank()], err = trainDDP(c, oddLayout, opt.make, steps, 1)

@@ -157,8 +157,9 @@ type result struct {
 type optimizer func() nn.Optimizer
 
 var (
-	sgd  optimizer = func() nn.Optimizer { return &nn.SGD{LR: 1.0 / 16, Momentum: 0.5} }
-	adam optimizer = func() nn.Optimizer { return nn.NewAdam(0.01) }
+	sgd   optimizer = func() nn.Optimizer { return &nn.SGD{LR: 1.0 / 16, Momentum: 0.5} }
+	adam  optimizer = func() nn.Optimizer { return nn.NewAdam(0.01) }
+	adamw optimizer = func() nn.Optimizer { return nn.NewAdamW(0.01, 0.1) }
 )
 
 // trainDDP trains l with parallel.DataParallel for steps steps of micro
