@@ -819,3 +819,74 @@ func copySlice(byName map[string]*checkpoint.Tensor, file, name string, n, a, b 
 	}
 	return nil
 }
+
+// Consolidate turns the sharded checkpoint in dir into one full checkpoint
+// file at path, as SaveFull would have written it (every parameter and
+// optimizer state value whole, the same fields and metadata), without a
+// job: it reads every shard file, so it needs the memory of the whole
+// model. parallel.DataParallel and a single process load the result.
+func Consolidate(dir, path string) error {
+	meta, err := checkpoint.Load(filepath.Join(dir, metaFile))
+	if err != nil {
+		return err
+	}
+	lay, err := parseLayout(meta.Meta)
+	if err != nil {
+		return err
+	}
+	// Parameters in the saved order, then each one's state values.
+	var names []string
+	byName := map[string][]float32{}
+	var params [][2]json.RawMessage
+	_ = json.Unmarshal([]byte(meta.Meta[keyParams]), &params) // parseLayout checked it
+	for _, pr := range params {
+		var name string
+		_ = json.Unmarshal(pr[0], &name)
+		n := lay.params[name].len
+		names = append(names, name)
+		byName[name] = make([]float32, n)
+		for _, s := range lay.names {
+			byName[name+"."+s] = make([]float32, n)
+		}
+	}
+	filled := 0
+	for r := range lay.world {
+		file := shardFile(lay.id, r, lay.world)
+		sf, err := checkpoint.Load(filepath.Join(dir, file))
+		if errors.Is(err, iofs.ErrNotExist) {
+			return fmt.Errorf("%w: shard file %s is missing", checkpoint.ErrCorrupt, file)
+		}
+		if err != nil {
+			return err
+		}
+		if sf.Meta[keyID] != lay.id || sf.Meta[keyRank] != strconv.Itoa(r) {
+			return fmt.Errorf("%w: %s is not rank %d of save %s", checkpoint.ErrCorrupt, file, r, lay.id)
+		}
+		for _, t := range sf.Tensors {
+			dst, ok := byName[t.Name]
+			if !ok || len(t.Shape) != 1 || t.Shape[0] != len(dst) || t.Offset+len(t.Data) > len(dst) {
+				return fmt.Errorf("%w: %s: unexpected tensor %q", checkpoint.ErrCorrupt, file, t.Name)
+			}
+			copy(dst[t.Offset:], t.Data)
+			filled += len(t.Data)
+		}
+	}
+	out := &checkpoint.Checkpoint{Step: meta.Step, Epoch: meta.Epoch, RNG: meta.RNG, Meta: maps.Clone(meta.Meta)}
+	want := 0
+	for _, name := range names {
+		out.Add(name, byName[name])
+		want += len(byName[name])
+		for _, s := range lay.names {
+			out.Add(name+"."+s, byName[name+"."+s])
+			want += len(byName[name])
+		}
+	}
+	if filled != want {
+		return fmt.Errorf("%w: the shard files hold %d values, the layout %d", checkpoint.ErrCorrupt, filled, want)
+	}
+	for _, k := range []string{keyID, keyWorld} {
+		delete(out.Meta, k)
+	}
+	out.Tensors = append(out.Tensors, meta.Tensors...)
+	return checkpoint.Save(path, out)
+}

@@ -134,8 +134,20 @@ func TestFullCheckpointRoundTrips(t *testing.T) {
 
 	// DataParallel resumes from it, and saves one FSDP resumes from.
 	dpPath := filepath.Join(t.TempDir(), "dp.ckpt")
-	dpRes := make([]result, 2)
-	onRanks(t, 2, func(c *collective.Comm) error {
+	dpRes := resumeDDP(t, 2, path, k, k+m, dpPath, k+m-1)
+	requireSameParams(t, whole, dpRes, "DataParallel from FSDP's full checkpoint")
+	fromDP := session{4, shard.Options{Strategy: shard.FullShard}, oddLayout.model}
+	requireSameParams(t, whole, fromDP.run(t, k+m-1, k+m, dpPath, "", false), "FSDP from DataParallel's checkpoint")
+}
+
+// resumeDDP loads path into DataParallel with the model library's
+// ParamOptimizer on n ranks, trains steps [from, to) and returns the
+// results; at step saveAt it first saves a checkpoint to save (when save
+// is not empty).
+func resumeDDP(t *testing.T, n int, path string, from, to int, save string, saveAt int) []result {
+	t.Helper()
+	res := make([]result, n)
+	onRanks(t, n, func(c *collective.Comm) error {
 		params := flat(oddLayout.model())
 		dp, err := parallel.NewDataParallel(ctx, c, params, parallel.DataParallelOptions{})
 		if err != nil {
@@ -150,10 +162,19 @@ func TestFullCheckpointRoundTrips(t *testing.T) {
 		if err != nil {
 			return err
 		}
+		if int(ck.Step) != from {
+			return fmt.Errorf("loaded step %d, want %d", ck.Step, from)
+		}
 		if err := po.LoadState(int(ck.Step), ck.Tensors); err != nil {
 			return err
 		}
-		for t := k; t < k+m-1; t++ {
+		for t := from; t < to; t++ {
+			if t == saveAt && save != "" {
+				out := &checkpoint.Checkpoint{Step: int64(t), Tensors: po.StateTensors()}
+				if err := dp.SaveCheckpoint(ctx, save, out); err != nil {
+					return err
+				}
+			}
 			for _, p := range params {
 				rankGrad(p, c.Rank(), c.Size(), t, false)
 			}
@@ -164,28 +185,31 @@ func TestFullCheckpointRoundTrips(t *testing.T) {
 				return err
 			}
 		}
-		out := &checkpoint.Checkpoint{Step: k + m - 1, Tensors: po.StateTensors()}
-		if err := dp.SaveCheckpoint(ctx, dpPath, out); err != nil {
-			return err
-		}
-		// And the last step, for comparison.
 		for _, p := range params {
-			rankGrad(p, c.Rank(), c.Size(), k+m-1, false)
-		}
-		if err := dp.Sync(ctx); err != nil {
-			return err
-		}
-		if err := po.Step(); err != nil {
-			return err
-		}
-		for _, p := range params {
-			dpRes[c.Rank()].params = append(dpRes[c.Rank()].params, slices.Clone(p.Data))
+			res[c.Rank()].params = append(res[c.Rank()].params, slices.Clone(p.Data))
 		}
 		return nil
 	})
-	requireSameParams(t, whole, dpRes, "DataParallel from FSDP's full checkpoint")
-	fromDP := session{4, shard.Options{Strategy: shard.FullShard}, oddLayout.model}
-	requireSameParams(t, whole, fromDP.run(t, k+m-1, k+m, dpPath, "", false), "FSDP from DataParallel's checkpoint")
+	return res
+}
+
+// TestConsolidatedShardedCheckpointLoadsIntoDataParallel: a sharded
+// checkpoint turned into one file by Consolidate is what SaveFull writes:
+// DataParallel resumes from it bitwise. A missing shard file is refused.
+func TestConsolidatedShardedCheckpointLoadsIntoDataParallel(t *testing.T) {
+	leakCheck(t)
+	const k, m = 3, 2
+	dir := filepath.Join(t.TempDir(), "ckpt")
+	path := filepath.Join(t.TempDir(), "whole.ckpt")
+	session{3, shard.Options{Strategy: shard.Hybrid, GroupSize: 3}, regrouped}.run(t, 0, k, "", dir, true)
+	require.NoError(t, shard.Consolidate(dir, path))
+	whole := session{2, shard.Options{}, oddLayout.model}.run(t, 0, k+m, "", "", false)
+	requireSameParams(t, whole, resumeDDP(t, 2, path, k, k+m, "", -1), "DataParallel from a consolidated checkpoint")
+
+	shards, err := filepath.Glob(filepath.Join(dir, "shard-*"))
+	require.NoError(t, err)
+	require.NoError(t, os.Remove(shards[2]))
+	require.ErrorIs(t, shard.Consolidate(dir, path), checkpoint.ErrCorrupt)
 }
 
 // job is an FSDP job kept across calls: each call runs a function on
