@@ -167,6 +167,25 @@ func (fs *FSDP) NoSync(fn func() error) error {
 	return ferr
 }
 
+// Wait waits for every collective the FSDP has in flight: prefetched
+// gathers, reductions, and the gathers Step starts after the update. A
+// prefetched unit stays prefetched (its Gather then waits for nothing). A
+// training loop has no need of it (every call waits for what it uses); it
+// is for timing a step whole, or quiescing before work of one's own.
+func (fs *FSDP) Wait(ctx context.Context) error {
+	if err := fs.usable(); err != nil {
+		return fmt.Errorf("shard: Wait on rank %d: %w", fs.comm.Rank(), err)
+	}
+	for _, un := range fs.units {
+		for _, o := range []*op{&un.gather, &un.reduce} {
+			if err := fs.wait(ctx, o); err != nil {
+				return fmt.Errorf("shard: Wait on rank %d: unit %d: %w", fs.comm.Rank(), un.index, err)
+			}
+		}
+	}
+	return nil
+}
+
 // Step ends a training step: it starts the reduction of every unit whose
 // ReduceGrads was not called in this step (with the gradient it holds: zero
 // for a unit that had no backward), checks that every rank issued the same

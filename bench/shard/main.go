@@ -6,7 +6,8 @@
 //	ringrun -np 4 shard                  one rank of a launcher's job
 //	shard -memory                        the memory table (in-process ranks, 1, 2 and 4)
 //
-// Modes, taking turns step by step so that they see the same machine:
+// Modes, taking turns (-block steps each, then waiting for what they left
+// in flight) so that they see the same machine:
 //
 //	compute          forward, backward and optimizer step, nothing communicated
 //	ddp              DataParallel, each parameter marked Ready as backward finishes it
@@ -16,8 +17,8 @@
 //	optim            ShardOptimizer (ZeRO-1)
 //	none             NoShard
 //
-// Rank 0 prints one CSV row per mode: the median step time (a step's time
-// is its slowest rank's) and its ratio to ddp's.
+// Rank 0 prints one CSV row per mode: the median over turns of the time
+// per step (a turn's time is its slowest rank's) and its ratio to ddp's.
 package main
 
 import (
@@ -44,6 +45,7 @@ import (
 
 type options struct {
 	np     int
+	block  int
 	sizes  []int
 	batch  int
 	steps  int
@@ -91,7 +93,8 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.np, "np", 2, "local ranks to start (ignored under a launcher)")
 	model := fs.String("model", "784-2048-2048-2048-10", "MLP sizes (the default has 10.0M parameters in 4 units)")
 	fs.IntVar(&o.batch, "batch", 8, "batch per rank (small: on shared CPUs the compute must not drown the communication)")
-	fs.IntVar(&o.steps, "steps", 10, "timed steps per mode (the modes take turns, step by step)")
+	fs.IntVar(&o.steps, "steps", 12, "timed steps per mode")
+	fs.IntVar(&o.block, "block", 3, "steps per turn: the modes take turns, each running this many steps in a row (so that a step overlaps the next as in training) and then waiting for its collectives in flight")
 	fs.IntVar(&o.warmup, "warmup", 2, "untimed steps per mode first")
 	modes := fs.String("modes", "compute,ddp,full,full-noprefetch,grad,optim", "modes to time: "+strings.Join(allModes, ", "))
 	fs.StringVar(&o.label, "label", "loopback", "testbed label for the CSV")
@@ -116,8 +119,8 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 			return o, fmt.Errorf("-modes: unknown mode %q", m)
 		}
 	}
-	if o.np < 1 || o.batch < 1 || o.steps < 1 || o.warmup < 0 {
-		return o, fmt.Errorf("-np, -batch and -steps must be positive, -warmup not negative")
+	if o.np < 1 || o.batch < 1 || o.steps < 1 || o.block < 1 || o.warmup < 0 {
+		return o, fmt.Errorf("-np, -batch, -steps and -block must be positive, -warmup not negative")
 	}
 	return o, nil
 }
@@ -127,6 +130,7 @@ type trainer struct {
 	model  *nn.Sequential
 	loss   *nn.SoftmaxCrossEntropy
 	step   func(ctx context.Context) error
+	wait   func(ctx context.Context) error // for the collectives a step leaves running
 	close  func()
 	x      []float32
 	labels []int32
@@ -141,7 +145,7 @@ func newTrainer(ctx context.Context, comm *collective.Comm, o options, mode stri
 	if err != nil {
 		return nil, err
 	}
-	t := &trainer{model: model, loss: loss, close: func() {}}
+	t := &trainer{model: model, loss: loss, close: func() {}, wait: func(context.Context) error { return nil }}
 	in, classes := o.sizes[0], o.sizes[len(o.sizes)-1]
 	rng := rand.New(rand.NewPCG(uint64(comm.Rank()), 7))
 	t.x, t.labels = make([]float32, o.batch*in), make([]int32, o.batch)
@@ -212,6 +216,7 @@ func newTrainer(ctx context.Context, comm *collective.Comm, o options, mode stri
 		return nil, err
 	}
 	t.close = func() { fs.Close() }
+	t.wait = fs.Wait
 	opt := nn.NewAdam(1e-3)
 	last := len(units) - 1
 	t.step = func(ctx context.Context) error {
@@ -274,22 +279,28 @@ func runRank(ctx context.Context, o options, stdout io.Writer) error {
 		}
 		defer trainers[i].close()
 	}
-	times := make([][]float64, len(o.modes)) // ms, the slowest rank's
+	times := make([][]float64, len(o.modes)) // ms per step, the slowest rank's
 	slowest := []float64{0}
-	for s := range o.warmup + o.steps {
+	turns := (o.steps + o.block - 1) / o.block
+	for turn := range turns + (o.warmup+o.block-1)/o.block {
 		for i, t := range trainers {
 			if err := collective.Barrier(ctx, comm); err != nil {
 				return err
 			}
 			start := time.Now()
-			if err := t.step(ctx); err != nil {
-				return fmt.Errorf("rank %d, mode %s: %w", comm.Rank(), o.modes[i], err)
+			for range o.block {
+				if err := t.step(ctx); err != nil {
+					return fmt.Errorf("rank %d, mode %s: %w", comm.Rank(), o.modes[i], err)
+				}
 			}
-			slowest[0] = float64(time.Since(start).Microseconds()) / 1e3
+			if err := t.wait(ctx); err != nil {
+				return err
+			}
+			slowest[0] = float64(time.Since(start).Microseconds()) / 1e3 / float64(o.block)
 			if err := collective.AllReduce(ctx, comm, slowest, collective.Max); err != nil {
 				return err
 			}
-			if s >= o.warmup {
+			if turn >= (o.warmup+o.block-1)/o.block {
 				times[i] = append(times[i], slowest[0])
 			}
 		}

@@ -7,14 +7,14 @@
 #
 # Every rank runs with GOMAXPROCS=1, one process per rank, started by
 # ringrun (on the testbed, one rank per namespace through
-# --agent 'ip netns exec'). Within a run the modes take turns step by step
-# (bench/shard), so they see the same machine; the testbeds and repetitions
-# take turns too. It prints one table: median step time per mode and its
+# --agent 'ip netns exec'). Within a run the modes take turns, a few steps
+# each (bench/shard -block), so that they see the same machine; the
+# testbeds and repetitions take turns too. It prints one table: median step time per mode and its
 # ratio to ddp's (the median of the per-run ratios). The raw rows go to
 # $OUT (default bench/shard/results.csv).
 #
 # Environment: NS ("2 4"), TESTBEDS ("loopback netns"), REPS (3),
-# STEPS (timed steps per mode, 8), MODEL (784-2048-2048-2048-10: 10.0M
+# STEPS (timed steps per mode, 12), MODEL (784-2048-2048-2048-10: 10.0M
 # parameters), BATCH (per rank, 8), MODES (bench/shard's default list),
 # RATE (1gbit), RINGO_NETNS_PREFIX (rshard-), RINGO_NETNS_SUBNET (10.78.5).
 set -euo pipefail
@@ -23,7 +23,7 @@ cd "$(dirname "$0")/../.."
 NS=${NS:-"2 4"}
 TESTBEDS=${TESTBEDS:-"loopback netns"}
 REPS=${REPS:-3}
-STEPS=${STEPS:-8}
+STEPS=${STEPS:-12}
 MODEL=${MODEL:-784-2048-2048-2048-10}
 BATCH=${BATCH:-8}
 MODES=${MODES:-compute,ddp,full,full-noprefetch,grad,optim}
