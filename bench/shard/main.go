@@ -54,6 +54,7 @@ type options struct {
 	label  string
 	header bool
 	memory bool
+	sleep  time.Duration
 }
 
 var allModes = []string{"compute", "ddp", "full", "full-noprefetch", "grad", "optim", "none"}
@@ -99,6 +100,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	modes := fs.String("modes", "compute,ddp,full,full-noprefetch,grad,optim", "modes to time: "+strings.Join(allModes, ", "))
 	fs.StringVar(&o.label, "label", "loopback", "testbed label for the CSV")
 	fs.BoolVar(&o.header, "header", false, "print the CSV header first")
+	fs.DurationVar(&o.sleep, "sleep", 0, "instead of computing, wait this long per layer in forward and again in backward, and step with plain SGD: the overlap of communication with computation, apart from the competition for CPUs")
 	fs.BoolVar(&o.memory, "memory", false, "print the memory table (10M parameters, Adam, 1, 2 and 4 in-process ranks) and exit")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -156,6 +158,18 @@ func newTrainer(ctx context.Context, comm *collective.Comm, o options, mode stri
 		t.labels[i] = int32(rng.IntN(classes))
 	}
 	scale := nn.GlobalMeanScale(o.batch*comm.Size(), comm.Size())
+	var units [][]*parallel.Param
+	var unitOf []int
+	for _, l := range model.Layers {
+		unitOf = append(unitOf, -1)
+		if ps := l.Params(); len(ps) > 0 {
+			unitOf[len(unitOf)-1] = len(units)
+			units = append(units, ps)
+		}
+	}
+	if o.sleep > 0 {
+		return sleeper(ctx, comm, t, units, mode, o.sleep)
+	}
 	if mode == "compute" || mode == "ddp" {
 		po, err := nn.NewParamOptimizer(nn.NewAdam(1e-3), model.Params())
 		if err != nil {
@@ -191,27 +205,7 @@ func newTrainer(ctx context.Context, comm *collective.Comm, o options, mode stri
 		}
 		return t, nil
 	}
-	opts := shard.Options{}
-	switch mode {
-	case "full-noprefetch":
-		opts.Prefetch = -1
-	case "grad":
-		opts.Strategy = shard.ShardGradOp
-	case "optim":
-		opts.Strategy = shard.ShardOptimizer
-	case "none":
-		opts.Strategy = shard.NoShard
-	}
-	var units [][]*parallel.Param
-	var unitOf []int
-	for _, l := range model.Layers {
-		unitOf = append(unitOf, -1)
-		if ps := l.Params(); len(ps) > 0 {
-			unitOf[len(unitOf)-1] = len(units)
-			units = append(units, ps)
-		}
-	}
-	fs, err := shard.New(ctx, comm, units, opts)
+	fs, err := shard.New(ctx, comm, units, shardOptions(mode))
 	if err != nil {
 		return nil, err
 	}
@@ -262,6 +256,97 @@ func newTrainer(ctx context.Context, comm *collective.Comm, o options, mode stri
 			}
 		}
 		return fs.Step(ctx, opt)
+	}
+	return t, nil
+}
+
+func shardOptions(mode string) shard.Options {
+	switch mode {
+	case "full-noprefetch":
+		return shard.Options{Prefetch: -1}
+	case "grad":
+		return shard.Options{Strategy: shard.ShardGradOp}
+	case "optim":
+		return shard.Options{Strategy: shard.ShardOptimizer}
+	case "none":
+		return shard.Options{Strategy: shard.NoShard}
+	}
+	return shard.Options{}
+}
+
+// sleeper makes t's step wait d per unit in forward and in backward instead
+// of computing, with the same calls to DataParallel or FSDP, and plain SGD.
+func sleeper(ctx context.Context, comm *collective.Comm, t *trainer, units [][]*parallel.Param, mode string, d time.Duration) (*trainer, error) {
+	last := len(units) - 1
+	sgd := &nn.SGD{LR: 1e-3}
+	if mode == "compute" || mode == "ddp" {
+		var all []*parallel.Param
+		for _, ps := range units {
+			all = append(all, ps...)
+		}
+		po, err := nn.NewParamOptimizer(sgd, all)
+		if err != nil {
+			return nil, err
+		}
+		var dp *parallel.DataParallel
+		if mode == "ddp" {
+			if dp, err = parallel.NewDataParallel(ctx, comm, all, parallel.DataParallelOptions{}); err != nil {
+				return nil, err
+			}
+			t.close = func() { dp.Close() }
+		}
+		t.step = func(ctx context.Context) error {
+			for range units {
+				time.Sleep(d)
+			}
+			for u := last; u >= 0; u-- {
+				time.Sleep(d)
+				if dp != nil {
+					for _, p := range units[u] {
+						dp.Ready(p)
+					}
+				}
+			}
+			if dp != nil {
+				if err := dp.Sync(ctx); err != nil {
+					return err
+				}
+			}
+			return po.Step()
+		}
+		return t, nil
+	}
+	fs, err := shard.New(ctx, comm, units, shardOptions(mode))
+	if err != nil {
+		return nil, err
+	}
+	t.close = func() { fs.Close() }
+	t.wait = fs.Wait
+	t.step = func(ctx context.Context) error {
+		for u := range units {
+			if err := fs.Gather(ctx, u); err != nil {
+				return err
+			}
+			time.Sleep(d)
+			if u != last {
+				if err := fs.Release(u); err != nil {
+					return err
+				}
+			}
+		}
+		for u := last; u >= 0; u-- {
+			if err := fs.GatherBackward(ctx, u); err != nil {
+				return err
+			}
+			time.Sleep(d)
+			if err := fs.ReduceGrads(ctx, u); err != nil {
+				return err
+			}
+			if err := fs.Release(u); err != nil {
+				return err
+			}
+		}
+		return fs.Step(ctx, sgd)
 	}
 	return t, nil
 }

@@ -13,7 +13,11 @@
 # ratio to ddp's (the median of the per-run ratios). The raw rows go to
 # $OUT (default bench/shard/results.csv).
 #
-# Environment: NS ("2 4"), TESTBEDS ("loopback netns"), REPS (3),
+# With SLEEP (a duration, e.g. 50ms) every layer waits that long in
+# forward and again in backward instead of computing (bench/shard -sleep):
+# the overlap prefetch buys, apart from the competition for CPUs.
+#
+# Environment: NS ("2 4"), TESTBEDS ("loopback netns"), REPS (3), SLEEP,
 # STEPS (timed steps per mode, 12), MODEL (784-2048-2048-2048-10: 10.0M
 # parameters), BATCH (per rank, 8), MODES (bench/shard's default list),
 # RATE (1gbit), RINGO_NETNS_PREFIX (rshard-), RINGO_NETNS_SUBNET (10.78.5).
@@ -43,6 +47,11 @@ go build -o "$bin/shard" ./bench/shard
 go build -o "$bin/ringrun" ./cmd/ringrun
 
 common=(-model "$MODEL" -batch "$BATCH" -steps "$STEPS" -modes "$MODES")
+suffix=
+if [ -n "${SLEEP:-}" ]; then
+	common+=(-sleep "$SLEEP")
+	suffix=-sleep$SLEEP
+fi
 echo "testbed,ranks,model,params,batch_per_rank,mode,step_ms,vs_ddp" >"$OUT"
 for rep in $(seq "$REPS"); do
 	for n in $NS; do
@@ -50,13 +59,13 @@ for rep in $(seq "$REPS"); do
 			echo "run.sh: repetition $rep, $n ranks, $tb" >&2
 			case $tb in
 			loopback)
-				"$bin/ringrun" -q -np "$n" -x GOMAXPROCS=1 -- "$bin/shard" -label loopback "${common[@]}" | sed 's/^\[0\] //' >>"$OUT"
+				"$bin/ringrun" -q -np "$n" -x GOMAXPROCS=1 -- "$bin/shard" -label "loopback$suffix" "${common[@]}" | sed 's/^\[0\] //' >>"$OUT"
 				;;
 			netns)
 				"$netns" up "$n" --rate "$RATE" >&2
 				hosts=$(seq -s, -f "${RINGO_NETNS_PREFIX}h%g:1" 0 $((n - 1)))
 				ip netns exec "${RINGO_NETNS_PREFIX}h0" "$bin/ringrun" -q --hosts "$hosts" --agent 'ip netns exec' \
-					--addr "${RINGO_NETNS_SUBNET}.1" -x GOMAXPROCS=1 -- "$bin/shard" -label "netns-$RATE" "${common[@]}" |
+					--addr "${RINGO_NETNS_SUBNET}.1" -x GOMAXPROCS=1 -- "$bin/shard" -label "netns-$RATE$suffix" "${common[@]}" |
 					sed 's/^\[0\] //' >>"$OUT"
 				;;
 			*)
