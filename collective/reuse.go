@@ -112,12 +112,20 @@ func (a *AllReducer[T]) Wait(ctx context.Context) error {
 	return errors.Join(cause, <-a.done)
 }
 
-// Close waits for a call still in flight and ends the AllReducer's
-// goroutine. It does not close the communicator. Close is idempotent.
+// Close ends the AllReducer's goroutine. A call started and not waited for
+// is abandoned unless it has already finished: as Comm.Close does with a
+// call in flight, Close then aborts the communicator (its peers could never
+// pair their calls with this rank's again) and waits for the call, which
+// fails promptly. Close does not close the communicator. It is idempotent.
 func (a *AllReducer[T]) Close() error {
 	a.close.Do(func() {
 		if a.started {
-			<-a.done
+			select {
+			case <-a.done:
+			default:
+				a.c.Abort(fmt.Errorf("rank %d closed an AllReducer during its AllReduce(count=%d)", a.c.rank, len(a.buf)))
+				<-a.done
+			}
 			a.started = false
 		}
 		close(a.quit)

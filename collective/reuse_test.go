@@ -245,19 +245,32 @@ func TestAllReducerAbandonedWaitAbortsEveryRank(t *testing.T) {
 	require.ErrorIs(t, err, collective.ErrAborted)
 	err = collective.Barrier(ctx, comms[1])
 	require.ErrorIs(t, err, collective.ErrAborted)
-	require.ErrorContains(t, err, "rank 0 abandoned an AllReduce")
+	require.ErrorContains(t, err, "rank 0") // the cause, or that rank 0 was lost: the notice races the disconnection
+	require.ErrorContains(t, comms[0].Err(), "rank 0 abandoned an AllReduce(count=100) while waiting for it: step abandoned")
 }
 
-// Close waits for the call in flight, which the peers complete.
-func TestAllReducerCloseWaitsForTheCallInFlight(t *testing.T) {
+// Close abandons a call still in flight: the communicator is aborted on
+// every rank (a peer fails its next call, naming the rank), and Close
+// returns without waiting for the peers' timeout.
+func TestAllReducerCloseAbandonsTheCallInFlight(t *testing.T) {
 	comms := local(t, 2, collective.Config{})
 	bufs := [][]float32{{1, 2}, {10, 20}}
 	a, err := collective.NewAllReducer(comms[0], bufs[0], collective.Sum, collective.AllReducerOptions{})
 	require.NoError(t, err)
 	require.NoError(t, a.Start(ctx))
-	closed := make(chan struct{})
-	go func() { _ = a.Close(); close(closed) }()
 	require.NoError(t, collective.AllReduce(ctx, comms[1], bufs[1], collective.Sum))
-	<-closed
+	require.NoError(t, a.Wait(ctx))
+	require.NoError(t, a.Close(), "no call in flight: nothing to abandon")
+	require.NoError(t, comms[0].Err())
 	assert.Equal(t, []float32{11, 22}, bufs[0])
+
+	b, err := collective.NewAllReducer(comms[0], bufs[0], collective.Sum, collective.AllReducerOptions{})
+	require.NoError(t, err)
+	require.NoError(t, b.Start(ctx)) // rank 1 never comes
+	require.NoError(t, b.Close())
+	require.ErrorIs(t, comms[0].Err(), collective.ErrAborted)
+	err = collective.Barrier(ctx, comms[1])
+	require.ErrorIs(t, err, collective.ErrAborted)
+	require.ErrorContains(t, err, "rank 0") // the cause, or that rank 0 was lost: the notice races the disconnection
+	require.ErrorContains(t, comms[0].Err(), "rank 0 closed an AllReducer during its AllReduce(count=2)")
 }

@@ -164,7 +164,10 @@ func NewDataParallel(ctx context.Context, comm *collective.Comm, params []*Param
 func (dp *DataParallel) broadcastData(ctx context.Context) error {
 	for _, bk := range dp.buckets {
 		if dp.comm.Rank() == 0 {
-			dp.gather(bk, func(p *Param) []float32 { return p.Data })
+			off := 0
+			for _, i := range bk.params {
+				off += copy(bk.grad[off:], dp.params[i].Data)
+			}
 		}
 		if err := collective.Broadcast(ctx, dp.comm, bk.grad, 0); err != nil {
 			return err
@@ -177,20 +180,11 @@ func (dp *DataParallel) broadcastData(ctx context.Context) error {
 	return nil
 }
 
-// gather copies each of bk's parameters' slice (as field gives it) into
-// bk.grad.
-func (dp *DataParallel) gather(bk *bucket, field func(*Param) []float32) {
-	off := 0
-	for _, i := range bk.params {
-		off += copy(bk.grad[off:off+len(dp.views[i])], field(dp.params[i]))
-	}
-}
-
 // Ready says that p.Grad is final for this step: once every parameter of
 // p's bucket (and of every bucket before it) is ready, the bucket's
-// AllReduce starts in the background. p.Grad must not be written again
-// until Sync returns. Ready is optional, and safe to call from several
-// goroutines at once.
+// AllReduce starts in the background. p is one of the pointers given to
+// NewDataParallel. p.Grad must not be written again until Sync returns.
+// Ready is optional, and safe to call from several goroutines at once.
 //
 // Ready on a parameter that is not one of this DataParallel's, or twice for
 // one parameter in a step, is a bug in the caller: the next Sync reports it
@@ -261,7 +255,8 @@ func (dp *DataParallel) fault(err error) {
 // (a parameter never marked ready is reduced with its current gradient),
 // waits for all of them, and leaves in every p.Grad the average of p.Grad
 // over the ranks. With synchronisation off (SetSync), it only adds the
-// step's gradients to the local sum and communicates nothing.
+// step's gradients to the local sum (leaving zeros in p.Grad) and
+// communicates nothing.
 //
 // If ctx ends before the reductions finish, Sync aborts the communicator
 // (the ranks can no longer agree on this step) and returns ctx's cause. Any
@@ -342,7 +337,10 @@ func (dp *DataParallel) waitLaunched(ctx context.Context) error {
 	return first
 }
 
-// accumulate adds this micro-batch's gradients to the local sum.
+// accumulate moves this micro-batch's gradients into the local sum,
+// leaving zeros in the gradients: a Sync with no backward before it then
+// reduces the sum alone, and a backward that adds into p.Grad rather than
+// overwriting it accumulates correctly too.
 func (dp *DataParallel) accumulate() {
 	for _, bk := range dp.buckets {
 		if !dp.summed {
@@ -350,9 +348,10 @@ func (dp *DataParallel) accumulate() {
 				bk.acc = make([]float32, len(bk.grad))
 			}
 			copy(bk.acc, bk.grad)
-			continue
+		} else {
+			addTo(bk.acc, bk.grad)
 		}
-		addTo(bk.acc, bk.grad)
+		clear(bk.grad)
 	}
 	dp.summed = true
 }
@@ -436,9 +435,10 @@ func (dp *DataParallel) Buckets() []BucketInfo {
 	return out
 }
 
-// Close ends the DataParallel's background goroutines, after waiting for a
-// reduction still in flight. It does not close the communicator. Close is
-// idempotent and returns nil.
+// Close ends the DataParallel's background goroutines. It does not close
+// the communicator. A reduction still in flight (Ready was called, Sync
+// was not) is abandoned: the communicator is aborted, so that no rank waits
+// for this one. Close is idempotent and returns nil.
 func (dp *DataParallel) Close() error {
 	if dp.closed {
 		return nil

@@ -429,3 +429,48 @@ func TestFirstStepLogsParametersNeverMarkedReady(t *testing.T) {
 	assert.NotContains(t, out, "head0.w")
 	assert.NotContains(t, out, "head1.b")
 }
+
+// A Sync with synchronisation off moves the gradients into the sum and
+// leaves zeros: a backward that adds into p.Grad works as well as one that
+// overwrites it.
+func TestUnsynchronisedSyncLeavesZeroGradients(t *testing.T) {
+	const n = 2
+	comms := local(t, n)
+	lists := [][]*parallel.Param{params("a", 3), params("a", 3)}
+	dps := newDP(t, comms, lists, tiny)
+	requireAllOK(t, each(n, func(r int) error {
+		g := lists[r][0].Grad
+		return dps[r].NoSync(func() error {
+			for k := range 2 {
+				for j := range g {
+					g[j] += float32(r + j + k) // adds, as torch's backward does
+				}
+				if err := dps[r].Sync(ctx); err != nil {
+					return err
+				}
+				if fmt.Sprint(g) != "[0 0 0]" {
+					return fmt.Errorf("rank %d: gradients %v after an unsynchronised Sync", r, g)
+				}
+			}
+			return nil
+		})
+	}))
+	requireAllOK(t, each(n, func(r int) error { return dps[r].Sync(ctx) })) // no backward: the sum alone
+	for r := range n {
+		// Σ_r Σ_k (r+j+k) / 2 = (1 + 2j + 1 + 2j + 2) / 2 = 2j + 2
+		assert.Equal(t, []float32{2, 4, 6}, lists[r][0].Grad, "rank %d", r)
+	}
+}
+
+// Without DataParallelOptions.Logger, the report goes to the
+// communicator's logger: at debug level under RINGO_DEBUG.
+func TestFirstStepReportGoesToTheCommunicatorsLogger(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	comms := localConfig(t, 1, collective.Config{Logger: log})
+	m := newModel(headSizes, false)
+	dp := newDP(t, comms, [][]*parallel.Param{m.params}, parallel.DataParallelOptions{})[0]
+	require.NoError(t, dp.Sync(ctx))
+	assert.Contains(t, buf.String(), "never marked ready")
+	assert.Contains(t, buf.String(), "rank=0")
+}

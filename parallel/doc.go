@@ -65,9 +65,9 @@
 // is the mean over its b samples, the result is the mean over the global
 // batch of N·b samples, what one process computes on the whole batch.
 //
-// SetSync(false), or NoSync, makes Sync communicate nothing: it adds this
-// micro-batch's gradients to a local sum kept by DataParallel, and backward
-// may overwrite p.Grad again. The next synchronising Sync adds the sum to the
+// SetSync(false), or NoSync, makes Sync communicate nothing: it moves this
+// micro-batch's gradients into a local sum kept by DataParallel, leaving
+// zeros in p.Grad for the next backward. The next synchronising Sync adds the sum to the
 // last micro-batch's p.Grad and averages over the ranks. So after k
 // micro-batches p.Grad is the average over the ranks of each rank's SUM of
 // k micro-batch gradients, summed left to right (g1+g2)+g3...: as in PyTorch,
@@ -84,4 +84,10 @@
 // never a hang, never a wrong average. The communicator is then aborted;
 // restart the job, for example from a checkpoint (SaveCheckpoint,
 // LoadCheckpoint and package checkpoint).
+//
+// The check rides on the collectives' signatures (kind, type, length, op),
+// so one case escapes it: a rank one Sync short whose next call is an
+// AllReduce exactly like a bucket's (float32, Avg, the bucket's length), on
+// a model of a single bucket, is paired with that bucket. With two buckets
+// or more, the next bucket fails every rank's Sync.
 package parallel

@@ -18,7 +18,10 @@
 //     a ready hook for each parameter as soon as its gradient is final, last
 //     layer first, before computing the gradient of the layer's input, so
 //     that communication of that gradient overlaps the rest of backward.
-//     ZeroGrad clears the gradients between steps.
+//     ZeroGrad clears the gradients between steps. With parallel.DataParallel,
+//     call ZeroGrad before every backward, micro-batches included:
+//     DataParallel keeps the running sum of no-sync micro-batches itself
+//     (its convention is that backward writes a fresh gradient).
 //
 // Loss scaling under data parallelism: the loss takes a scale factor s and
 // produces s·∂(Σ losses)/∂logits. In one process with batch B, s = 1/B gives

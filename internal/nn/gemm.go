@@ -1,6 +1,8 @@
 package nn
 
 import (
+	"runtime"
+
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas32"
 )
@@ -15,6 +17,14 @@ const (
 	gemmTileRows = 64
 	gemmTileCols = 192
 )
+
+// yieldWork is how many multiply-adds gemm does between yields of the
+// processor (about a tenth of a millisecond). A training step's
+// communication runs on other goroutines (DataParallel's bucket
+// reductions, started while backward goes on); with one thread per rank
+// (GOMAXPROCS=1) they would otherwise wait for the scheduler to preempt
+// this long loop, every 10 ms, and overlap would cost instead of pay.
+const yieldWork = 1 << 18
 
 // gemm computes C = alpha·op(A)·op(B) + beta·C for row-major matrices:
 // op(A) is m×k, op(B) is k×n and C is m×n. A is stored as m×k (k×m when
@@ -39,6 +49,7 @@ func gemm(transA, transB bool, m, n, k int, alpha float32, a, b []float32, beta 
 	if transB {
 		tB, ldb = blas.Trans, k
 	}
+	work := 0
 	for i0 := 0; i0 < m; i0 += gemmTileRows {
 		mi := min(gemmTileRows, m-i0)
 		// op(A)'s rows i0..i0+mi: rows of A, or columns when transposed.
@@ -61,6 +72,10 @@ func gemm(transA, transB bool, m, n, k int, alpha float32, a, b []float32, beta 
 				blas32.General{Rows: rowsOf(transB, k, nj), Cols: colsOf(transB, k, nj), Stride: ldb, Data: bTile},
 				beta,
 				blas32.General{Rows: mi, Cols: nj, Stride: n, Data: c[i0*n+j0:]})
+			if work += mi * nj * k; work >= yieldWork {
+				runtime.Gosched()
+				work = 0
+			}
 		}
 	}
 }

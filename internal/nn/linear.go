@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
 
 	"github.com/ringo-ml/ringo/parallel"
 )
@@ -85,6 +86,9 @@ func (l *Linear) Backward(dy []float32, inputGrad bool, ready func(*parallel.Par
 	}
 	if ready != nil {
 		ready(l.Bias)
+		// Let the goroutine the hook may have woken (a bucket's reduction)
+		// start before this goroutine takes the processor for dx.
+		runtime.Gosched()
 	}
 	if !inputGrad {
 		return nil, nil

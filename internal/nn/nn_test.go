@@ -274,9 +274,12 @@ func TestMLPBuilderIsDeterministic(t *testing.T) {
 		require.NotEqual(t, p.Data, c.Params()[j].Data)
 		fanIn := []int{784, 256, 256}[j/2]
 		bound := float32(1 / math.Sqrt(float64(fanIn)))
+		largest := float32(0)
 		for _, v := range p.Data {
-			require.LessOrEqual(t, float32(math.Abs(float64(v))), bound)
+			largest = max(largest, float32(math.Abs(float64(v))))
 		}
+		require.LessOrEqual(t, largest, bound, p.Name)
+		require.Greater(t, largest, bound*0.9, "%s: uniform over the whole ±1/√fan-in", p.Name)
 	}
 	require.Equal(t, []string{"fc0.weight", "fc0.bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}, names)
 }
