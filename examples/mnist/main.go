@@ -7,6 +7,7 @@
 //	go run ./examples/mnist -mode pipeline -stages 2 -microbatches 4 [-schedule gpipe|1f1b|interleaved]
 //	                                              the MLP cut into 2 stages; 4 ranks = 2 pipelines × 2 replicas
 //	go run ./examples/mnist -mode ps -servers 1   parameter servers (async by default; -consistency sync|ssp:K)
+//	go run ./examples/mnist -mode fsdp            sharded (FSDP/ZeRO-3; -strategy grad|optim|none|hybrid)
 //	ringrun -np 4 ./mnist -checkpoint ckpt        one rank per process under a launcher
 //
 // Standalone, -mode ddp starts -np copies of itself as the ranks of a local

@@ -202,7 +202,7 @@ func TestOptions(t *testing.T) {
 	require.True(t, o.npSet)
 	require.Equal(t, []int{784, 10, 20, 30, 10}, o.layerSizes())
 	for _, bad := range [][]string{
-		{"-mode", "fsdp"}, {"-np", "0"}, {"-hidden", "10,x"}, {"-hidden", "0"}, {"-batch", "0"},
+		{"-mode", "zero"}, {"-strategy", "zero4"}, {"-np", "0"}, {"-hidden", "10,x"}, {"-hidden", "0"}, {"-batch", "0"},
 		{"-lr", "-1"}, {"-optimizer", "lbfgs"}, {"-train-samples", "70000"}, {"-compression", "bf16", "-mode", "single"},
 		{"extra"},
 	} {

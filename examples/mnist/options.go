@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/ringo-ml/ringo/internal/mnist"
+	"github.com/ringo-ml/ringo/shard"
 )
 
 // options are the command's flags.
@@ -36,6 +37,11 @@ type options struct {
 	schedule     string
 	servers      int    // -mode ps
 	consistency  string // -mode ps
+	// -mode fsdp
+	strategy          string
+	prefetch          int
+	groupSize         int
+	shardedCheckpoint bool
 }
 
 func parseOptions(args []string, stderr io.Writer) (options, error) {
@@ -56,7 +62,7 @@ Rank 0 prints "step=K loss=X" (the mean loss over the global batch),
 		fs.PrintDefaults()
 	}
 	fs.IntVar(&o.np, "np", 4, "number of local rank processes to start (ignored under a launcher, which sets the world size)")
-	fs.StringVar(&o.mode, "mode", "ddp", "how to train: single (one process), ddp (data parallel), pipeline (model split into -stages; -np/-stages replicas) or ps (parameter servers)")
+	fs.StringVar(&o.mode, "mode", "ddp", "how to train: single (one process), ddp (data parallel), fsdp (sharded data parallel), pipeline (model split into -stages; -np/-stages replicas) or ps (parameter servers)")
 	fs.IntVar(&o.epochs, "epochs", 2, "passes over the training set")
 	fs.IntVar(&o.steps, "steps", 0, "stop after this many optimizer steps in all (0: no limit)")
 	fs.IntVar(&o.batch, "batch", 64, "global batch size, split over the ranks")
@@ -73,6 +79,10 @@ Rank 0 prints "step=K loss=X" (the mean loss over the global batch),
 	pipelineFlags(fs, &o)
 	fs.IntVar(&o.servers, "servers", 1, "ps: how many of the -np ranks are servers (the first ones)")
 	fs.StringVar(&o.consistency, "consistency", "async", "ps: async, sync or ssp:K (bounded staleness K)")
+	fs.StringVar(&o.strategy, "strategy", "full", "fsdp: what each rank shards: full (parameters, gradients, optimizer state), grad (gradients and optimizer state), optim (optimizer state), none, or hybrid (full within groups of -group-size ranks)")
+	fs.IntVar(&o.prefetch, "prefetch", 1, "fsdp: units whose gather starts ahead of use (0: none)")
+	fs.IntVar(&o.groupSize, "group-size", 0, "fsdp -strategy hybrid: ranks per shard group (0: the launcher's ranks per host)")
+	fs.BoolVar(&o.shardedCheckpoint, "sharded-checkpoint", false, "fsdp: save and resume sharded checkpoints (a directory beside -checkpoint's file, each rank writing its shard)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -90,9 +100,13 @@ Rank 0 prints "step=K loss=X" (the mean loss over the global batch),
 	o.hidden, err = parseSizes(*hidden)
 	check(err == nil, "-hidden %q: want positive sizes separated by commas", *hidden)
 	check(o.np >= 1, "-np %d: want 1 or more", o.np)
-	check(o.mode == "single" || o.mode == "ddp" || o.mode == "pipeline" || o.mode == "ps", "-mode %q: want single, ddp, pipeline or ps", o.mode)
+	check(o.mode == "single" || o.mode == "ddp" || o.mode == "fsdp" || o.mode == "pipeline" || o.mode == "ps", "-mode %q: want single, ddp, fsdp, pipeline or ps", o.mode)
 	check(o.mode != "ps" || o.servers >= 1 && (!o.npSet || o.servers < o.np), "-servers %d: want 1 or more, leaving at least one worker of the -np ranks", o.servers)
 	check(o.mode != "ps" || o.checkpoint == "", "-checkpoint: -mode ps does not save checkpoints")
+	_, serr := shard.ParseStrategy(o.strategy)
+	check(serr == nil, "-strategy %q: want full, grad, optim, none or hybrid", o.strategy)
+	check(o.prefetch >= 0, "-prefetch %d: want 0 (none) or more", o.prefetch)
+	check(o.groupSize >= 0, "-group-size %d: want 0 (ranks per host) or more", o.groupSize)
 	check(o.epochs >= 1, "-epochs %d: want 1 or more", o.epochs)
 	check(o.steps >= 0, "-steps %d: want 0 (no limit) or more", o.steps)
 	check(o.batch >= 1, "-batch %d: want 1 or more", o.batch)

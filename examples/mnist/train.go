@@ -79,6 +79,8 @@ func newTrainer(ctx context.Context, j *job) (trainer, error) {
 		return newPipe(ctx, j)
 	case "ps":
 		return newPS(ctx, j)
+	case "fsdp":
+		return newFSDP(ctx, j)
 	}
 	return nil, fmt.Errorf("unknown mode %q", j.opts.mode)
 }
