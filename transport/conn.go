@@ -37,9 +37,16 @@ type Conn struct {
 	rhdr [HeaderSize]byte
 }
 
-// NewConn frames s.
+// NewConn frames s. A stream whose reads cost no system call (shared
+// memory) may ask for a smaller read buffer with a method ReadBufferSize()
+// int: a buffer saves a large payload no system call there, and costs a
+// second copy of its first bytes.
 func NewConn(s Stream) *Conn {
-	return &Conn{s: s, r: bufio.NewReaderSize(s, readBufferSize)}
+	size := readBufferSize
+	if b, ok := s.(interface{ ReadBufferSize() int }); ok {
+		size = b.ReadBufferSize()
+	}
+	return &Conn{s: s, r: bufio.NewReaderSize(s, size)}
 }
 
 // WriteFrame writes h followed by payload with one vectored write. It sets

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ringo-ml/ringo/transport"
 	"github.com/ringo-ml/ringo/transport/quic"
+	"github.com/ringo-ml/ringo/transport/shm"
 )
 
 // networks are the Networks a Mesh runs over; each call makes one rank's
@@ -28,6 +29,7 @@ var networks = []struct {
 	{"tcp", func(testing.TB) transport.Network { return transport.NewTCPNetwork(nil) }},
 	{"tcp+tls", func(t testing.TB) transport.Network { return transport.NewTCPNetwork(newCertTB(t)) }},
 	{"quic", func(t testing.TB) transport.Network { return quic.NewNetwork(newCertTB(t)) }},
+	{"shm-control", func(testing.TB) transport.Network { return shm.ControlNetwork() }},
 }
 
 func newCertTB(t testing.TB) *transport.Certificate {
@@ -165,9 +167,11 @@ func TestMeshConnectsEveryPairOnEveryChannel(t *testing.T) {
 				assert.IsType(t, &tls.Conn{}, s)
 			case "quic":
 				assert.IsType(t, &quic.Stream{}, s)
+			case "shm-control":
+				assert.IsType(t, &net.UnixConn{}, s)
 			}
 			_, isTLS := transport.PeerFingerprint(s)
-			assert.Equal(t, nw.name != "tcp", isTLS)
+			assert.Equal(t, nw.name == "tcp+tls" || nw.name == "quic", isTLS)
 		})
 	}
 }
@@ -337,6 +341,23 @@ func meshPair(nw func(testing.TB) transport.Network) pairMaker {
 	return func(t *testing.T) (transport.Stream, transport.Stream) {
 		streams := connectAll(t, asConnectors(meshes(t, 2, nw, nil, nil)), 11)
 		return streams[1][0], streams[0][1] // the dialer's end, the listener's
+	}
+}
+
+// shmPair connects two ranks through shared memory, set up over control
+// connectors made by control (closed when the test ends).
+func shmPair(control func(t *testing.T) []transport.Connector) pairMaker {
+	return func(t *testing.T) (transport.Stream, transport.Stream) {
+		ctl := control(t)
+		conns := []transport.Connector{shm.Over(0, ctl[0], shm.Options{}), shm.Over(1, ctl[1], shm.Options{})}
+		t.Cleanup(func() {
+			for _, c := range conns {
+				_ = c.Close()
+			}
+		})
+		streams := connectAll(t, conns, 5)
+		cleanup(t, streams[1][0], streams[0][1])
+		return streams[1][0], streams[0][1]
 	}
 }
 

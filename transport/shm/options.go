@@ -1,0 +1,53 @@
+package shm
+
+import (
+	"time"
+
+	"github.com/ringo-ml/ringo/transport"
+)
+
+// Ring capacities a segment may have: a creator picks one (Options), the
+// other side refuses any other size it is offered.
+const (
+	MinSegmentBytes = 4 << 10
+	MaxSegmentBytes = 64 << 20
+)
+
+// Options tune a Connector's streams.
+type Options struct {
+	// SegmentBytes is the ring capacity of each direction of a link: a
+	// power of two from MinSegmentBytes to MaxSegmentBytes; zero means
+	// DefaultSegmentBytes.
+	SegmentBytes int
+	// Spin is how long a side that finds its ring empty (or full) polls it
+	// before it sleeps on the futex; zero means DefaultSpin, negative no
+	// polling at all.
+	Spin time.Duration
+}
+
+// DefaultSegmentBytes and DefaultSpin are the defaults of Options.
+//
+// DefaultSpin: a wake-up from the futex takes microseconds, a poll that
+// finds the data tens of nanoseconds, so a rank waiting for its
+// neighbour's next frame should poll about as long as a frame usually
+// takes to come; but every poll is CPU another rank on the same core could
+// have used. See the package's benchmark of the spin (BenchmarkSpin) for
+// the measurements behind the value.
+const (
+	DefaultSegmentBytes = 1 << 20
+	DefaultSpin         = 20 * time.Microsecond
+)
+
+func (o Options) normalized() Options {
+	if o.SegmentBytes == 0 {
+		o.SegmentBytes = DefaultSegmentBytes
+	}
+	if o.Spin == 0 {
+		o.Spin = DefaultSpin
+	}
+	return o
+}
+
+// shmCost is what the cost model should assume of shared-memory links:
+// see its fit in the comment of fitted below.
+var shmCost = transport.Cost{Alpha: 3e-6, Beta: 0.25e-9, Duplex: 1}
