@@ -22,9 +22,10 @@ const (
 	algoDoubling
 	algoRabenseifner
 	algoBidir
+	algoHier
 )
 
-var algoNames = [...]string{"auto", "ring", "doubling", "rabenseifner", "bidir"}
+var algoNames = [...]string{"auto", "ring", "doubling", "rabenseifner", "bidir", "hier"}
 
 func (a algorithm) String() string {
 	if int(a) < len(algoNames) {
@@ -45,8 +46,10 @@ func parseAlgorithm(s string) (algorithm, error) {
 		return algoRabenseifner, nil
 	case "bidir", "bidirectional":
 		return algoBidir, nil
+	case "hier", "hierarchical":
+		return algoHier, nil
 	}
-	return algoAuto, invalidf("unknown algorithm %q (want ring, bidir, doubling, rabenseifner or auto)", s)
+	return algoAuto, invalidf("unknown algorithm %q (want ring, bidir, doubling, rabenseifner, hier or auto)", s)
 }
 
 // allReduceAlgorithm picks the algorithm for a vector of the given size:
@@ -72,14 +75,27 @@ func parseAlgorithm(s string) (algorithm, error) {
 // the ring from 32-256 KiB (the fold makes doubling and Rabenseifner pay the
 // whole vector twice more); 4 and 8 ranks Rabenseifner from 128-256 KiB, the
 // ring from 16-32 MiB (where Rabenseifner's 4 MiB frames go in lockstep).
+//
+// With several hosts of several ranks each, the hierarchical schedule
+// (hier.go) is a candidate too, priced with the links within a host and
+// between hosts apart. Forced on a communicator where it does not apply
+// (one host, one rank per host, hosts with different numbers of ranks),
+// "hier" runs the ring, which is what it would amount to.
 func (c *Comm) allReduceAlgorithm(bytes int) algorithm {
 	switch {
 	case c.size == 1:
 		return algoRing
+	case c.algo == algoHier && !c.topo.hierarchical():
+		return algoRing
 	case c.algo != algoAuto:
 		return c.algo
 	}
-	return c.model.bestAllReduce(c.size, bytes)
+	best := c.model.bestAllReduce(c.size, bytes)
+	if c.topo.hierarchical() && hierAllReduceSeconds(c.local, c.remote, c.topo.localSize(), c.topo.hosts, bytes) <
+		c.model.seconds(c.model.allReduceCost(best, c.size, bytes)) {
+		return algoHier
+	}
+	return best
 }
 
 // bitsLen is ceil(log2(n+1)): the rounds of recursive doubling for n+1 ranks.
@@ -100,6 +116,8 @@ func allReduce[T Elem](c *Comm, algo algorithm, buf []T, red link.Reducer[T]) er
 		return doubling.AllReduce(c.rank, c.size, c.peers, buf, scratchOf[T](c, doubling.ScratchLen[T](len(buf))), red)
 	case algoRabenseifner:
 		return doubling.Rabenseifner(c.rank, c.size, c.peers, buf, scratchOf[T](c, len(buf)), red)
+	case algoHier:
+		return hierAllReduce(c, buf, red)
 	}
 	return ring.AllReduce(c.ring, buf, red)
 }

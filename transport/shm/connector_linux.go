@@ -5,7 +5,9 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -43,18 +45,31 @@ type connector struct {
 }
 
 // Connect sets up a shared-memory stream to peer on channel; both ranks
-// must ask for it.
+// must ask for it. A peer that gives up on the setup half-way (its call
+// was abandoned: its control stream closes) is waited for again, until
+// ctx ends, as a Mesh waits again for a peer whose handshake broke off.
 func (c *connector) Connect(ctx context.Context, channel uint64, peer int) (transport.Stream, error) {
-	cs, err := c.control.Connect(ctx, channel, peer)
-	if err != nil {
-		return nil, err
-	}
-	s, err := setup(ctx, cs, c.self < peer, c.opt)
-	if err != nil {
+	for {
+		cs, err := c.control.Connect(ctx, channel, peer)
+		if err != nil {
+			return nil, err
+		}
+		s, err := setup(ctx, cs, c.self < peer, c.opt)
+		if err == nil {
+			return s, nil
+		}
 		_ = cs.Close()
-		return nil, fmt.Errorf("shared memory link to rank %d: %w", peer, err)
+		if ctx.Err() != nil || !brokenOff(err) {
+			return nil, fmt.Errorf("shared memory link to rank %d: %w", peer, err)
+		}
 	}
-	return s, nil
+}
+
+// brokenOff reports whether a setup failed because the control stream
+// ended under it: the peer closed it (or exited), not a refusal.
+func brokenOff(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE)
 }
 
 // Cost is the shared-memory fit (see shmCost).

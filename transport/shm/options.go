@@ -51,3 +51,7 @@ func (o Options) normalized() Options {
 // shmCost is what the cost model should assume of shared-memory links:
 // see its fit in the comment of fitted below.
 var shmCost = transport.Cost{Alpha: 3e-6, Beta: 0.25e-9, Duplex: 1}
+
+// LinkCost is what the cost model should assume of shared-memory links
+// (every Connector's Cost).
+func LinkCost() transport.Cost { return shmCost }

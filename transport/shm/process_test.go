@@ -118,4 +118,5 @@ func TestKilledPeerIsSeenAtOnce(t *testing.T) {
 	_, err = s.Write([]byte("x"))
 	require.Error(t, err)
 	assert.Equal(t, before, segments(t))
+	assert.Empty(t, segments(t, cmd.Process.Pid), "the killed process's")
 }

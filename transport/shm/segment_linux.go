@@ -49,11 +49,12 @@ const (
 // segmentDir is where segments are created: POSIX shared memory on Linux.
 const segmentDir = "/dev/shm"
 
-// segmentPrefix starts every segment's name; 32 hex digits (128 random
-// bits) follow.
+// segmentPrefix starts every segment's name; the creator's process id and
+// 32 hex digits (128 random bits) follow: the pid says whose a segment is
+// (should one be left behind), the random bits make it unguessable.
 const segmentPrefix = "ringo-"
 
-var segmentName = regexp.MustCompile(`^ringo-[0-9a-f]{32}$`)
+var segmentName = regexp.MustCompile(`^ringo-[0-9]{1,10}-[0-9a-f]{32}$`)
 
 type segment struct {
 	mem      []byte
@@ -121,7 +122,7 @@ func createSegment(dir string, capacity int) (*segment, string, error) {
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return nil, "", fmt.Errorf("shm: segment name: %w", err)
 	}
-	name := segmentPrefix + hex.EncodeToString(rnd[:])
+	name := fmt.Sprintf("%s%d-%s", segmentPrefix, os.Getpid(), hex.EncodeToString(rnd[:]))
 	path := filepath.Join(dir, name)
 	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {

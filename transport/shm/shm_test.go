@@ -3,6 +3,7 @@ package shm_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -83,14 +84,22 @@ func connectPair(t testing.TB, a, b transport.Connector) (transport.Stream, tran
 	return sa, sb
 }
 
-func segments(t testing.TB) []string {
+// segments lists the segments in /dev/shm that the processes pids
+// created (this one if none is given): other tests, in other processes,
+// may be making theirs meanwhile.
+func segments(t testing.TB, pids ...int) []string {
 	t.Helper()
+	if len(pids) == 0 {
+		pids = []int{os.Getpid()}
+	}
 	entries, err := os.ReadDir("/dev/shm")
 	require.NoError(t, err)
 	var names []string
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), "ringo-") {
-			names = append(names, e.Name())
+		for _, pid := range pids {
+			if strings.HasPrefix(e.Name(), fmt.Sprintf("ringo-%d-", pid)) {
+				names = append(names, e.Name())
+			}
 		}
 	}
 	return names
@@ -245,12 +254,12 @@ func TestSegmentNamesAndModes(t *testing.T) {
 	seen := map[string]bool{}
 	for range 3 {
 		name, mode := shm.CreateSegmentForTest(t)
-		require.Regexp(t, `^ringo-[0-9a-f]{32}$`, name)
+		require.Regexp(t, fmt.Sprintf(`^ringo-%d-[0-9a-f]{32}$`, os.Getpid()), name)
 		require.False(t, seen[name])
 		seen[name] = true
 		require.Equal(t, os.FileMode(0o600), mode)
 	}
-	for _, bad := range []string{"../etc/passwd", "ringo-", "ringo-../../x", "other-0123456789abcdef0123456789abcdef"} {
+	for _, bad := range []string{"../etc/passwd", "ringo-", "ringo-1-../../x", "ringo-0123456789abcdef0123456789abcdef", "other-1-0123456789abcdef0123456789abcdef"} {
 		err := shm.OpenSegmentForTest(bad)
 		require.ErrorIs(t, err, transport.ErrProtocol, bad)
 	}
