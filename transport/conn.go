@@ -28,6 +28,10 @@ const readBufferSize = 4096
 type Conn struct {
 	s Stream
 	r *bufio.Reader
+	// try is s's way of writing without waiting, if it has one; canTry
+	// says so.
+	try    tryWriter
+	canTry bool
 
 	wmu  sync.Mutex
 	whdr [HeaderSize]byte
@@ -46,7 +50,26 @@ func NewConn(s Stream) *Conn {
 	if b, ok := s.(interface{ ReadBufferSize() int }); ok {
 		size = b.ReadBufferSize()
 	}
-	return &Conn{s: s, r: bufio.NewReaderSize(s, size)}
+	c := &Conn{s: s, r: bufio.NewReaderSize(s, size)}
+	c.try, c.canTry = s.(tryWriter)
+	return c
+}
+
+// tryWriter is a Stream that can write without waiting when it has room
+// (a shared-memory ring): a Link then writes small frames on its caller's
+// goroutine instead of handing them to its sender.
+type tryWriter interface {
+	// TryWrite writes a and then b if there is room for both now, and
+	// reports whether it did; it never waits, and writes all or nothing.
+	TryWrite(a, b []byte) (bool, error)
+}
+
+// tryWriteLocked writes a frame if the stream can take it at once (see
+// tryWriter); c.wmu is held.
+func (c *Conn) tryWriteLocked(h *Header, payload []byte) (bool, error) {
+	h.Len = uint32(len(payload))
+	h.Encode(&c.whdr)
+	return c.try.TryWrite(c.whdr[:], payload)
 }
 
 // WriteFrame writes h followed by payload with one vectored write. It sets

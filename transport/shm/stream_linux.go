@@ -19,6 +19,11 @@ import (
 // pieces, the reader copying out one while the writer copies in the next.
 const publishBytes = 64 << 10
 
+// spinPolls bounds the polls between looks at the clock: past it, each
+// poll looks (and soon sleeps), so that a spin of a few microseconds stays
+// one even where a yield takes long.
+const spinPolls = 1 << 12
+
 // maxSleep bounds one futex sleep. Every wake-up a sleeper needs is sent
 // (see wake), so it only matters if a peer misbehaves: a sleeper then
 // still looks again now and then instead of never.
@@ -151,6 +156,37 @@ func (s *Stream) Write(p []byte) (int, error) {
 	return done, nil
 }
 
+// TryWrite writes a and then b if the ring has room for both now, and
+// reports whether it did: all or nothing, without waiting (see
+// transport.Conn, which writes small frames so on the caller's goroutine).
+func (s *Stream) TryWrite(a, b []byte) (bool, error) {
+	if !s.wmu.TryLock() {
+		return false, nil
+	}
+	defer s.wmu.Unlock()
+	if !s.acquire() {
+		return false, net.ErrClosed
+	}
+	defer s.release()
+	if s.gone.Load() {
+		return false, errPeerGone
+	}
+	free, err := s.out.writable(s.tail)
+	if err != nil {
+		return false, err
+	}
+	n := uint64(len(a) + len(b))
+	if n > free {
+		return false, nil
+	}
+	s.out.copyIn(s.tail, a)
+	s.out.copyIn(s.tail+uint64(len(a)), b)
+	s.tail += n
+	s.out.tail.Store(s.tail)
+	wake(s.out.readerSleep)
+	return true, nil
+}
+
 // await waits until the ring has bytes to read (deadline is the read
 // deadline) or room to write (the write deadline), and returns how many.
 // It polls for up to the spin time, yielding to the process's other
@@ -174,12 +210,18 @@ func (s *Stream) await(deadline *atomic.Int64) (uint64, error) {
 		case gone:
 			return 0, io.EOF
 		}
+		if s.spin > 0 && polls%16 != 15 && polls < spinPolls {
+			// Between looks at the clock, which cost more than a poll (the
+			// first is after 15 polls, by when most waits have ended).
+			runtime.Gosched()
+			continue
+		}
 		now := time.Now()
 		dl := deadline.Load()
 		if dl != 0 && now.UnixNano() >= dl {
 			return 0, os.ErrDeadlineExceeded
 		}
-		if polls == 0 {
+		if spinUntil.IsZero() {
 			spinUntil = now.Add(s.spin)
 		}
 		if now.Before(spinUntil) {
