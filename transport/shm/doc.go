@@ -32,9 +32,14 @@
 //
 // A side that finds its ring empty (reader) or full (writer) spins for a
 // bounded time (Options.Spin), yielding to the other goroutines of its
-// process, then sleeps on a futex in the segment that the other side wakes
-// when it publishes. A sleeper costs no CPU, so more ranks than cores still
-// make progress.
+// process and, every few polls, its core to other processes; then it
+// sleeps. A sleeper says so in the segment, and the side that publishes
+// next rings it awake with a byte on the control stream, which reaches it
+// through the network poller. A sleeper costs no CPU, so more ranks than
+// cores still make progress. (Not a futex in the segment: a goroutine in
+// a futex system call keeps its process's right to run Go code for up to
+// milliseconds, and with one such right per rank, as on an oversubscribed
+// machine, the rank's other goroutines wait that long; see Stream.sleep.)
 //
 // # Distrust
 //
@@ -45,6 +50,6 @@
 // ring, so garbage never causes an out-of-bounds access. Garbage in the
 // data fails the frame checks of transport.Conn.
 //
-// The package is Linux-only (futexes, /dev/shm, abstract sockets);
+// The package is Linux-only (/dev/shm, abstract sockets, sched_yield);
 // elsewhere Supported reports false and jobs use sockets.
 package shm

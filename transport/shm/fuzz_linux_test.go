@@ -102,3 +102,22 @@ func TestWriterRefusesACorruptHead(t *testing.T) {
 		require.NoError(t, peers.Close())
 	}
 }
+
+// A byte on the control stream that is no bell ends the stream as a lost
+// peer would: what the ring holds is read, then the end.
+func TestNoiseOnTheControlStreamEndsTheStream(t *testing.T) {
+	in, out := heapSegment(t), heapSegment(t)
+	mine, peers := transport.Pipe()
+	defer peers.Close()
+	in.copyIn(0, []byte("ok"))
+	in.tail.Store(2)
+	s := newStream(in, out, mine, Options{Spin: -1})
+	defer s.Close()
+	_, err := peers.Write([]byte("r?"))
+	require.NoError(t, err)
+	got, err := io.ReadAll(s)
+	require.NoError(t, err)
+	require.Equal(t, "ok", string(got))
+	_, err = s.Write([]byte("x"))
+	require.ErrorIs(t, err, io.ErrClosedPipe)
+}

@@ -20,19 +20,21 @@ type Options struct {
 	// DefaultSegmentBytes.
 	SegmentBytes int
 	// Spin is how long a side that finds its ring empty (or full) polls it
-	// before it sleeps on the futex; zero means DefaultSpin, negative no
-	// polling at all.
+	// before it sleeps; zero means DefaultSpin, negative no polling at all.
 	Spin time.Duration
 }
 
 // DefaultSegmentBytes and DefaultSpin are the defaults of Options.
 //
-// DefaultSpin: a wake-up from the futex takes microseconds, a poll that
-// finds the data tens of nanoseconds, so a rank waiting for its
-// neighbour's next frame should poll about as long as a frame usually
-// takes to come; but every poll is CPU another rank on the same core could
-// have used. See the package's benchmark of the spin (BenchmarkSpin) for
-// the measurements behind the value.
+// DefaultSpin: a sleeper's wake-up (the peer's bell, through the network
+// poller) takes about ten microseconds, a poll that finds the data tens of
+// nanoseconds, so a rank waiting for its neighbour's next frame should
+// poll about as long as a frame usually takes to come; every poll yields,
+// so that a rank sharing its core lets the others run. Between processes
+// (ringbench, median of interleaved sweeps, 2026-11-30), on 2 ranks an
+// 8-byte AllReduce took 1.1-1.6 us with 20 us of spin, 10 us and more
+// without; on 4 ranks (2 cores) 5, 20 and 100 us were within the noise of
+// each other (20-40 us).
 const (
 	DefaultSegmentBytes = 1 << 20
 	DefaultSpin         = 20 * time.Microsecond

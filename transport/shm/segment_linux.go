@@ -27,8 +27,8 @@ import (
 //	12    capacity of the ring in bytes (uint32, a power of two)
 //	64    tail: bytes the writer has published (uint64, the writer's)
 //	128   head: bytes the reader has consumed (uint64, the reader's)
-//	192   readerSleeping (uint32): a futex, 1 while the reader sleeps
-//	256   writerSleeping (uint32): a futex, 1 while the writer sleeps
+//	192   readerSleeping (uint32): 1 while the reader sleeps (ring its bell)
+//	256   writerSleeping (uint32): 1 while the writer sleeps
 //	4096  the ring: byte i of the stream is at 4096 + i mod capacity
 //
 // Every word is in memory the peer can write. Each side keeps its own
@@ -257,14 +257,4 @@ func (g *segment) copyOut(dst []byte, pos uint64) {
 func (g *segment) copyIn(pos uint64, src []byte) {
 	n := copy(g.data[pos&g.mask:], src)
 	copy(g.data, src[n:])
-}
-
-// wake wakes whoever sleeps on word (set to 1 before it slept), if anyone:
-// a store of the side that publishes, then this load, against the
-// sleeper's store of 1 and then its check of the ring, so that one of the
-// two always sees the other.
-func wake(word *atomic.Uint32) {
-	if word.Load() != 0 && word.CompareAndSwap(1, 0) {
-		futexWake(word)
-	}
 }

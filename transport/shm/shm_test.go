@@ -292,3 +292,25 @@ func TestConnFramesOverShm(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// With no spin every wait sleeps, so every frame after one rings the
+// peer's bell: a ping-pong and a transfer through a small ring still go
+// through, in order.
+func TestSleepersAreRungAwake(t *testing.T) {
+	a, b := pair(t, shm.Options{SegmentBytes: shm.MinSegmentBytes, Spin: -1})
+	go func() { _, _ = io.Copy(b, b) }() // echo
+	msg := make([]byte, 3*shm.MinSegmentBytes+5)
+	got := make([]byte, len(msg))
+	for round := range 200 {
+		n := 1 + round*97%len(msg)
+		for i := range msg[:n] {
+			msg[i] = byte(round + i)
+		}
+		errc := make(chan error, 1)
+		go func() { _, err := a.Write(msg[:n]); errc <- err }()
+		_, err := io.ReadFull(a, got[:n])
+		require.NoError(t, err)
+		require.NoError(t, <-errc)
+		require.Equal(t, msg[:n], got[:n], "round %d", round)
+	}
+}

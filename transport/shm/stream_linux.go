@@ -19,14 +19,21 @@ import (
 // pieces, the reader copying out one while the writer copies in the next.
 const publishBytes = 64 << 10
 
+// yieldEvery is how many polls of a spin give the core to other processes
+// once (every poll yields to this process's goroutines). Measured with 4
+// processes on 2 cores, an 8-byte AllReduce (median us of 3 interleaved
+// ringbench sweeps, 2026-11-30): every poll 42, every 2nd 24, every 4th 23,
+// never 198 (the spin then holds the core the peer needs).
+const yieldEvery = 4
+
 // spinPolls bounds the polls between looks at the clock: past it, each
 // poll looks (and soon sleeps), so that a spin of a few microseconds stays
 // one even where a yield takes long.
 const spinPolls = 1 << 12
 
-// maxSleep bounds one futex sleep. Every wake-up a sleeper needs is sent
-// (see wake), so it only matters if a peer misbehaves: a sleeper then
-// still looks again now and then instead of never.
+// maxSleep bounds one sleep. Every wake-up a sleeper needs is sent (see
+// ring), so it only matters if a peer misbehaves: a sleeper then still
+// looks again now and then instead of never.
 const maxSleep = time.Second
 
 // errPeerGone is a write's error once the peer has closed its end of the
@@ -52,6 +59,12 @@ type Stream struct {
 	watched chan struct{} // closed when the watcher has returned
 	gone    atomic.Bool   // the control stream ended: the peer closed or exited
 
+	// A side that sleeps parks on its nudge channel; the watcher sends on
+	// it when the peer rings (see sleep), and so do local events (Close, a
+	// new deadline). Each side's timer bounds its sleeps.
+	nudgeRead, nudgeWrite chan struct{}
+	readTimer, writeTimer *time.Timer
+
 	closed        atomic.Bool
 	refs          atomic.Int32 // the mappings live while refs > 0
 	readDeadline  atomic.Int64 // unix nanoseconds; 0: none
@@ -63,27 +76,76 @@ var _ transport.Stream = (*Stream)(nil)
 // newStream starts a stream over the two segments; it owns them and
 // control from now on.
 func newStream(in, out *segment, control transport.Stream, opt Options) *Stream {
-	s := &Stream{in: in, out: out, spin: opt.Spin, control: control, watched: make(chan struct{})}
+	s := &Stream{
+		in: in, out: out, spin: opt.Spin, control: control, watched: make(chan struct{}),
+		nudgeRead: make(chan struct{}, 1), nudgeWrite: make(chan struct{}, 1),
+		readTimer: stoppedTimer(), writeTimer: stoppedTimer(),
+	}
 	s.refs.Store(1)
 	go s.watch()
 	return s
 }
 
-// watch reads the control stream until it ends. The peer sends nothing
-// on it after the setup: it ends because the peer closed its stream or
-// exited (the kernel closes a killed process's sockets), or because this
-// side closed it.
-func (s *Stream) watch() {
-	defer close(s.watched)
-	var b [1]byte
-	_, _ = s.control.Read(b[:])
-	s.gone.Store(true)
-	s.wakeBoth()
+func stoppedTimer() *time.Timer {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
 }
 
-func (s *Stream) wakeBoth() {
-	wake(s.in.readerSleep)
-	wake(s.out.writerSleep)
+// The bells the peer rings on the control stream: wake your reader, wake
+// your writer.
+var bells = [...]byte{'r', 'w'}
+
+// watch reads the control stream until it ends, passing the peer's bells
+// on to this side's sleepers. It ends because the peer closed its stream
+// or exited (the kernel closes a killed process's sockets), because this
+// side closed it, or on a byte that is no bell.
+func (s *Stream) watch() {
+	defer close(s.watched)
+	var b [64]byte
+	for {
+		n, err := s.control.Read(b[:])
+		for _, c := range b[:n] {
+			switch c {
+			case bells[0]:
+				nudge(s.nudgeRead)
+			case bells[1]:
+				nudge(s.nudgeWrite)
+			default:
+				err = fmt.Errorf("%w: the peer sent %#x on the control stream", transport.ErrProtocol, c)
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	s.gone.Store(true)
+	s.nudgeBoth()
+}
+
+func (s *Stream) nudgeBoth() {
+	nudge(s.nudgeRead)
+	nudge(s.nudgeWrite)
+}
+
+// nudge wakes whoever sleeps on ch, or the next to sleep on it.
+func nudge(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// ring wakes the peer's reader (bell 0) or writer (bell 1) if it sleeps
+// (said so in word, which it set to 1 before it looked at the ring a last
+// time): a store of this side's position, then this load, against the
+// sleeper's store of 1 and then its look, so that one of the two always
+// sees the other.
+func (s *Stream) ring(word *atomic.Uint32, bell int) {
+	if word.Load() != 0 && word.CompareAndSwap(1, 0) {
+		// A failed write means the peer is gone: the watcher will say so.
+		_, _ = s.control.Write(bells[bell : bell+1])
+	}
 }
 
 // acquire takes a reference on the mappings, unless the stream is closed
@@ -128,7 +190,7 @@ func (s *Stream) Read(p []byte) (int, error) {
 	s.in.copyOut(p[:n], s.head)
 	s.head += n
 	s.in.head.Store(s.head)
-	wake(s.in.writerSleep)
+	s.ring(s.in.writerSleep, 1)
 	return int(n), nil
 }
 
@@ -150,7 +212,7 @@ func (s *Stream) Write(p []byte) (int, error) {
 		s.out.copyIn(s.tail, p[done:done+int(n)])
 		s.tail += n
 		s.out.tail.Store(s.tail)
-		wake(s.out.readerSleep)
+		s.ring(s.out.readerSleep, 0)
 		done += int(n)
 	}
 	return done, nil
@@ -183,15 +245,15 @@ func (s *Stream) TryWrite(a, b []byte) (bool, error) {
 	s.out.copyIn(s.tail+uint64(len(a)), b)
 	s.tail += n
 	s.out.tail.Store(s.tail)
-	wake(s.out.readerSleep)
+	s.ring(s.out.readerSleep, 0)
 	return true, nil
 }
 
 // await waits until the ring has bytes to read (deadline is the read
 // deadline) or room to write (the write deadline), and returns how many.
-// It polls for up to the spin time, yielding to the process's other
-// goroutines, then sleeps on the side's futex until the other side wakes
-// it, the stream is closed, the peer is gone or the deadline passes.
+// It polls for up to the spin time, yielding, then sleeps until the other
+// side rings, the stream is closed, the peer is gone or the deadline
+// passes.
 func (s *Stream) await(deadline *atomic.Int64) (uint64, error) {
 	reading := deadline == &s.readDeadline
 	var spinUntil time.Time
@@ -213,7 +275,7 @@ func (s *Stream) await(deadline *atomic.Int64) (uint64, error) {
 		if s.spin > 0 && polls%16 != 15 && polls < spinPolls {
 			// Between looks at the clock, which cost more than a poll (the
 			// first is after 15 polls, by when most waits have ended).
-			runtime.Gosched()
+			s.yield(polls)
 			continue
 		}
 		now := time.Now()
@@ -225,11 +287,22 @@ func (s *Stream) await(deadline *atomic.Int64) (uint64, error) {
 			spinUntil = now.Add(s.spin)
 		}
 		if now.Before(spinUntil) {
-			runtime.Gosched()
+			s.yield(polls)
 			continue
 		}
 		s.sleep(reading, dl, now)
 	}
+}
+
+// yield lets others run between two polls: this process's goroutines
+// (the peer's frame may be waiting for this rank's reader, or its sender)
+// and, every few polls, other processes: where ranks outnumber cores, the
+// peer this side waits for may be waiting for this core.
+func (s *Stream) yield(polls int) {
+	if polls%yieldEvery == yieldEvery-1 {
+		osYield()
+	}
+	runtime.Gosched()
 }
 
 func (s *Stream) available(reading bool) (uint64, error) {
@@ -239,12 +312,20 @@ func (s *Stream) available(reading bool) (uint64, error) {
 	return s.out.writable(s.tail)
 }
 
-// sleep sleeps on the side's futex word once it has said so there and
-// found, looking again, that it still has to wait.
+// sleep parks the side until the peer rings for it, a local event nudges
+// it or the deadline passes, once it has said in the segment that it
+// sleeps and found, looking again, that it still has to wait.
+//
+// Why not a futex in the segment: a goroutine in a futex system call holds
+// its P (the runtime's right to run Go code) until the system monitor
+// takes it back, 20 us to 10 ms later, and meanwhile no other goroutine of
+// the process runs: with more ranks than cores, where each rank has one
+// P, its readers starved each other. A parked goroutine gives its P up at
+// once, and the bell arrives through the network poller.
 func (s *Stream) sleep(reading bool, deadline int64, now time.Time) {
-	word := s.out.writerSleep
+	word, ch, t := s.out.writerSleep, s.nudgeWrite, s.writeTimer
 	if reading {
-		word = s.in.readerSleep
+		word, ch, t = s.in.readerSleep, s.nudgeRead, s.readTimer
 	}
 	word.Store(1)
 	if n, err := s.available(reading); n > 0 || err != nil || s.closed.Load() || s.gone.Load() {
@@ -256,7 +337,12 @@ func (s *Stream) sleep(reading bool, deadline int64, now time.Time) {
 		d = min(d, time.Duration(deadline-now.UnixNano()))
 	}
 	if d > 0 {
-		futexWait(word, 1, d)
+		t.Reset(d)
+		select {
+		case <-ch:
+		case <-t.C:
+		}
+		t.Stop()
 	}
 	word.Store(0)
 }
@@ -268,7 +354,7 @@ func (s *Stream) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	s.wakeBoth()
+	s.nudgeBoth()
 	err := s.control.Close()
 	<-s.watched
 	s.release()
@@ -288,7 +374,7 @@ func (s *Stream) SetDeadline(t time.Time) error {
 // one waiting now.
 func (s *Stream) SetReadDeadline(t time.Time) error {
 	s.readDeadline.Store(unixNano(t))
-	s.wakeIfOpen(s.in.readerSleep)
+	nudge(s.nudgeRead)
 	return nil
 }
 
@@ -296,17 +382,8 @@ func (s *Stream) SetReadDeadline(t time.Time) error {
 // one waiting now.
 func (s *Stream) SetWriteDeadline(t time.Time) error {
 	s.writeDeadline.Store(unixNano(t))
-	s.wakeIfOpen(s.out.writerSleep)
+	nudge(s.nudgeWrite)
 	return nil
-}
-
-// wakeIfOpen wakes this side's sleeper on word to look at a new deadline,
-// unless the stream is closed (its mappings may be gone).
-func (s *Stream) wakeIfOpen(word *atomic.Uint32) {
-	if s.acquire() {
-		wake(word)
-		s.release()
-	}
 }
 
 // ReadBufferSize tells transport.Conn to give the stream no read buffer
