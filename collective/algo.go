@@ -143,9 +143,11 @@ func grow[T Elem](buf *[]uint64, n int) []T {
 }
 
 // broadcastAlgorithm picks the Broadcast schedule: algoDoubling is the
-// binomial tree, algoRing the ring's chain. "doubling" forces the tree,
-// "ring" and "bidir" the chain; otherwise the cost model chooses (there is
-// no Rabenseifner broadcast: "rabenseifner" leaves it to the model too).
+// binomial tree, algoRing the ring's chain, algoHier a tree across hosts
+// and then one within each (hier.go). "doubling" forces the tree, "ring"
+// and "bidir" the chain, "hier" the hierarchical trees where they apply;
+// otherwise the cost model chooses (there is no Rabenseifner broadcast:
+// "rabenseifner" leaves it to the model too).
 func (c *Comm) broadcastAlgorithm(bytes int) algorithm {
 	switch {
 	case c.size == 1:
@@ -154,6 +156,32 @@ func (c *Comm) broadcastAlgorithm(bytes int) algorithm {
 		return c.algo
 	case c.algo == algoBidir:
 		return algoRing
+	case c.algo == algoHier && c.topo.hierarchical():
+		return algoHier
 	}
-	return c.model.bestBroadcast(c.size, bytes)
+	best := c.model.bestBroadcast(c.size, bytes)
+	if c.algo == algoAuto && c.topo.hierarchical() && hierBroadcastSeconds(c.local, c.remote, c.topo.localSize(), c.topo.hosts, bytes) <
+		c.model.seconds(c.model.broadcastCost(best, c.size, bytes)) {
+		return algoHier
+	}
+	return best
+}
+
+// allGatherAlgorithm picks the AllGather schedule for bytes in all (recv):
+// the ring, or where hosts hold several ranks each the hierarchical rings
+// (hier.go), whichever the model prices lower; "hier" forces the latter
+// where it applies, any other forced algorithm the ring.
+func (c *Comm) allGatherAlgorithm(bytes int) algorithm {
+	switch {
+	case !c.topo.hierarchical():
+		return algoRing
+	case c.algo == algoHier:
+		return algoHier
+	case c.algo != algoAuto:
+		return algoRing
+	}
+	if hierAllGatherSeconds(c.local, c.remote, c.topo.localSize(), c.topo.hosts, bytes) < c.model.seconds(allGatherCost(c.size, bytes)) {
+		return algoHier
+	}
+	return algoRing
 }

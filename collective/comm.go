@@ -61,6 +61,9 @@ type Comm struct {
 	topo                 topology
 	local, remote        costModel
 	hierLocal, hierCross *ring.Ring
+	// localPeers and crossPeers are the same links as the trees see them:
+	// by local rank (this host's ranks), by host (this local rank's).
+	localPeers, crossPeers []link.Link
 	// scratch backs the small algorithms' receive buffers, work the copy a
 	// Reduce reduces (8-byte aligned, grown once as needed).
 	scratch, work []uint64
@@ -134,8 +137,18 @@ func newComm(rank, size int, streams []transport.Stream, cfg Config, w world) *C
 	if c.topo.hierarchical() {
 		c.hierLocal = subRing(c, c.topo.localRanks, c.topo.localRank)
 		c.hierCross = subRing(c, c.topo.crossRanks, c.topo.hostIndex)
+		c.localPeers, c.crossPeers = subPeers(c, c.topo.localRanks), subPeers(c, c.topo.crossRanks)
 	}
 	return c
+}
+
+// subPeers are c's links to ranks, indexed as ranks is (nil at this rank).
+func subPeers(c *Comm, ranks []int) []link.Link {
+	peers := make([]link.Link, len(ranks))
+	for i, r := range ranks {
+		peers[i] = c.peers[r]
+	}
+	return peers
 }
 
 // subRing is the ring through ranks (ascending) of c's links, at place i.

@@ -1,6 +1,7 @@
 package collective
 
 import (
+	"github.com/ringo-ml/ringo/internal/algo/tree"
 	"github.com/ringo-ml/ringo/link"
 	"github.com/ringo-ml/ringo/ring"
 )
@@ -56,4 +57,78 @@ func hierAllReduceSeconds(local, remote costModel, localSize, hosts, bytes int) 
 	within := cost{rounds: 2 * (L - 1), wire: 2 * (L - 1) / L * n, reduced: (L - 1) / L * n}
 	between := cost{rounds: 2 * (H - 1), wire: 2 * (H - 1) / H * n, reduced: (H - 1) / H * n / L}
 	return local.seconds(within) + remote.seconds(between)
+}
+
+// hierBroadcast copies root's buf to every rank in two steps over binomial
+// trees: from root to the ranks of its local rank on the other hosts, then
+// on every host from that rank to the others (begin has been called; the
+// topology is hierarchical). The whole vector crosses each host's network
+// interface once, as in the flat chain, but in ceil(log2 H) latencies of
+// the slow links instead of N-1 (or the flat tree's ceil(log2 N)).
+func hierBroadcast[T Elem](c *Comm, buf []T, root int) error {
+	t := &c.topo
+	rootLocal := t.localIndex[root]
+	if t.localRank == rootLocal {
+		if err := tree.Broadcast(t.hostIndex, t.hosts, t.host[root], c.crossPeers, buf); err != nil {
+			return err
+		}
+	}
+	return tree.Broadcast(t.localRank, t.localSize(), rootLocal, c.localPeers, buf)
+}
+
+// hierBroadcastSeconds is the model's time for hierBroadcast of bytes: a
+// tree across hosts, then one within each.
+func hierBroadcastSeconds(local, remote costModel, localSize, hosts, bytes int) float64 {
+	return remote.seconds(remote.broadcastCost(algoDoubling, hosts, bytes)) +
+		local.seconds(local.broadcastCost(algoDoubling, localSize, bytes))
+}
+
+// hierAllGather gathers every rank's send into recv in two ring allgathers
+// and a copy (begin has been called; the topology is hierarchical):
+//
+//  1. across hosts, among the ranks of this rank's local rank: each gets
+//     the blocks of its counterparts on every host;
+//  2. within each host: each gets its host's ranks' results of step 1, so
+//     every block;
+//  3. the blocks, staged in host-major order, are copied to their ranks'
+//     places in recv.
+//
+// Each host's interface sends (H-1)/H of recv, against the flat ring's
+// (N-1)/N (one rank per host sends across, but every block passes).
+func hierAllGather[T Elem](c *Comm, send, recv []T) error {
+	t := &c.topo
+	m, H, L := len(send), t.hosts, t.localSize()
+	stage := scratchOf[T](c, (H+L*H)*m)
+	cross, all := stage[:H*m], stage[H*m:]
+	if err := ring.AllGather(c.hierCross, send, cross); err != nil {
+		return err
+	}
+	if err := ring.AllGather(c.hierLocal, cross, all); err != nil {
+		return err
+	}
+	for i := range L { // all holds, by local rank i, the blocks of host 0..H-1
+		for h := range H {
+			r := t.hostRanks[h][i]
+			copy(recv[r*m:(r+1)*m], all[(i*H+h)*m:(i*H+h+1)*m])
+		}
+	}
+	return nil
+}
+
+// allGatherCost is the flat ring's AllGather of bytes in all (recv) on
+// size ranks: size-1 rounds, (size-1)/size of it sent by each rank.
+func allGatherCost(size, bytes int) cost {
+	n, N := float64(bytes), float64(size)
+	return cost{rounds: N - 1, wire: (N - 1) / N * n}
+}
+
+// hierAllGatherSeconds is the model's time for hierAllGather of bytes in
+// all (recv): the ring across hosts sends (H-1)/H of them through each
+// host's interface (its L ranks at once), the ring within a host
+// (L-1)/L, and the staged blocks are copied once.
+func hierAllGatherSeconds(local, remote costModel, localSize, hosts, bytes int) float64 {
+	n, L, H := float64(bytes), float64(localSize), float64(hosts)
+	between := cost{rounds: H - 1, wire: (H - 1) / H * n}
+	within := cost{rounds: L - 1, wire: (L-1)/L*n + n}
+	return remote.seconds(between) + local.seconds(within)
 }

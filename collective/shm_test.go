@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -109,11 +110,12 @@ func formHosts(t testing.TB, hosts []string, cfg collective.Config) []*collectiv
 	return formAt(t, len(hosts), cfg, func(r int, c *collective.Config) { c.Host = hosts[r] })
 }
 
-// The hierarchical AllReduce, forced, on hosts of 2 and 4 ranks, 2 to 4
-// hosts, ranks of a host contiguous or interleaved: right for every type,
-// op and odd count, the same bits on every rank. Where hosts hold
-// different numbers of ranks it does not apply, and the ring runs.
-func TestHierarchicalAllReduce(t *testing.T) {
+// The hierarchical schedules, forced, on hosts of 2 and 4 ranks, 2 to 4
+// hosts, ranks of a host contiguous or interleaved: AllReduce right for
+// every type, op and odd count, the same bits on every rank; Broadcast from
+// every root; AllGather of odd block sizes. Where hosts hold different
+// numbers of ranks they do not apply, and the flat schedules run.
+func TestHierarchicalCollectives(t *testing.T) {
 	for _, layout := range []struct {
 		name  string
 		hosts []string
@@ -137,14 +139,26 @@ func TestHierarchicalAllReduce(t *testing.T) {
 				allReduceOn[float32](t, comms)
 				allReduceOn[int64](t, comms)
 			}
-			want := "ring"
-			if layout.hier {
-				want = "hier"
-			}
-			for r, c := range comms {
-				assert.Contains(t, c.Status().Recent[0].Call, want, "rank %d", r)
-			}
+			lastCallsWere(t, comms, "AllReduce", layout.hier)
+			broadcastOn(t, comms)
+			lastCallsWere(t, comms, "Broadcast", layout.hier)
+			allGatherOn[float32](t, comms)
+			allGatherOn[int8](t, comms)
+			lastCallsWere(t, comms, "AllGather", layout.hier)
 		})
+	}
+}
+
+// lastCallsWere checks that every rank's last call was a call of kind,
+// hierarchical or not.
+func lastCallsWere(t *testing.T, comms []*collective.Comm, kind string, hier bool) {
+	t.Helper()
+	for r, c := range comms {
+		recent := c.Status().Recent
+		require.NotEmpty(t, recent)
+		call := recent[len(recent)-1].Call
+		require.True(t, strings.HasPrefix(call, kind), "rank %d: %s", r, call)
+		assert.Equal(t, hier, strings.Contains(call, "hier"), "rank %d: %s", r, call)
 	}
 }
 

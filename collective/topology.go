@@ -50,6 +50,10 @@ type topology struct {
 	// is this rank's place among them.
 	localRanks []int
 	localRank  int
+	// hostRanks are every host's ranks, ascending; localIndex, by rank,
+	// each rank's place among its host's.
+	hostRanks  [][]int
+	localIndex []int
 	// uniform: every host has len(localRanks) ranks. Then crossRanks are,
 	// by host, the ranks with this rank's local rank: the ring of the
 	// hierarchical schedules' step between hosts.
@@ -78,13 +82,14 @@ func newTopology(rank, size int, worldRank func(int) int, worldHost []int) topol
 	t.hostIndex = t.host[rank]
 	count := make([]int, t.hosts)
 	local := make([][]int, t.hosts) // by host, its ranks ascending
+	t.localIndex = make([]int, size)
 	for r, h := range t.host {
-		if r == rank {
-			t.localRank = count[h]
-		}
+		t.localIndex[r] = count[h]
 		count[h]++
 		local[h] = append(local[h], r)
 	}
+	t.localRank = t.localIndex[rank]
+	t.hostRanks = local
 	t.localRanks = local[t.hostIndex]
 	t.uniform = true
 	for _, n := range count {

@@ -125,3 +125,43 @@ func TestLauncherLocalRankIsCrossChecked(t *testing.T) {
 	assert.Contains(t, logs.String(), "SLURM_LOCALID=2")
 	assert.Contains(t, logs.String(), "local rank 0 of the 2 ranks on its host")
 }
+
+// Broadcast and AllGather take their hierarchical schedules where the
+// model prices them lower: a small Broadcast (one slow latency instead of
+// two), a large AllGather (a third fewer bytes through each host's
+// interface on 2 hosts of 2), not a large Broadcast (the flat chain is
+// pipelined, the two trees are not).
+func TestChooserTakesHierarchicalBroadcastAndAllGather(t *testing.T) {
+	local, remote := modelOf(shm.LinkCost()), modelOf(transport.NewTCPNetwork(nil).Cost())
+	flat := modelOf(shm.LinkCost().Max(transport.NewTCPNetwork(nil).Cost()))
+	comm := func(hosts []int, algo algorithm) *Comm {
+		return &Comm{size: len(hosts), model: flat, local: local, remote: remote, algo: algo, topo: newTopology(0, len(hosts), identity, hosts)}
+	}
+	for _, hosts := range [][]int{{0, 0, 1, 1}, {0, 0, 0, 0, 1, 1, 1, 1}, {0, 1, 2, 0, 1, 2}} {
+		c := comm(hosts, algoAuto)
+		L, H, N := c.topo.localSize(), c.topo.hosts, len(hosts)
+		for _, bytes := range chooserSizes {
+			best := flat.bestBroadcast(N, bytes)
+			want := best
+			if hierBroadcastSeconds(local, remote, L, H, bytes) < flat.seconds(flat.broadcastCost(best, N, bytes)) {
+				want = algoHier
+			}
+			require.Equal(t, want, c.broadcastAlgorithm(bytes), "hosts %v: Broadcast of %d bytes", hosts, bytes)
+			want = algoRing
+			if hierAllGatherSeconds(local, remote, L, H, bytes) < flat.seconds(allGatherCost(N, bytes)) {
+				want = algoHier
+			}
+			require.Equal(t, want, c.allGatherAlgorithm(bytes), "hosts %v: AllGather of %d bytes", hosts, bytes)
+		}
+		assert.Equal(t, algoHier, c.broadcastAlgorithm(8), "hosts %v", hosts)
+		assert.Equal(t, algoRing, c.broadcastAlgorithm(1<<30), "hosts %v", hosts)
+		assert.Equal(t, algoHier, c.allGatherAlgorithm(64<<20), "hosts %v", hosts)
+		assert.Equal(t, algoHier, comm(hosts, algoHier).broadcastAlgorithm(1<<30))
+		assert.Equal(t, algoRing, comm(hosts, algoRing).allGatherAlgorithm(64<<20))
+	}
+	for _, flatHosts := range [][]int{{0, 0, 0, 1}, {0, 0, 0}} {
+		c := comm(flatHosts, algoHier)
+		assert.NotEqual(t, algoHier, c.broadcastAlgorithm(8), "hosts %v", flatHosts)
+		assert.Equal(t, algoRing, c.allGatherAlgorithm(64<<20), "hosts %v", flatHosts)
+	}
+}
