@@ -243,7 +243,7 @@ func (p *Pipeline) configure() error {
 	}
 	p.lastB = make([]int, v)
 	for i, a := range p.acts {
-		if a.Kind == Backward {
+		if a.Kind == RunBackward {
 			p.lastB[a.Stage/p.ranks] = i
 		}
 	}
@@ -448,18 +448,18 @@ func (p *Pipeline) slot(stage, mb int) *mbSlot { return &p.slots[stage/p.ranks][
 func (p *Pipeline) run(ctx context.Context, i int) error {
 	a := p.acts[i]
 	switch a.Kind {
-	case RecvAct, RecvGrad:
+	case RecvActivation, RecvGradient:
 		from := a.Stage - 1
-		if a.Kind == RecvGrad {
+		if a.Kind == RecvGradient {
 			from = a.Stage + 1
 		}
 		p.push(i, pipeMsg{ctx: ctx, action: i, step: p.step, stage: from, mb: a.Microbatch})
 		return nil
-	case SendAct:
+	case SendActivation:
 		s := p.slot(a.Stage, a.Microbatch)
 		p.push(i, pipeMsg{ctx: ctx, action: i, step: p.step, stage: a.Stage, mb: a.Microbatch, buf: s.out, samples: s.samples})
 		return nil
-	case SendGrad:
+	case SendGradient:
 		s := p.slot(a.Stage, a.Microbatch)
 		p.push(i, pipeMsg{ctx: ctx, action: i, step: p.step, stage: a.Stage, mb: a.Microbatch, buf: s.dIn, loss: s.loss, pooled: true})
 		s.dIn = nil
@@ -475,13 +475,13 @@ func (p *Pipeline) run(ctx context.Context, i int) error {
 	}
 	p.actStart[i] = time.Since(p.started)
 	var err error
-	if a.Kind == Forward {
+	if a.Kind == RunForward {
 		err = p.forward(ctx, a.Stage, a.Microbatch)
 	} else {
 		err = p.backward(ctx, a.Stage, a.Microbatch)
 	}
 	p.done[i] = true
-	if err == nil && a.Kind == Backward && p.lastB[a.Stage/p.ranks] == i {
+	if err == nil && a.Kind == RunBackward && p.lastB[a.Stage/p.ranks] == i {
 		p.finishStage(a.Stage)
 	}
 	return err
@@ -599,17 +599,17 @@ func (p *Pipeline) wait(i int) error {
 func (p *Pipeline) complete(msg pipeMsg) error {
 	p.done[msg.action] = true
 	a := p.acts[msg.action]
-	if msg.err != nil || a.Kind == SendGrad {
+	if msg.err != nil || a.Kind == SendGradient {
 		if msg.pooled {
 			p.pool.put(msg.buf)
 		}
 		return msg.err
 	}
 	switch a.Kind {
-	case RecvAct:
+	case RecvActivation:
 		s := p.slot(a.Stage, a.Microbatch)
 		s.in, s.inPooled, s.samples = msg.buf, true, msg.samples
-	case RecvGrad:
+	case RecvGradient:
 		s := p.slot(a.Stage, a.Microbatch)
 		s.dOut, s.loss = msg.buf, msg.loss
 	}

@@ -72,10 +72,10 @@ func (p *PipelinePlan) PeakAlive() []int {
 				continue
 			}
 			switch a.Kind {
-			case Forward:
+			case RunForward:
 				alive[a.Stage]++
 				peak[a.Stage] = max(peak[a.Stage], alive[a.Stage])
-			case Backward:
+			case RunBackward:
 				alive[a.Stage]--
 			}
 		}
@@ -91,10 +91,10 @@ func (p *PipelinePlan) PeakAliveRank() []int {
 		alive := 0
 		for _, a := range acts {
 			switch a.Kind {
-			case Forward:
+			case RunForward:
 				alive++
 				peak[r] = max(peak[r], alive)
-			case Backward:
+			case RunBackward:
 				alive--
 			}
 		}
@@ -176,40 +176,40 @@ func (p *PipelinePlan) checkLists() error {
 			wantPeer := -1
 			var err error
 			switch a.Kind {
-			case Forward:
+			case RunForward:
 				if s := a.Stage; s > 0 {
 					if local(s - 1) {
-						err = requires(Forward, s-1)
+						err = requires(RunForward, s-1)
 					} else {
-						err = requires(RecvAct, s)
+						err = requires(RecvActivation, s)
 					}
 				}
-			case Backward:
+			case RunBackward:
 				s := a.Stage
-				err = requires(Forward, s)
+				err = requires(RunForward, s)
 				if err == nil && s+1 < stages {
 					if local(s + 1) {
-						err = requires(Backward, s+1)
-					} else if err = requires(RecvGrad, s); err == nil {
-						err = requires(SendAct, s)
+						err = requires(RunBackward, s+1)
+					} else if err = requires(RecvGradient, s); err == nil {
+						err = requires(SendActivation, s)
 					}
 				}
-			case SendAct:
+			case SendActivation:
 				if a.Stage+1 >= stages || local(a.Stage+1) {
 					return fail(i, "stage %d's output stays on rank %d", a.Stage, r)
 				}
-				wantPeer, err = p.RankOf(a.Stage+1), requires(Forward, a.Stage)
-			case SendGrad:
+				wantPeer, err = p.RankOf(a.Stage+1), requires(RunForward, a.Stage)
+			case SendGradient:
 				if a.Stage == 0 || local(a.Stage-1) {
 					return fail(i, "stage %d's input gradient stays on rank %d", a.Stage, r)
 				}
-				wantPeer, err = p.RankOf(a.Stage-1), requires(Backward, a.Stage)
-			case RecvAct:
+				wantPeer, err = p.RankOf(a.Stage-1), requires(RunBackward, a.Stage)
+			case RecvActivation:
 				if a.Stage == 0 || local(a.Stage-1) {
 					return fail(i, "stage %d's input comes from rank %d itself", a.Stage, r)
 				}
 				wantPeer = p.RankOf(a.Stage - 1)
-			case RecvGrad:
+			case RecvGradient:
 				if a.Stage+1 >= stages || local(a.Stage+1) {
 					return fail(i, "stage %d's output gradient comes from rank %d itself", a.Stage, r)
 				}
@@ -229,18 +229,18 @@ func (p *PipelinePlan) checkLists() error {
 		// their results need.
 		for s := r; s < stages; s += p.Ranks {
 			for mb := range m {
-				for _, k := range []ActionKind{Forward, Backward} {
+				for _, k := range []ActionKind{RunForward, RunBackward} {
 					if _, ok := at[ref{k, s, mb}]; !ok {
 						return fmt.Errorf("%w: rank %d never runs %v(stage %d, mb %d)", ErrBadPlan, r, k, s, mb)
 					}
 				}
 				if s+1 < stages && p.RankOf(s+1) != r {
-					if _, ok := at[ref{SendAct, s, mb}]; !ok {
+					if _, ok := at[ref{SendActivation, s, mb}]; !ok {
 						return fmt.Errorf("%w: rank %d never sends stage %d's output of mb %d", ErrBadPlan, r, s, mb)
 					}
 				}
 				if s > 0 && p.RankOf(s-1) != r {
-					if _, ok := at[ref{SendGrad, s, mb}]; !ok {
+					if _, ok := at[ref{SendGradient, s, mb}]; !ok {
 						return fmt.Errorf("%w: rank %d never sends stage %d's input gradient of mb %d", ErrBadPlan, r, s, mb)
 					}
 				}
@@ -267,11 +267,11 @@ func (c channel) String() string {
 // channelOf is the channel a Send or Recv action of rank r uses.
 func channelOf(r int, a Action) channel {
 	switch a.Kind {
-	case SendAct:
+	case SendActivation:
 		return channel{false, r, a.Peer}
-	case SendGrad:
+	case SendGradient:
 		return channel{true, r, a.Peer}
-	case RecvAct:
+	case RecvActivation:
 		return channel{false, a.Peer, r}
 	default:
 		return channel{true, a.Peer, r}
@@ -283,10 +283,10 @@ func sameMessage(send, recv Action) bool {
 	if send.Microbatch != recv.Microbatch {
 		return false
 	}
-	if send.Kind == SendAct {
-		return recv.Kind == RecvAct && recv.Stage == send.Stage+1
+	if send.Kind == SendActivation {
+		return recv.Kind == RecvActivation && recv.Stage == send.Stage+1
 	}
-	return recv.Kind == RecvGrad && recv.Stage == send.Stage-1
+	return recv.Kind == RecvGradient && recv.Stage == send.Stage-1
 }
 
 // Simulate runs the plan's actions against each other with the given
@@ -346,7 +346,7 @@ func (p *PipelinePlan) Simulate(costs PipelineCosts) (*PipelineTrace, error) {
 					c := channelOf(r, a)
 					q := queueOf(c)
 					t.Start[r][i] = clock[r]
-					if a.Kind == SendAct || a.Kind == SendGrad {
+					if a.Kind == SendActivation || a.Kind == SendGradient {
 						q.sends = append(q.sends, end{r, i})
 					} else {
 						q.recvs = append(q.recvs, end{r, i})
@@ -366,7 +366,7 @@ func (p *PipelinePlan) Simulate(costs PipelineCosts) (*PipelineTrace, error) {
 					break
 				}
 				cost := costs.Forward
-				if a.Kind == Backward {
+				if a.Kind == RunBackward {
 					cost = costs.Backward
 				}
 				t.Start[r][i], t.End[r][i] = ready, ready+cost

@@ -52,25 +52,25 @@ func ParsePipelineSchedule(name string) (PipelineSchedule, error) {
 type ActionKind uint8
 
 const (
-	// Forward runs a stage's forward on a micro-batch (the last stage also
+	// RunForward runs a stage's forward on a micro-batch (the last stage also
 	// computes the loss).
-	Forward ActionKind = iota + 1
-	// Backward runs a stage's backward on a micro-batch.
-	Backward
-	// SendAct sends a stage's output activation to the next stage's rank.
-	SendAct
-	// RecvAct posts the receive of a stage's input activation from the
+	RunForward ActionKind = iota + 1
+	// RunBackward runs a stage's backward on a micro-batch.
+	RunBackward
+	// SendActivation sends a stage's output activation to the next stage's rank.
+	SendActivation
+	// RecvActivation posts the receive of a stage's input activation from the
 	// previous stage's rank.
-	RecvAct
-	// SendGrad sends the gradient of a stage's input to the previous
+	RecvActivation
+	// SendGradient sends the gradient of a stage's input to the previous
 	// stage's rank.
-	SendGrad
-	// RecvGrad posts the receive of the gradient of a stage's output from
+	SendGradient
+	// RecvGradient posts the receive of the gradient of a stage's output from
 	// the next stage's rank.
-	RecvGrad
+	RecvGradient
 )
 
-var actionNames = [...]string{Forward: "F", Backward: "B", SendAct: "SendAct", RecvAct: "RecvAct", SendGrad: "SendGrad", RecvGrad: "RecvGrad"}
+var actionNames = [...]string{RunForward: "F", RunBackward: "B", SendActivation: "SendAct", RecvActivation: "RecvAct", SendGradient: "SendGrad", RecvGradient: "RecvGrad"}
 
 func (k ActionKind) String() string {
 	if int(k) < len(actionNames) && actionNames[k] != "" {
@@ -81,21 +81,21 @@ func (k ActionKind) String() string {
 
 // compute reports whether the action runs the user's code (and blocks its
 // rank until it has); the others hand a message to the network and return.
-func (k ActionKind) compute() bool { return k == Forward || k == Backward }
+func (k ActionKind) compute() bool { return k == RunForward || k == RunBackward }
 
 // Action is one step of one rank's part of a pipeline plan.
 //
 // Sends and receives do not block the rank: a Send hands the message to the
 // rank's sender for that peer, a Recv posts a receive. Between two ranks,
 // activations and gradients each travel on their own channel, in order: the
-// k-th SendAct from rank a to rank b meets the k-th RecvAct of b from a.
-// A Forward or Backward waits for its Deps, then runs.
+// k-th SendActivation from rank a to rank b meets the k-th RecvActivation of b
+// from a. A RunForward or RunBackward waits for its Deps, then runs.
 type Action struct {
 	Kind ActionKind
-	// Stage is the stage that computes, sends or receives: for SendAct the
-	// stage whose output goes out, for RecvAct the stage whose input comes
-	// in; for SendGrad the stage whose input's gradient goes out, for
-	// RecvGrad the stage whose output's gradient comes in.
+	// Stage is the stage that computes, sends or receives: for SendActivation
+	// the stage whose output goes out, for RecvActivation the stage whose
+	// input comes in; for SendGradient the stage whose input's gradient goes
+	// out, for RecvGradient the stage whose output's gradient comes in.
 	Stage      int
 	Microbatch int
 	// Peer is the rank at the other end of a Send or Recv (-1 for compute).
@@ -110,9 +110,9 @@ type Action struct {
 
 func (a Action) String() string {
 	switch a.Kind {
-	case Forward, Backward:
+	case RunForward, RunBackward:
 		return fmt.Sprintf("%v(stage %d, mb %d)", a.Kind, a.Stage, a.Microbatch)
-	case SendAct, SendGrad:
+	case SendActivation, SendGradient:
 		return fmt.Sprintf("%v(stage %d, mb %d, to rank %d)", a.Kind, a.Stage, a.Microbatch, a.Peer)
 	default:
 		return fmt.Sprintf("%v(stage %d, mb %d, from rank %d)", a.Kind, a.Stage, a.Microbatch, a.Peer)
@@ -325,9 +325,9 @@ func withMessages(ranks, chunks int, orders [][]op) [][]Action {
 			for posted[k] < len(list) {
 				n := list[posted[k]]
 				posted[k]++
-				kind := RecvAct
+				kind := RecvActivation
 				if k.grad {
-					kind = RecvGrad
+					kind = RecvGradient
 				}
 				add(Action{Kind: kind, Stage: n.stage, Microbatch: n.mb, Peer: k.from})
 				if n == m {
@@ -358,33 +358,33 @@ func withMessages(ranks, chunks int, orders [][]op) [][]Action {
 				var deps []int
 				if s > 0 {
 					if (s-1)%ranks == r {
-						deps = append(deps, at[ref{Forward, s - 1, o.mb}])
+						deps = append(deps, at[ref{RunForward, s - 1, o.mb}])
 					} else {
-						deps = append(deps, at[ref{RecvAct, s, o.mb}])
+						deps = append(deps, at[ref{RecvActivation, s, o.mb}])
 					}
 				}
-				f := add(Action{Kind: Forward, Stage: s, Microbatch: o.mb, Peer: -1, Deps: deps})
+				f := add(Action{Kind: RunForward, Stage: s, Microbatch: o.mb, Peer: -1, Deps: deps})
 				if s+1 < stages && (s+1)%ranks != r {
-					add(Action{Kind: SendAct, Stage: s, Microbatch: o.mb, Peer: (s + 1) % ranks, Deps: []int{f}})
+					add(Action{Kind: SendActivation, Stage: s, Microbatch: o.mb, Peer: (s + 1) % ranks, Deps: []int{f}})
 				}
 				continue
 			}
-			deps := []int{at[ref{Forward, s, o.mb}]}
+			deps := []int{at[ref{RunForward, s, o.mb}]}
 			if s+1 < stages {
 				if (s+1)%ranks == r {
-					deps = append(deps, at[ref{Backward, s + 1, o.mb}])
+					deps = append(deps, at[ref{RunBackward, s + 1, o.mb}])
 				} else {
-					deps = append(deps, at[ref{RecvGrad, s, o.mb}])
+					deps = append(deps, at[ref{RecvGradient, s, o.mb}])
 				}
 				// The output the forward sent must be on its way before the
 				// stage may let it go.
-				if i, ok := at[ref{SendAct, s, o.mb}]; ok {
+				if i, ok := at[ref{SendActivation, s, o.mb}]; ok {
 					deps = append(deps, i)
 				}
 			}
-			b := add(Action{Kind: Backward, Stage: s, Microbatch: o.mb, Peer: -1, Deps: deps})
+			b := add(Action{Kind: RunBackward, Stage: s, Microbatch: o.mb, Peer: -1, Deps: deps})
 			if s > 0 && (s-1)%ranks != r {
-				add(Action{Kind: SendGrad, Stage: s, Microbatch: o.mb, Peer: (s - 1) % ranks, Deps: []int{b}})
+				add(Action{Kind: SendGradient, Stage: s, Microbatch: o.mb, Peer: (s - 1) % ranks, Deps: []int{b}})
 			}
 		}
 		plan[r] = acts

@@ -176,7 +176,7 @@ func TestCheckFindsBrokenPlans(t *testing.T) {
 		p, err := NewPipelinePlan(GPipe, 2, 1, 2)
 		require.NoError(t, err)
 		acts := slices.Clone(p.Actions[1])
-		i, j := indexOf(t, acts, RecvAct, 1, 0), indexOf(t, acts, RecvAct, 1, 1)
+		i, j := indexOf(t, acts, RecvActivation, 1, 0), indexOf(t, acts, RecvActivation, 1, 1)
 		require.Equal(t, []int{0, 1}, []int{i, j})
 		acts[0], acts[1] = acts[1], acts[0]
 		for k := range acts {
@@ -195,7 +195,7 @@ func TestCheckFindsBrokenPlans(t *testing.T) {
 	})
 	t.Run("missing dependency", func(t *testing.T) {
 		p := brokenPlan(t)
-		p.Actions[1][indexOf(t, p.Actions[1], Forward, 1, 2)].Deps = nil
+		p.Actions[1][indexOf(t, p.Actions[1], RunForward, 1, 2)].Deps = nil
 		require.ErrorContains(t, p.Check(), "does not depend on")
 	})
 	t.Run("backward before forward", func(t *testing.T) {
@@ -209,7 +209,7 @@ func TestCheckFindsBrokenPlans(t *testing.T) {
 	t.Run("missing receive", func(t *testing.T) {
 		p := brokenPlan(t)
 		acts := p.Actions[0]
-		i := indexOf(t, acts, RecvGrad, 0, 3)
+		i := indexOf(t, acts, RecvGradient, 0, 3)
 		for k := range acts[i+1:] {
 			for d, dep := range acts[i+1+k].Deps {
 				if dep > i {
@@ -222,13 +222,13 @@ func TestCheckFindsBrokenPlans(t *testing.T) {
 	})
 	t.Run("unmatched send", func(t *testing.T) {
 		p := brokenPlan(t)
-		p.Actions[0] = append(p.Actions[0], Action{Kind: SendAct, Stage: 0, Microbatch: 3, Peer: 1, Deps: []int{0}})
+		p.Actions[0] = append(p.Actions[0], Action{Kind: SendActivation, Stage: 0, Microbatch: 3, Peer: 1, Deps: []int{0}})
 		require.ErrorContains(t, p.Check(), "appears twice")
 	})
 	t.Run("send to the wrong rank", func(t *testing.T) {
 		p, err := NewPipelinePlan(GPipe, 3, 1, 2)
 		require.NoError(t, err)
-		p.Actions[0][indexOf(t, p.Actions[0], SendAct, 0, 1)].Peer = 2
+		p.Actions[0][indexOf(t, p.Actions[0], SendActivation, 0, 1)].Peer = 2
 		require.ErrorContains(t, p.Check(), "peer is 2, want 1")
 	})
 	t.Run("1f1b that holds too much", func(t *testing.T) {

@@ -20,7 +20,8 @@ import (
 // The conformance suite: every transport (mem, tcp, tcp+tls, quic, shm) must frame,
 // close and authenticate the same way, so that links and collectives run on
 // any of them unchanged; and so must the streams the Connectors make of them
-// (a Mesh over each Network, the pipe hub), which are what collectives run on.
+// (a Mesh over each Network, the pipe hub), which are what collectives run on,
+// and the streams an AuthListener and DialAuth make over each Network.
 
 const confTimeout = 5 * time.Second
 
@@ -37,10 +38,13 @@ var transports = []struct {
 	{"mesh/tcp", meshPair(networks[0].make)},
 	{"mesh/tcp+tls", meshPair(networks[1].make)},
 	{"mesh/quic", meshPair(networks[2].make)},
-	{"mesh/shm-control", meshPair(networks[3].make)},
+	{"mesh/shm-control", meshPair(shmControl.make)},
+	{"auth/tcp", authPair(networks[0].make)},
+	{"auth/tcp+tls", authPair(networks[1].make)},
+	{"auth/quic", authPair(networks[2].make)},
 	{"pipehub", hubPair},
 	{"shm", shmPair(func(t *testing.T) []transport.Connector {
-		return asConnectors(meshes(t, 2, networks[3].make, nil, nil))
+		return asConnectors(meshes(t, 2, shmControl.make, nil, nil))
 	})},
 	{"shm/pipehub", shmPair(func(*testing.T) []transport.Connector {
 		hub := transport.NewPipeHub(2)

@@ -10,7 +10,9 @@
 // listening, dialing, the certificates and the job-token handshake), a
 // PipeHub (in-process pipes), or PerPeer (a Connector per peer: a mixed
 // mesh). Each Network says what its links cost, for the cost model that
-// picks algorithms.
+// picks algorithms. AuthListener and DialAuth make authenticated streams
+// over any Network for a client and a server that are not ranks of one job
+// (a federated server and its clients); the Mesh makes its own with them.
 //
 // Nothing above this package touches a socket; nothing in it knows what a
 // collective does with the bytes.

@@ -3,6 +3,7 @@ package transport
 import (
 	"errors"
 	"fmt"
+	"net"
 )
 
 // Sentinel errors, matched with errors.Is.
@@ -23,6 +24,10 @@ var (
 	ErrMismatch = errors.New("mismatched operation")
 	// ErrRemoteAbort: the peer reported that the communicator failed.
 	ErrRemoteAbort = errors.New("aborted by peer")
+	// ErrClosed: this side closed the listener, mesh or stream the call
+	// used. It is net.ErrClosed, so that the errors of the sockets beneath
+	// match it too.
+	ErrClosed = net.ErrClosed
 )
 
 // MismatchError reports a data frame whose header differs from the receive

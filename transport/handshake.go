@@ -22,6 +22,9 @@ type Purpose uint8
 const (
 	PurposeRendezvous Purpose = iota + 1
 	PurposePeer
+	// PurposeFederated: a federated-learning client and its server
+	// (package parallel/fed), which are not ranks of one job.
+	PurposeFederated
 )
 
 func (p Purpose) String() string {
@@ -30,6 +33,8 @@ func (p Purpose) String() string {
 		return "rendezvous"
 	case PurposePeer:
 		return "peer"
+	case PurposeFederated:
+		return "federated"
 	}
 	return fmt.Sprintf("purpose(%d)", uint8(p))
 }

@@ -7,14 +7,13 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"time"
 )
 
 // Mesh is a Connector over one Network: it connects one rank to the other
 // ranks of its job. The higher rank of a pair dials the lower one's
 // listener, which stays open until Close; every stream starts with the
-// job-token handshake (see ClientHandshake), which names the dialer's rank
-// and the channel the stream is for. An accepted stream is handed to
+// job-token handshake (DialAuth, AuthListener), which names the dialer's
+// rank and the channel the stream is for. An accepted stream is handed to
 // whoever asks for its (channel, rank); one that arrives first waits for
 // its asker.
 //
@@ -23,7 +22,7 @@ import (
 // starts accepting.
 type Mesh struct {
 	nw  Network
-	ln  Listener
+	ln  Listener // until Start hands it to auth
 	id  Identity // this rank's, Purpose peer
 	log *slog.Logger
 
@@ -32,6 +31,7 @@ type Mesh struct {
 	mu       sync.Mutex
 	arrivals map[arrival]chan Stream
 	started  bool
+	auth     *AuthListener // made by Start
 	stop     context.CancelFunc
 	done     chan struct{} // closed when the accept loop has ended (or Close, if it never started)
 	closed   sync.Once
@@ -43,7 +43,8 @@ type arrival struct {
 }
 
 // ListenMesh listens on nw for the peers of rank self.Rank of a job of
-// self.Size ranks (host as in Network.Listen). self.Token and self.Job are
+// self.Size ranks, on a port the system picks at host (an address of this
+// machine; "" means every address). self.Token and self.Job are
 // what every stream's handshake proves and names. The Mesh owns nw from
 // now on: Close closes it. log receives refused connections (nil:
 // slog.Default()).
@@ -56,7 +57,7 @@ func ListenMesh(ctx context.Context, nw Network, host string, self Identity, log
 	}
 	self.Purpose, self.Channel = PurposePeer, 0
 	m := &Mesh{nw: nw, id: self, log: log, arrivals: make(map[arrival]chan Stream), done: make(chan struct{})}
-	ln, err := nw.Listen(ctx, host, m.allow)
+	ln, err := nw.Listen(ctx, net.JoinHostPort(host, "0"), m.allow)
 	if err != nil {
 		return nil, err
 	}
@@ -89,6 +90,7 @@ func (m *Mesh) Start(peers []Endpoint) error {
 	m.peers = peers
 	ctx, stop := context.WithCancel(context.Background())
 	m.started, m.stop = true, stop
+	m.auth = NewAuthListener(m.ln, m.id, AuthOptions{Check: m.checkDialer, Log: m.log})
 	go m.acceptLoop(ctx)
 	return nil
 }
@@ -104,16 +106,17 @@ func (m *Mesh) Cost() Cost { return m.nw.Cost() }
 func (m *Mesh) Close() error {
 	m.closed.Do(func() {
 		m.mu.Lock()
-		started := m.started
+		started, auth := m.started, m.auth
 		if m.stop == nil {
 			m.stop = func() {} // Start refuses from now on
 		}
 		m.mu.Unlock()
 		m.stop()
-		_ = m.ln.Close()
 		if started {
+			_ = auth.Close()
 			<-m.done
 		} else {
+			_ = m.ln.Close()
 			close(m.done)
 		}
 		_ = m.nw.Close()
@@ -169,7 +172,7 @@ func (m *Mesh) Connect(ctx context.Context, channel uint64, peer int) (Stream, e
 	case s := <-ch:
 		return s, nil
 	case <-m.done:
-		return nil, fmt.Errorf("waiting for rank %d to connect: %w", peer, net.ErrClosed)
+		return nil, fmt.Errorf("waiting for rank %d to connect: %w", peer, ErrClosed)
 	case <-ctx.Done():
 		// It may have come in just now: nobody else will take it.
 		select {
@@ -182,22 +185,17 @@ func (m *Mesh) Connect(ctx context.Context, channel uint64, peer int) (Stream, e
 }
 
 func (m *Mesh) dial(ctx context.Context, channel uint64, peer int) (Stream, error) {
-	to := m.peers[peer]
-	conn, err := m.nw.Dial(ctx, to)
-	if err != nil {
-		return nil, fmt.Errorf("dialing rank %d at %s: %w", peer, to.Addr, err)
-	}
 	id := m.id
 	id.Channel = channel
-	h, err := ClientHandshake(conn, id, handshakeDeadline(ctx))
+	s, h, err := DialAuth(ctx, m.nw, m.peers[peer], id)
 	if err == nil && h.Rank != peer {
-		err = fmt.Errorf("%w: %s answered as rank %d, expected rank %d", ErrProtocol, to.Addr, h.Rank, peer)
+		_ = s.Close()
+		err = fmt.Errorf("%w: %s answered as rank %d", ErrProtocol, m.peers[peer].Addr, h.Rank)
 	}
 	if err != nil {
-		_ = conn.Close()
 		return nil, fmt.Errorf("connecting to rank %d: %w", peer, err)
 	}
-	return conn, nil
+	return s, nil
 }
 
 // allow accepts the certificate of any rank of the job; which rank it is
@@ -211,65 +209,40 @@ func (m *Mesh) allow(fp string) error {
 	return FingerprintIn(nil)(fp)
 }
 
-// checkPeer checks that the certificate on s is the one rank registered.
-func (m *Mesh) checkPeer(s Stream, rank int) error {
+// checkDialer admits a dialer that proved the token only if it is a
+// higher rank of this job, presenting the certificate that rank
+// registered.
+func (m *Mesh) checkDialer(s Stream, h Hello) error {
+	if h.Size != m.id.Size || h.Rank <= m.id.Rank || h.Rank >= m.id.Size {
+		return fmt.Errorf("rank %d of world size %d is not expected to dial rank %d of %d", h.Rank, h.Size, m.id.Rank, m.id.Size)
+	}
 	if !m.tls() {
 		return nil
 	}
 	got, _ := PeerFingerprint(s)
-	return ExpectFingerprint(m.peers[rank].Fingerprint)(got)
+	return ExpectFingerprint(m.peers[h.Rank].Fingerprint)(got)
 }
 
-// acceptLoop accepts peer streams until Close. Each is authenticated on its
-// own goroutine, so a stranger that says nothing holds up only itself;
-// refused ones are logged.
+// acceptLoop hands the streams the AuthListener admits to their askers
+// until Close.
 func (m *Mesh) acceptLoop(ctx context.Context) {
 	defer close(m.done)
-	var hs sync.WaitGroup
-	defer hs.Wait()
 	for {
-		conn, err := m.ln.Accept(ctx)
-		if errors.Is(err, ErrAuth) || errors.Is(err, ErrProtocol) {
-			m.log.Warn("ringo: refused a peer connection", "err", err)
-			continue
-		}
+		s, h, err := m.auth.Accept(ctx)
 		if err != nil {
-			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+			if ctx.Err() == nil && !errors.Is(err, ErrClosed) {
 				m.log.Warn("ringo: no longer accepting peer connections", "err", err)
 			}
 			return
 		}
-		hs.Add(1)
-		go func() {
-			defer hs.Done()
-			m.admit(ctx, conn)
-		}()
-	}
-}
-
-func (m *Mesh) admit(ctx context.Context, conn Stream) {
-	from := remoteAddr(conn)
-	hctx, cancel := context.WithDeadline(ctx, handshakeDeadline(ctx))
-	defer cancel()
-	stopOnCancel := context.AfterFunc(hctx, func() { _ = conn.SetDeadline(time.Now()) })
-	defer stopOnCancel()
-	id := m.id
-	h, err := ServerHandshake(conn, id, handshakeDeadline(hctx), func(h Hello) error {
-		if h.Size != id.Size || h.Rank <= id.Rank || h.Rank >= id.Size {
-			return fmt.Errorf("rank %d of world size %d is not expected to dial rank %d of %d", h.Rank, h.Size, id.Rank, id.Size)
-		}
-		return m.checkPeer(conn, h.Rank)
-	})
-	if err == nil {
 		select {
-		case m.slot(arrival{h.Channel, h.Rank}) <- conn:
-			return
+		case m.slot(arrival{h.Channel, h.Rank}) <- s:
 		default:
-			err = fmt.Errorf("rank %d is already connected on channel %#x", h.Rank, h.Channel)
+			m.log.Warn("ringo: refused a connection", "purpose", PurposePeer, "from", remoteAddr(s),
+				"err", fmt.Sprintf("rank %d is already connected on channel %#x", h.Rank, h.Channel))
+			_ = s.Close()
 		}
 	}
-	m.log.Warn("ringo: refused a peer connection", "from", from, "err", err)
-	_ = conn.Close()
 }
 
 // remoteAddr names the other end of s for logs.

@@ -29,8 +29,18 @@ var networks = []struct {
 	{"tcp", func(testing.TB) transport.Network { return transport.NewTCPNetwork(nil) }},
 	{"tcp+tls", func(t testing.TB) transport.Network { return transport.NewTCPNetwork(newCertTB(t)) }},
 	{"quic", func(t testing.TB) transport.Network { return quic.NewNetwork(newCertTB(t)) }},
-	{"shm-control", func(testing.TB) transport.Network { return shm.ControlNetwork() }},
 }
+
+// shmControl is the network of shared memory's control streams (abstract
+// Unix sockets, no TLS); meshNetworks are the networks the Mesh tests run
+// over: every one of networks and it.
+var (
+	shmControl = struct {
+		name string
+		make func(t testing.TB) transport.Network
+	}{"shm-control", func(testing.TB) transport.Network { return shm.ControlNetwork() }}
+	meshNetworks = append(networks[:len(networks):len(networks)], shmControl)
+)
 
 func newCertTB(t testing.TB) *transport.Certificate {
 	c, err := transport.NewCertificate()
@@ -144,7 +154,7 @@ func asConnectors(ms []*transport.Mesh) []transport.Connector {
 // Every network connects every pair of ranks, once per channel, and each
 // stream reaches the rank and channel it was asked for.
 func TestMeshConnectsEveryPairOnEveryChannel(t *testing.T) {
-	for _, nw := range networks {
+	for _, nw := range meshNetworks {
 		t.Run(nw.name, func(t *testing.T) {
 			conns := asConnectors(meshes(t, 4, nw.make, nil, nil))
 			var wg sync.WaitGroup
@@ -197,7 +207,7 @@ func (s *syncBuffer) String() string {
 // A rank without the job token is refused: its dial fails with ErrAuth, and
 // the rank it dialed logs the refusal and never hands the stream out.
 func TestMeshRefusesAWrongToken(t *testing.T) {
-	for _, nw := range networks {
+	for _, nw := range meshNetworks {
 		t.Run(nw.name, func(t *testing.T) {
 			var logs syncBuffer
 			log := slog.New(slog.NewTextHandler(&logs, nil))
@@ -211,7 +221,7 @@ func TestMeshRefusesAWrongToken(t *testing.T) {
 			_, err = ms[0].Connect(short, 0, 1)
 			require.ErrorIs(t, err, context.DeadlineExceeded, "nothing was admitted")
 			require.Eventually(t, func() bool {
-				return bytes.Contains([]byte(logs.String()), []byte("refused a peer connection"))
+				return bytes.Contains([]byte(logs.String()), []byte(`refused a connection" purpose=peer`))
 			}, confTimeout, 10*time.Millisecond)
 		})
 	}

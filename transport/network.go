@@ -56,16 +56,19 @@ func (c Cost) Max(d Cost) Cost {
 	return Cost{Alpha: max(c.Alpha, d.Alpha), Beta: max(c.Beta, d.Beta), Duplex: min(c.Duplex, d.Duplex)}
 }
 
-// Network is one way of carrying links between the ranks of a job. It
-// listens and dials streams; the handshake that authenticates them and says
-// which rank and channel they are for is the Mesh's.
+// Network is one way of carrying links: between the ranks of a job, or
+// between a server and its clients. It listens and dials streams; the
+// handshake that authenticates them (and, in a Mesh, says which rank and
+// channel they are for) runs on top: AuthListener and DialAuth.
 type Network interface {
-	// Listen starts accepting streams on host (an address of this machine;
-	// "" means every address). allow judges the certificate of each dialer
-	// of a TLS network by its fingerprint (an error refuses it). It is
-	// called only for streams taken by Accept, so it may depend on what the
-	// caller learns after Listen returns (the rendezvous table).
-	Listen(ctx context.Context, host string, allow func(fingerprint string) error) (Listener, error)
+	// Listen starts accepting streams on addr, an address of this machine
+	// in the network's terms: "host:port" for TCP and QUIC, where port 0
+	// picks a free one and an empty host means every address. allow
+	// judges the certificate of each dialer of a TLS network by its
+	// fingerprint (an error refuses it). It is called only for streams
+	// taken by Accept, so it may depend on what the caller learns after
+	// Listen returns (the rendezvous table).
+	Listen(ctx context.Context, addr string, allow func(fingerprint string) error) (Listener, error)
 	// Dial opens a stream to the listener at to. A TLS network accepts the
 	// listener only if its certificate has to's fingerprint.
 	Dial(ctx context.Context, to Endpoint) (Stream, error)
@@ -85,7 +88,7 @@ type Listener interface {
 	// on the caller's goroutine for that stream, so a stranger that says
 	// nothing holds up only itself. An error that wraps ErrAuth or
 	// ErrProtocol concerns one dialer, and the caller may accept again;
-	// other errors (net.ErrClosed, ctx's) end the listener's use.
+	// other errors (ErrClosed, ctx's) end the listener's use.
 	Accept(ctx context.Context) (Stream, error)
 	// Close stops accepting. Streams accepted stay up.
 	Close() error
@@ -116,9 +119,9 @@ type TCPNetwork struct {
 // caller allows (see Network).
 func NewTCPNetwork(cert *Certificate) *TCPNetwork { return &TCPNetwork{cert: cert} }
 
-// Listen listens on a port the system picks.
-func (n *TCPNetwork) Listen(ctx context.Context, host string, allow func(string) error) (Listener, error) {
-	ln, err := ListenTCP(ctx, net.JoinHostPort(host, "0"))
+// Listen listens on the TCP address addr.
+func (n *TCPNetwork) Listen(ctx context.Context, addr string, allow func(string) error) (Listener, error) {
+	ln, err := ListenTCP(ctx, addr)
 	if err != nil {
 		return nil, err
 	}

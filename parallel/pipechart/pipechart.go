@@ -70,7 +70,7 @@ func (b boxes) Plot(c draw.Canvas, p *plot.Plot) {
 	for r, acts := range pl.Actions {
 		y := float64(pl.Ranks - 1 - r)
 		for i, a := range acts {
-			if a.Kind != parallel.Forward && a.Kind != parallel.Backward {
+			if a.Kind != parallel.RunForward && a.Kind != parallel.RunBackward {
 				continue
 			}
 			x0, x1 := tx(t.Start[r][i]), tx(t.End[r][i])
@@ -93,7 +93,7 @@ func fill(a parallel.Action, pl *parallel.PipelinePlan) color.Color {
 	if pl.Chunks > 1 {
 		shade = uint8(80 * chunk / (pl.Chunks - 1))
 	}
-	if a.Kind == parallel.Forward {
+	if a.Kind == parallel.RunForward {
 		return color.RGBA{R: 140 - shade, G: 180 - shade, B: 240 - shade/2, A: 255}
 	}
 	return color.RGBA{R: 250 - shade/2, G: 180 - shade, B: 100 - shade, A: 255}

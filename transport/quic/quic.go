@@ -660,9 +660,9 @@ func NewNetwork(cert *transport.Certificate) *Network {
 	return &Network{cert: cert, dialer: NewDialer(cert)}
 }
 
-// Listen listens on a UDP port the system picks.
-func (n *Network) Listen(ctx context.Context, host string, allow func(string) error) (transport.Listener, error) {
-	ln, err := Listen(ctx, net.JoinHostPort(host, "0"), n.cert, allow)
+// Listen listens on the UDP address addr.
+func (n *Network) Listen(ctx context.Context, addr string, allow func(string) error) (transport.Listener, error) {
+	ln, err := Listen(ctx, addr, n.cert, allow)
 	if err != nil {
 		return nil, err
 	}

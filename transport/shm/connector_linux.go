@@ -68,7 +68,7 @@ func (c *connector) Connect(ctx context.Context, channel uint64, peer int) (tran
 // brokenOff reports whether a setup failed because the control stream
 // ended under it: the peer closed it (or exited), not a refusal.
 func brokenOff(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, transport.ErrClosed) ||
 		errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE)
 }
 
@@ -92,7 +92,8 @@ func ControlNetwork() transport.Network { return controlNetwork{} }
 
 type controlNetwork struct{}
 
-// Listen listens on a fresh abstract address; host is ignored.
+// Listen listens on a fresh abstract address of 128 random bits, whatever
+// addr says (a Mesh asks for "host:0": any free address).
 func (controlNetwork) Listen(ctx context.Context, _ string, _ func(string) error) (transport.Listener, error) {
 	var rnd [16]byte
 	if _, err := rand.Read(rnd[:]); err != nil {

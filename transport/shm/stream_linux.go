@@ -179,7 +179,7 @@ func (s *Stream) Read(p []byte) (int, error) {
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
 	if !s.acquire() {
-		return 0, net.ErrClosed
+		return 0, transport.ErrClosed
 	}
 	defer s.release()
 	n, err := s.await(&s.readDeadline)
@@ -199,7 +199,7 @@ func (s *Stream) Write(p []byte) (int, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if !s.acquire() {
-		return 0, net.ErrClosed
+		return 0, transport.ErrClosed
 	}
 	defer s.release()
 	done := 0
@@ -227,7 +227,7 @@ func (s *Stream) TryWrite(a, b []byte) (bool, error) {
 	}
 	defer s.wmu.Unlock()
 	if !s.acquire() {
-		return false, net.ErrClosed
+		return false, transport.ErrClosed
 	}
 	defer s.release()
 	if s.gone.Load() {
@@ -268,7 +268,7 @@ func (s *Stream) await(deadline *atomic.Int64) (uint64, error) {
 		}
 		switch {
 		case s.closed.Load():
-			return 0, net.ErrClosed
+			return 0, transport.ErrClosed
 		case gone:
 			return 0, io.EOF
 		}
@@ -347,7 +347,7 @@ func (s *Stream) sleep(reading bool, deadline int64, now time.Time) {
 	word.Store(0)
 }
 
-// Close closes the stream: waiting Reads and Writes return net.ErrClosed,
+// Close closes the stream: waiting Reads and Writes return transport.ErrClosed,
 // and the peer, its control stream closed, reads what was written and then
 // io.EOF. The segments are unmapped once no Read or Write uses them.
 func (s *Stream) Close() error {
