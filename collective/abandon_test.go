@@ -22,7 +22,7 @@ const (
 	abandonTimeout = time.Minute
 )
 
-var transports = []string{"mem", "tcp"}
+var transports = []string{"mem", "tcp", "shm", "mixed"}
 
 // An abandoned call takes its place in the order and aborts every rank: no
 // rank's next call can pair with its peers' previous one. Rank 1 abandons

@@ -22,9 +22,10 @@ const (
 	algoDoubling
 	algoRabenseifner
 	algoBidir
+	algoHier
 )
 
-var algoNames = [...]string{"auto", "ring", "doubling", "rabenseifner", "bidir"}
+var algoNames = [...]string{"auto", "ring", "doubling", "rabenseifner", "bidir", "hier"}
 
 func (a algorithm) String() string {
 	if int(a) < len(algoNames) {
@@ -45,8 +46,10 @@ func parseAlgorithm(s string) (algorithm, error) {
 		return algoRabenseifner, nil
 	case "bidir", "bidirectional":
 		return algoBidir, nil
+	case "hier", "hierarchical":
+		return algoHier, nil
 	}
-	return algoAuto, invalidf("unknown algorithm %q (want ring, bidir, doubling, rabenseifner or auto)", s)
+	return algoAuto, invalidf("unknown algorithm %q (want ring, bidir, doubling, rabenseifner, hier or auto)", s)
 }
 
 // allReduceAlgorithm picks the algorithm for a vector of the given size:
@@ -72,14 +75,27 @@ func parseAlgorithm(s string) (algorithm, error) {
 // the ring from 32-256 KiB (the fold makes doubling and Rabenseifner pay the
 // whole vector twice more); 4 and 8 ranks Rabenseifner from 128-256 KiB, the
 // ring from 16-32 MiB (where Rabenseifner's 4 MiB frames go in lockstep).
+//
+// With several hosts of several ranks each, the hierarchical schedule
+// (hier.go) is a candidate too, priced with the links within a host and
+// between hosts apart. Forced on a communicator where it does not apply
+// (one host, one rank per host, hosts with different numbers of ranks),
+// "hier" runs the ring, which is what it would amount to.
 func (c *Comm) allReduceAlgorithm(bytes int) algorithm {
 	switch {
 	case c.size == 1:
 		return algoRing
+	case c.algo == algoHier && !c.topo.hierarchical():
+		return algoRing
 	case c.algo != algoAuto:
 		return c.algo
 	}
-	return c.model.bestAllReduce(c.size, bytes)
+	best := c.model.bestAllReduce(c.size, bytes)
+	if c.topo.hierarchical() && hierAllReduceSeconds(c.local, c.remote, c.topo.localSize(), c.topo.hosts, bytes) <
+		c.model.seconds(c.model.allReduceCost(best, c.size, bytes)) {
+		return algoHier
+	}
+	return best
 }
 
 // bitsLen is ceil(log2(n+1)): the rounds of recursive doubling for n+1 ranks.
@@ -100,6 +116,8 @@ func allReduce[T Elem](c *Comm, algo algorithm, buf []T, red link.Reducer[T]) er
 		return doubling.AllReduce(c.rank, c.size, c.peers, buf, scratchOf[T](c, doubling.ScratchLen[T](len(buf))), red)
 	case algoRabenseifner:
 		return doubling.Rabenseifner(c.rank, c.size, c.peers, buf, scratchOf[T](c, len(buf)), red)
+	case algoHier:
+		return hierAllReduce(c, buf, red)
 	}
 	return ring.AllReduce(c.ring, buf, red)
 }
@@ -125,9 +143,11 @@ func grow[T Elem](buf *[]uint64, n int) []T {
 }
 
 // broadcastAlgorithm picks the Broadcast schedule: algoDoubling is the
-// binomial tree, algoRing the ring's chain. "doubling" forces the tree,
-// "ring" and "bidir" the chain; otherwise the cost model chooses (there is
-// no Rabenseifner broadcast: "rabenseifner" leaves it to the model too).
+// binomial tree, algoRing the ring's chain, algoHier a tree across hosts
+// and then one within each (hier.go). "doubling" forces the tree, "ring"
+// and "bidir" the chain, "hier" the hierarchical trees where they apply;
+// otherwise the cost model chooses (there is no Rabenseifner broadcast:
+// "rabenseifner" leaves it to the model too).
 func (c *Comm) broadcastAlgorithm(bytes int) algorithm {
 	switch {
 	case c.size == 1:
@@ -136,6 +156,32 @@ func (c *Comm) broadcastAlgorithm(bytes int) algorithm {
 		return c.algo
 	case c.algo == algoBidir:
 		return algoRing
+	case c.algo == algoHier && c.topo.hierarchical():
+		return algoHier
 	}
-	return c.model.bestBroadcast(c.size, bytes)
+	best := c.model.bestBroadcast(c.size, bytes)
+	if c.algo == algoAuto && c.topo.hierarchical() && hierBroadcastSeconds(c.local, c.remote, c.topo.localSize(), c.topo.hosts, bytes) <
+		c.model.seconds(c.model.broadcastCost(best, c.size, bytes)) {
+		return algoHier
+	}
+	return best
+}
+
+// allGatherAlgorithm picks the AllGather schedule for bytes in all (recv):
+// the ring, or where hosts hold several ranks each the hierarchical rings
+// (hier.go), whichever the model prices lower; "hier" forces the latter
+// where it applies, any other forced algorithm the ring.
+func (c *Comm) allGatherAlgorithm(bytes int) algorithm {
+	switch {
+	case !c.topo.hierarchical():
+		return algoRing
+	case c.algo == algoHier:
+		return algoHier
+	case c.algo != algoAuto:
+		return algoRing
+	}
+	if hierAllGatherSeconds(c.local, c.remote, c.topo.localSize(), c.topo.hosts, bytes) < c.model.seconds(allGatherCost(c.size, bytes)) {
+		return algoHier
+	}
+	return algoRing
 }

@@ -53,7 +53,7 @@ func TestRabenseifnerSteadyStateAllocatesNothing(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector allocates")
 	}
-	for _, tr := range []string{"mem", "tcp"} {
+	for _, tr := range []string{"mem", "tcp", "shm"} {
 		for _, n := range []int{3, 4} {
 			for _, count := range []int{1, 16 << 10, 1 << 20} {
 				t.Run(fmt.Sprintf("%s/n=%d/%d", tr, n, count), func(t *testing.T) {
@@ -146,6 +146,9 @@ func formMixed(t *testing.T, cfgs []collective.Config) []*collective.Comm {
 			defer wg.Done()
 			c := cfgs[r]
 			c.Rank, c.Size, c.Addr, c.Timeout = r, len(cfgs), addr, testTimeout
+			if c.Transport == "" {
+				c.Transport = "tcp"
+			}
 			comms[r], errs[r] = collective.New(ctx, c)
 		}()
 	}

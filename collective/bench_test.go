@@ -87,7 +87,7 @@ func TestAllReduceSteadyStateAllocatesNothing(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector allocates")
 	}
-	for _, tr := range []string{"mem", "tcp"} {
+	for _, tr := range []string{"mem", "tcp", "shm", "mixed"} {
 		for _, count := range []int{1, 16 << 10, 1 << 20} {
 			t.Run(fmt.Sprintf("%s/%d", tr, count), func(t *testing.T) {
 				requireNoAllocs(t, allReduceDriver(t, formComms(t, tr, 3, collective.Config{}), count), "AllReduce")
@@ -96,9 +96,16 @@ func TestAllReduceSteadyStateAllocatesNothing(t *testing.T) {
 	}
 }
 
+// formComms forms n ranks over transport: "mem" (Local), "tcp", "shm"
+// (shared memory), or "mixed" (two hosts, see formTwoHosts).
 func formComms(t testing.TB, transport string, n int, cfg collective.Config) []*collective.Comm {
-	if transport == "tcp" {
+	switch transport {
+	case "tcp":
 		return formTCP(t, n, cfg)
+	case "shm":
+		return formShm(t, n, cfg)
+	case "mixed":
+		return formTwoHosts(t, n, cfg)
 	}
 	return local(t, n, cfg)
 }
@@ -111,13 +118,13 @@ var benchSizes = []struct {
 }
 
 // BenchmarkAllReduce measures float32 Sum AllReduce in one process, ranks on
-// goroutines, over the mem transport and over TCP loopback. MB/s is the
-// per-rank buffer size over time (algbw); busbw-GB/s follows nccl-tests:
-// algbw·2(n-1)/n.
+// goroutines, over the mem transport, TCP loopback and shared memory. MB/s
+// is the per-rank buffer size over time (algbw); busbw-GB/s follows
+// nccl-tests: algbw·2(n-1)/n.
 //
 //	go test -run='^$' -bench=AllReduce -benchmem ./collective/
 func BenchmarkAllReduce(b *testing.B) {
-	for _, tr := range []string{"mem", "tcp"} {
+	for _, tr := range []string{"mem", "tcp", "shm"} {
 		for _, n := range []int{2, 4} {
 			b.Run(fmt.Sprintf("%s/ranks=%d", tr, n), func(b *testing.B) {
 				comms := formComms(b, tr, n, collective.Config{})

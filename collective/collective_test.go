@@ -30,34 +30,43 @@ func TestAllReduceEveryTypeOpSizeAndCount(t *testing.T) {
 }
 
 func allReduceMatrix[T collective.Elem](algo string) func(t *testing.T) {
-	return func(t *testing.T) { allReduceMatrixWith[T](t, algo) }
+	return func(t *testing.T) { allReduceMatrixOver[T](t, local, algo) }
 }
 
-func allReduceMatrixWith[T collective.Elem](t *testing.T, algo string) {
+// allReduceMatrixOver checks AllReduce of T with every op and odd count on
+// 1..8 ranks formed by form, with algo.
+func allReduceMatrixOver[T collective.Elem](t *testing.T, form former, algo string) {
 	for n := 1; n <= 8; n++ {
 		cfg := tinyPipeline
 		if n%2 == 0 {
 			cfg = collective.Config{} // default pipeline on every other size
 		}
 		cfg.Algorithm = algo
-		comms := local(t, n, cfg)
-		for _, op := range opsFor[T]() {
-			for _, count := range oddCounts(n) {
-				results := make([][]T, n)
-				requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
-					results[r] = inputs[T](r, count, op)
-					return collective.AllReduce(ctx, c, results[r], op)
-				}))
-				for i := range count {
-					want := reference[T](n, i, op)
-					if op == collective.Avg {
-						require.InEpsilon(t, float64(want)+1e-300, float64(results[0][i])+1e-300, 1e-6, "n=%d count=%d i=%d", n, count, i)
-					} else if results[0][i] != want {
-						require.Failf(t, "wrong result", "n=%d %v count=%d: element %d = %v, want %v", n, op, count, i, results[0][i], want)
-					}
+		comms := form(t, n, cfg)
+		allReduceOn[T](t, comms)
+		closeAll(comms)
+	}
+}
+
+// allReduceOn checks AllReduce of T with every op and odd count on comms.
+func allReduceOn[T collective.Elem](t *testing.T, comms []*collective.Comm) {
+	n := len(comms)
+	for _, op := range opsFor[T]() {
+		for _, count := range oddCounts(n) {
+			results := make([][]T, n)
+			requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+				results[r] = inputs[T](r, count, op)
+				return collective.AllReduce(ctx, c, results[r], op)
+			}))
+			for i := range count {
+				want := reference[T](n, i, op)
+				if op == collective.Avg {
+					require.InEpsilon(t, float64(want)+1e-300, float64(results[0][i])+1e-300, 1e-6, "n=%d count=%d i=%d", n, count, i)
+				} else if results[0][i] != want {
+					require.Failf(t, "wrong result", "n=%d %v count=%d: element %d = %v, want %v", n, op, count, i, results[0][i], want)
 				}
-				requireIdentical(t, results)
 			}
+			requireIdentical(t, results)
 		}
 	}
 }
@@ -128,37 +137,47 @@ func TestAllReduceNaNPropagates(t *testing.T) {
 }
 
 func TestReduceScatter(t *testing.T) {
-	t.Run("float32", reduceScatterMatrix[float32])
-	t.Run("float64", reduceScatterMatrix[float64])
-	t.Run("int64", reduceScatterMatrix[int64])
-	t.Run("uint8", reduceScatterMatrix[uint8])
+	t.Run("float32", reduceScatterMatrix[float32](local))
+	t.Run("float64", reduceScatterMatrix[float64](local))
+	t.Run("int64", reduceScatterMatrix[int64](local))
+	t.Run("uint8", reduceScatterMatrix[uint8](local))
 }
 
-func reduceScatterMatrix[T collective.Elem](t *testing.T) {
+func reduceScatterMatrix[T collective.Elem](form former) func(t *testing.T) {
+	return func(t *testing.T) { reduceScatterMatrixOver[T](t, form) }
+}
+
+func reduceScatterMatrixOver[T collective.Elem](t *testing.T, form former) {
 	for n := 1; n <= 8; n++ {
-		comms := local(t, n, tinyPipeline)
-		for _, op := range opsFor[T]() {
-			for _, m := range []int{0, 1, 2, 3, 7, 33, 257} {
-				for _, inPlace := range []bool{false, true} {
-					recvs := make([][]T, n)
-					requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
-						send := inputs[T](r, n*m, op)
-						if inPlace {
-							recvs[r] = send[r*m : (r+1)*m]
+		comms := form(t, n, tinyPipeline)
+		reduceScatterOn[T](t, comms)
+		closeAll(comms)
+	}
+}
+
+func reduceScatterOn[T collective.Elem](t *testing.T, comms []*collective.Comm) {
+	n := len(comms)
+	for _, op := range opsFor[T]() {
+		for _, m := range []int{0, 1, 2, 3, 7, 33, 257} {
+			for _, inPlace := range []bool{false, true} {
+				recvs := make([][]T, n)
+				requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+					send := inputs[T](r, n*m, op)
+					if inPlace {
+						recvs[r] = send[r*m : (r+1)*m]
+					} else {
+						recvs[r] = make([]T, m)
+					}
+					return collective.ReduceScatter(ctx, c, send, recvs[r], op)
+				}))
+				for r := range n {
+					for j := range m {
+						want := reference[T](n, r*m+j, op)
+						got := recvs[r][j]
+						if op == collective.Avg {
+							require.InEpsilon(t, float64(want)+1e-300, float64(got)+1e-300, 1e-6)
 						} else {
-							recvs[r] = make([]T, m)
-						}
-						return collective.ReduceScatter(ctx, c, send, recvs[r], op)
-					}))
-					for r := range n {
-						for j := range m {
-							want := reference[T](n, r*m+j, op)
-							got := recvs[r][j]
-							if op == collective.Avg {
-								require.InEpsilon(t, float64(want)+1e-300, float64(got)+1e-300, 1e-6)
-							} else {
-								require.Equal(t, want, got, "n=%d %v m=%d rank %d j=%d inPlace=%v", n, op, m, r, j, inPlace)
-							}
+							require.Equal(t, want, got, "n=%d %v m=%d rank %d j=%d inPlace=%v", n, op, m, r, j, inPlace)
 						}
 					}
 				}
@@ -168,31 +187,39 @@ func reduceScatterMatrix[T collective.Elem](t *testing.T) {
 }
 
 func TestAllGather(t *testing.T) {
-	t.Run("int8", allGatherMatrix[int8])
-	t.Run("uint32", allGatherMatrix[uint32])
-	t.Run("float32", allGatherMatrix[float32])
-	t.Run("float64", allGatherMatrix[float64])
+	t.Run("int8", allGatherMatrix[int8](local))
+	t.Run("uint32", allGatherMatrix[uint32](local))
+	t.Run("float32", allGatherMatrix[float32](local))
+	t.Run("float64", allGatherMatrix[float64](local))
 }
 
-func allGatherMatrix[T collective.Elem](t *testing.T) {
-	for n := 1; n <= 8; n++ {
-		comms := local(t, n, tinyPipeline)
-		for _, m := range []int{0, 1, 2, 3, 5, 64, 1009} {
-			for _, inPlace := range []bool{false, true} {
-				recvs := make([][]T, n)
-				requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
-					recvs[r] = make([]T, n*m)
-					send := inputs[T](r, m, collective.Sum)
-					if inPlace {
-						copy(recvs[r][r*m:], send)
-						send = recvs[r][r*m : (r+1)*m]
-					}
-					return collective.AllGather(ctx, c, send, recvs[r])
-				}))
-				for r := range n {
-					for src := range n {
-						require.Equal(t, inputs[T](src, m, collective.Sum), recvs[r][src*m:(src+1)*m], "n=%d m=%d at rank %d, block %d", n, m, r, src)
-					}
+func allGatherMatrix[T collective.Elem](form former) func(t *testing.T) {
+	return func(t *testing.T) {
+		for n := 1; n <= 8; n++ {
+			comms := form(t, n, tinyPipeline)
+			allGatherOn[T](t, comms)
+			closeAll(comms)
+		}
+	}
+}
+
+func allGatherOn[T collective.Elem](t *testing.T, comms []*collective.Comm) {
+	n := len(comms)
+	for _, m := range []int{0, 1, 2, 3, 5, 64, 1009} {
+		for _, inPlace := range []bool{false, true} {
+			recvs := make([][]T, n)
+			requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+				recvs[r] = make([]T, n*m)
+				send := inputs[T](r, m, collective.Sum)
+				if inPlace {
+					copy(recvs[r][r*m:], send)
+					send = recvs[r][r*m : (r+1)*m]
+				}
+				return collective.AllGather(ctx, c, send, recvs[r])
+			}))
+			for r := range n {
+				for src := range n {
+					require.Equal(t, inputs[T](src, m, collective.Sum), recvs[r][src*m:(src+1)*m], "n=%d m=%d at rank %d, block %d", n, m, r, src)
 				}
 			}
 		}
@@ -234,23 +261,31 @@ func TestReduceScatterThenAllGatherIsAllReduce(t *testing.T) {
 	}
 }
 
-func TestBroadcast(t *testing.T) {
+func TestBroadcast(t *testing.T) { broadcastMatrixOver(t, local) }
+
+func broadcastMatrixOver(t *testing.T, form former) {
 	for n := 1; n <= 8; n++ {
-		comms := local(t, n, tinyPipeline)
-		for root := range n {
-			for _, count := range []int{0, 1, 5, 1000, 7001} {
-				bufs := make([][]float64, n)
-				requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
-					bufs[r] = make([]float64, count)
-					if r == root {
-						bufs[r] = inputs[float64](root+100, count, collective.Sum)
-					}
-					return collective.Broadcast(ctx, c, bufs[r], root)
-				}))
-				want := inputs[float64](root+100, count, collective.Sum)
-				for r := range n {
-					require.Equal(t, want, bufs[r], "n=%d root=%d count=%d rank %d", n, root, count, r)
+		comms := form(t, n, tinyPipeline)
+		broadcastOn(t, comms)
+		closeAll(comms)
+	}
+}
+
+func broadcastOn(t *testing.T, comms []*collective.Comm) {
+	n := len(comms)
+	for root := range n {
+		for _, count := range []int{0, 1, 5, 1000, 7001} {
+			bufs := make([][]float64, n)
+			requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+				bufs[r] = make([]float64, count)
+				if r == root {
+					bufs[r] = inputs[float64](root+100, count, collective.Sum)
 				}
+				return collective.Broadcast(ctx, c, bufs[r], root)
+			}))
+			want := inputs[float64](root+100, count, collective.Sum)
+			for r := range n {
+				require.Equal(t, want, bufs[r], "n=%d root=%d count=%d rank %d", n, root, count, r)
 			}
 		}
 	}

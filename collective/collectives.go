@@ -71,7 +71,12 @@ func ReduceScatter[T Elem](ctx context.Context, c *Comm, send, recv []T, op Op) 
 // is unspecified unless the call failed before moving data (see "After an
 // error" in the package documentation); send is only read.
 func AllGather[T Elem](ctx context.Context, c *Comm, send, recv []T) error {
-	if err := c.begin(ctx, signature[T](kindAllGather, 0, len(send), 0)); err != nil {
+	algo := c.allGatherAlgorithm(c.size * len(send) * kernel.Size[T]())
+	sig := signature[T](kindAllGather, 0, len(send), 0)
+	if algo == algoHier {
+		sig.Op |= uint8(algo) << 4 // ranks that chose differently fail with ErrMismatch
+	}
+	if err := c.begin(ctx, sig); err != nil {
 		return err
 	}
 	var err error
@@ -83,6 +88,9 @@ func AllGather[T Elem](ctx context.Context, c *Comm, send, recv []T) error {
 	}
 	if err != nil {
 		return c.end(err)
+	}
+	if algo == algoHier {
+		return c.end(hierAllGather(c, send, recv))
 	}
 	return c.end(ring.AllGather(c.ring, send, recv))
 }
@@ -108,8 +116,11 @@ func Broadcast[T Elem](ctx context.Context, c *Comm, buf []T, root int) error {
 	if err := checkRoot(c, "Broadcast", root); err != nil {
 		return c.end(err)
 	}
-	if algo == algoDoubling {
+	switch algo {
+	case algoDoubling:
 		return c.end(broadcastTree(c, buf, root))
+	case algoHier:
+		return c.end(hierBroadcast(c, buf, root))
 	}
 	lastRank := (root + c.size - 1) % c.size
 	var ackFrom, ackTo link.Link

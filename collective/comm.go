@@ -54,6 +54,16 @@ type Comm struct {
 	compressed *ring.Compressed
 	algo       algorithm // forced by Config.Algorithm, or algoAuto
 	model      costModel // prices the algorithms algo may choose among
+	// topo is where the ranks run; local and remote price the links
+	// within a host and between hosts, for the hierarchical schedules,
+	// which run over hierLocal (this host's ranks) and hierCross (one
+	// rank per host), nil unless topo.hierarchical().
+	topo                 topology
+	local, remote        costModel
+	hierLocal, hierCross *ring.Ring
+	// localPeers and crossPeers are the same links as the trees see them:
+	// by local rank (this host's ranks), by host (this local rank's).
+	localPeers, crossPeers []link.Link
 	// scratch backs the small algorithms' receive buffers, work the copy a
 	// Reduce reduces (8-byte aligned, grown once as needed).
 	scratch, work []uint64
@@ -93,7 +103,10 @@ func newComm(rank, size int, streams []transport.Stream, cfg Config, w world) *C
 		slowAt:  cfg.slowWarning(),
 	}
 	c.algo, _ = parseAlgorithm(cfg.Algorithm) // New and Local have checked them
-	c.model = modelOf(w.conn.cost())
+	place := w.placement()
+	c.topo = newTopology(rank, size, w.rank, place.host)
+	c.model = modelOf(c.topo.flatCost(place))
+	c.local, c.remote = modelOf(place.local), modelOf(place.remote)
 	c.codec, _ = parseCompression("Config.Compression", cfg.Compression)
 	c.timer.Stop()
 	c.slow.Stop()
@@ -121,7 +134,30 @@ func newComm(rank, size int, streams []transport.Stream, cfg Config, w world) *C
 		SegmentBytes: cfg.SegmentBytes, MinSegmentBytes: cfg.MinSegmentBytes, Depth: cfg.PipelineDepth,
 	})
 	c.ringRev = c.ring.Reversed()
+	if c.topo.hierarchical() {
+		c.hierLocal = subRing(c, c.topo.localRanks, c.topo.localRank)
+		c.hierCross = subRing(c, c.topo.crossRanks, c.topo.hostIndex)
+		c.localPeers, c.crossPeers = subPeers(c, c.topo.localRanks), subPeers(c, c.topo.crossRanks)
+	}
 	return c
+}
+
+// subPeers are c's links to ranks, indexed as ranks is (nil at this rank).
+func subPeers(c *Comm, ranks []int) []link.Link {
+	peers := make([]link.Link, len(ranks))
+	for i, r := range ranks {
+		peers[i] = c.peers[r]
+	}
+	return peers
+}
+
+// subRing is the ring through ranks (ascending) of c's links, at place i.
+func subRing(c *Comm, ranks []int, i int) *ring.Ring {
+	n := len(ranks)
+	left, right := c.links[ranks[(i+n-1)%n]], c.links[ranks[(i+1)%n]]
+	return ring.New(i, n, left, right, ring.Options{
+		SegmentBytes: c.cfg.SegmentBytes, MinSegmentBytes: c.cfg.MinSegmentBytes, Depth: c.cfg.PipelineDepth,
+	})
 }
 
 // linkOptions are the settings of the communicator's links.

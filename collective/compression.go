@@ -37,7 +37,7 @@ func allReduceCodec[T Elem](c *Comm, algo algorithm, op Op) (algorithm, codec.Ki
 		return algo, codec.None
 	case algo == algoRing, algo == algoBidir:
 		return algo, k
-	case algo == algoRabenseifner && c.algo == algoAuto:
+	case (algo == algoRabenseifner || algo == algoHier) && c.algo == algoAuto:
 		return algoRing, k
 	}
 	return algo, codec.None

@@ -40,8 +40,18 @@ type Config struct {
 	// loopback interface, where anyone who can reach its ports can join
 	// (RINGO_INSECURE=1): only for a trusted network.
 	Insecure bool
-	// Transport is "tcp" (the default) or "quic". QUIC always encrypts and
-	// authenticates with TLS 1.3 (see TLS for the certificates).
+	// Transport says how ranks connect (RINGO_TRANSPORT):
+	//
+	//   - "auto" or "" (the default): shared memory between the ranks of
+	//     one host (see Host), TCP (with TLS if TLS is set) between hosts;
+	//   - "tcp": TCP between every pair, on one host too;
+	//   - "quic": QUIC between every pair; it always encrypts and
+	//     authenticates with TLS 1.3 (see TLS for the certificates);
+	//   - "shm": shared memory between every pair: New fails if the ranks
+	//     are not all on one host.
+	//
+	// Shared memory needs Linux and a writable /dev/shm; where it is not
+	// available "auto" uses TCP throughout.
 	Transport string
 	// TLS wraps TCP links in TLS 1.3. Each rank makes an ephemeral
 	// self-signed certificate and publishes its fingerprint through the
@@ -52,6 +62,20 @@ type Config struct {
 	// each other. By default a rank advertises the address it reaches the
 	// rendezvous from.
 	Iface string
+	// Host names the host this rank runs on (RINGO_HOST): ranks with the
+	// same Host are one host's, share memory (Transport "auto" and "shm")
+	// and count as local to each other (Comm.LocalRank, the hierarchical
+	// algorithms). Empty means the host the kernel says: ranks with the
+	// same boot id, IPC namespace and network namespace, so that two
+	// containers, or two network namespaces of one machine, are two hosts.
+	// Setting it can make one machine's ranks look like several hosts (to
+	// test a multi-host job on one machine); ranks given one Host that
+	// cannot share memory fail to connect.
+	Host string
+
+	// launcherLocal is the local rank the launcher gave (RINGO_LOCAL_RANK,
+	// LOCAL_RANK, ...), checked against the ranks found on this host.
+	launcherLocal localRankHint
 
 	// Timeout bounds every call and the forming of the communicator; zero
 	// means DefaultTimeout, negative means no bound (a lost peer is still

@@ -97,6 +97,17 @@ type world struct {
 	// ranks maps the communicator's ranks to world ranks (nil: the same).
 	ranks   []int
 	channel uint64 // 0 for the world itself
+	// place is where the world's ranks run (nil: one host, links of the
+	// connector's cost).
+	place *placement
+}
+
+// placement returns w.place, or the one-host placement of its connector.
+func (w world) placement() *placement {
+	if w.place != nil {
+		return w.place
+	}
+	return onePlace(w.conn.cost())
 }
 
 func (w world) rank(r int) int {

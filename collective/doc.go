@@ -15,6 +15,16 @@
 // environment, which Init reads (ConfigFromEnv); New takes the same as a
 // Config. In tests, Local forms every rank of a job in one process.
 //
+// # Hosts
+//
+// By default (Config.Transport "auto") the ranks of one host talk through
+// shared memory and the hosts through TCP; a rank's host is the one its
+// kernel says (boot id, IPC and network namespace) unless Config.Host
+// (RINGO_HOST) names one. LocalRank and LocalSize count a communicator's
+// ranks on this rank's host. Where every host has the same number of ranks,
+// more than one, AllReduce, Broadcast and AllGather may run hierarchically
+// (within hosts, then across, then within), as the cost model decides.
+//
 // # Every rank, every call
 //
 // Calls on one Comm run one at a time, in the order they are made; every rank

@@ -41,8 +41,13 @@ func Init(ctx context.Context) (*Comm, error) {
 //   - the token (Config.Token): RINGO_TOKEN, else OpenMPI 4's per-job key
 //     OMPI_MCA_orte_precondition_transports; without either, New derives
 //     one from the job id (no secret: see Config.Token);
-//   - RINGO_INSECURE=1 (Config.Insecure), RINGO_TRANSPORT (tcp or quic),
-//     RINGO_TLS=1 (TLS over TCP), RINGO_IFACE, RINGO_TIMEOUT (a Go
+//   - the host (Config.Host): RINGO_HOST, else the one the kernel says; the
+//     launcher's local rank (RINGO_LOCAL_RANK, LOCAL_RANK,
+//     OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID, SLURM_LOCALID, of the
+//     launcher that gave the rank) is checked against the ranks New finds
+//     on this host, and a disagreement logged;
+//   - RINGO_INSECURE=1 (Config.Insecure), RINGO_TRANSPORT (auto, tcp, quic
+//     or shm), RINGO_TLS=1 (TLS over TCP), RINGO_IFACE, RINGO_TIMEOUT (a Go
 //     duration such as "90s", or seconds), RINGO_HEARTBEAT (the same),
 //     RINGO_ALGO, RINGO_COMPRESSION (none, s2, zstd, bf16 or fp16: see
 //     Config.Compression), RINGO_DEBUG (any value: debug logs on stderr).
@@ -139,6 +144,14 @@ func configFrom(getenv func(string) string) (Config, error) {
 		cfg.TLS = on
 	}
 	cfg.Iface = getenv("RINGO_IFACE")
+	cfg.Host = getenv("RINGO_HOST")
+	if v := getenv(from.localRank); v != "" {
+		lr, err := parseInt(from.localRank, v)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.launcherLocal = localRankHint{variable: from.localRank, rank: lr}
+	}
 	var err error
 	if cfg.Timeout, err = envDuration(getenv, "RINGO_TIMEOUT"); err != nil {
 		return cfg, err

@@ -63,6 +63,20 @@ func TestConfigFromEnvironment(t *testing.T) {
 			Config{Rank: 0, Size: 1, Transport: "quic", Algorithm: "ring", Compression: "bf16"}},
 		{"insecure", envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "1", "RINGO_INSECURE", "1"),
 			Config{Rank: 0, Size: 1, Insecure: true}},
+		{"shared memory, any case", envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "1", "RINGO_TRANSPORT", "SHM", "RINGO_ALGO", "Hier"),
+			Config{Rank: 0, Size: 1, Transport: "shm", Algorithm: "hier"}},
+		{"auto", envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "1", "RINGO_TRANSPORT", "Auto"),
+			Config{Rank: 0, Size: 1, Transport: "auto"}},
+		{"host", envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "1", "RINGO_HOST", "node7"),
+			Config{Rank: 0, Size: 1, Host: "node7"}},
+		{"ringrun's local rank", envOf("RINGO_RANK", "3", "RINGO_WORLD_SIZE", "4", "RINGO_ADDR", "h:1", "RINGO_LOCAL_RANK", "1", "LOCAL_RANK", "0"),
+			Config{Rank: 3, Size: 4, Addr: "h:1", launcherLocal: localRankHint{"RINGO_LOCAL_RANK", 1}}},
+		{"torchrun's local rank", envOf("RANK", "3", "WORLD_SIZE", "4", "MASTER_ADDR", "m", "MASTER_PORT", "1", "LOCAL_RANK", "1"),
+			Config{Rank: 3, Size: 4, Addr: "m:1", launcherLocal: localRankHint{"LOCAL_RANK", 1}}},
+		{"OpenMPI's local rank", envOf("OMPI_COMM_WORLD_RANK", "3", "OMPI_COMM_WORLD_SIZE", "4", "RINGO_ADDR", "h:1", "OMPI_COMM_WORLD_LOCAL_RANK", "2"),
+			Config{Rank: 3, Size: 4, Addr: "h:1", launcherLocal: localRankHint{"OMPI_COMM_WORLD_LOCAL_RANK", 2}}},
+		{"Slurm's local rank", envOf("SLURM_PROCID", "3", "SLURM_NTASKS", "4", "RINGO_ADDR", "h:1", "SLURM_LOCALID", "0", "LOCAL_RANK", "5"),
+			Config{Rank: 3, Size: 4, Addr: "h:1", launcherLocal: localRankHint{"SLURM_LOCALID", 0}}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -88,6 +102,7 @@ func TestConfigFromEnvironmentErrors(t *testing.T) {
 		"bad compression": envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "1", "RINGO_COMPRESSION", "gzip"),
 		"bad algorithm":   envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "1", "RINGO_ALGO", "fastest"),
 		"bad insecure":    envOf("RINGO_RANK", "0", "RINGO_WORLD_SIZE", "1", "RINGO_INSECURE", "sure"),
+		"bad local rank":  envOf("RANK", "0", "WORLD_SIZE", "1", "LOCAL_RANK", "first"),
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := configFrom(env)

@@ -12,6 +12,7 @@ import (
 // rendezvous so that a rank of another job is refused; few give a secret.
 type launcher struct {
 	rank, size string                                  // the variables of the rank and the world size
+	localRank  string                                  // the variable of the rank among those of its host
 	jobID      func(getenv func(string) string) string // "" when the launcher gives none
 	token      func(getenv func(string) string) string // nil or "": no secret from this launcher
 }
@@ -22,19 +23,19 @@ type launcher struct {
 func launchers() []launcher {
 	return []launcher{
 		// ringrun, or a person setting the variables by hand.
-		{rank: "RINGO_RANK", size: "RINGO_WORLD_SIZE",
+		{rank: "RINGO_RANK", size: "RINGO_WORLD_SIZE", localRank: "RINGO_LOCAL_RANK",
 			jobID: func(getenv func(string) string) string { return getenv("RINGO_JOB_ID") }},
 		// torchrun (torch.distributed.run).
-		{rank: "RANK", size: "WORLD_SIZE", jobID: torchrunJobID},
+		{rank: "RANK", size: "WORLD_SIZE", localRank: "LOCAL_RANK", jobID: torchrunJobID},
 		// OpenMPI's mpirun.
-		{rank: "OMPI_COMM_WORLD_RANK", size: "OMPI_COMM_WORLD_SIZE", jobID: openMPIJobID,
+		{rank: "OMPI_COMM_WORLD_RANK", size: "OMPI_COMM_WORLD_SIZE", localRank: "OMPI_COMM_WORLD_LOCAL_RANK", jobID: openMPIJobID,
 			// A random key OpenMPI (4.x, ORTE) gives every process of one
 			// job, for the PSM transports: a secret the launcher shares.
 			token: func(getenv func(string) string) string { return getenv("OMPI_MCA_orte_precondition_transports") }},
 		// MPICH (Hydra gives no job id; under srun, Slurm's).
-		{rank: "PMI_RANK", size: "PMI_SIZE", jobID: slurmJobID},
+		{rank: "PMI_RANK", size: "PMI_SIZE", localRank: "MPI_LOCALRANKID", jobID: slurmJobID},
 		// Slurm's srun.
-		{rank: "SLURM_PROCID", size: "SLURM_NTASKS", jobID: slurmJobID},
+		{rank: "SLURM_PROCID", size: "SLURM_NTASKS", localRank: "SLURM_LOCALID", jobID: slurmJobID},
 	}
 }
 

@@ -8,15 +8,15 @@ import (
 )
 
 // BenchmarkAllReduceLatency measures the latency of an 8-byte float32 Sum
-// AllReduce on 8 ranks in one process, over the mem transport and over TCP
-// loopback, for each algorithm forced: what the latency-optimal algorithms
+// AllReduce on 8 ranks in one process, over the mem transport, TCP
+// loopback and shared memory, for each algorithm forced: what the latency-optimal algorithms
 // are for (issue #5 asks recursive doubling for at least 2x less than the
 // ring). Rank 0 runs on the benchmark's goroutine, the others on their own.
 //
 //	flock /tmp/ringo-bench.lock go test -run='^$' -bench=AllReduceLatency -count=5 ./collective/
 func BenchmarkAllReduceLatency(b *testing.B) {
 	const ranks = 8
-	for _, tr := range []string{"mem", "tcp"} {
+	for _, tr := range []string{"mem", "tcp", "shm"} {
 		for _, algo := range []string{"ring", "doubling", "rabenseifner"} {
 			b.Run(fmt.Sprintf("%s/ranks=%d/%s", tr, ranks, algo), func(b *testing.B) {
 				comms := formComms(b, tr, ranks, collective.Config{Algorithm: algo})
@@ -101,7 +101,7 @@ func BenchmarkAllReduceModel(b *testing.B) {
 //
 //	flock /tmp/ringo-bench.lock go test -run='^$' -bench=BroadcastLatency -count=5 ./collective/
 func BenchmarkBroadcastLatency(b *testing.B) {
-	for _, tr := range []string{"mem", "tcp"} {
+	for _, tr := range []string{"mem", "tcp", "shm"} {
 		for _, ranks := range []int{4, 8} {
 			for _, algo := range []string{"ring", "doubling"} {
 				b.Run(fmt.Sprintf("%s/ranks=%d/%s", tr, ranks, algo), func(b *testing.B) {

@@ -9,11 +9,13 @@ import (
 	"github.com/ringo-ml/ringo/transport"
 )
 
-// LocalNetwork forms n ranks in this process over the network transport of
-// cfg (tcp by default) on the loopback interface: real sockets, handshakes
-// and rendezvous, for benchmarks and tests that want them without starting
-// processes. cfg.Rank, Size and Addr are set here. On error, the ranks
-// formed are closed.
+// LocalNetwork forms n ranks in this process as New forms them, over the
+// transport of cfg on the loopback interface: real sockets (or shared
+// memory: cfg.Transport "" or "auto" takes shared memory, since the ranks
+// share a host; "tcp" forces sockets), handshakes and rendezvous, for
+// benchmarks and tests that want them without starting processes.
+// cfg.Rank, Size and Addr are set here. On error, the ranks formed are
+// closed.
 func LocalNetwork(ctx context.Context, n int, cfg Config) ([]*Comm, error) {
 	if n < 1 {
 		return nil, invalidf("LocalNetwork needs at least one rank, got %d", n)

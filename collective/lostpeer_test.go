@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -24,11 +26,27 @@ import (
 
 // TestKilledRankIsNamedOnEveryRank runs 4 ranks as OS processes in a loop of
 // AllReduce and SIGKILLs one: every other rank must fail with ErrAborted
-// naming the killed rank, within 2 s of the kill (asserted with margin).
+// naming the killed rank, within 2 s of the kill (asserted with margin),
+// over TCP, over shared memory (which has no end of file of its own) and
+// over a mixed mesh (two hosts of two ranks); and no process leaves a
+// shared memory segment behind.
 func TestKilledRankIsNamedOnEveryRank(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts 4 processes")
 	}
+	for _, tr := range []struct {
+		name string
+		env  func(r int) []string
+	}{
+		{"tcp", func(int) []string { return []string{"RINGO_TRANSPORT=tcp"} }},
+		{"shm", func(int) []string { return []string{"RINGO_TRANSPORT=shm"} }},
+		{"mixed", func(r int) []string { return []string{"RINGO_HOST=" + twoHosts(r, 4)} }},
+	} {
+		t.Run(tr.name, func(t *testing.T) { killARank(t, tr.env) })
+	}
+}
+
+func killARank(t *testing.T, env func(r int) []string) {
 	const n, victim = 4, 2
 	addr := freeAddr(t)
 	type child struct {
@@ -42,6 +60,7 @@ func TestKilledRankIsNamedOnEveryRank(t *testing.T) {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), childEnv+"=loop", "RINGO_TOKEN=kill-test", "RINGO_TIMEOUT=60s",
 			"RINGO_RANK="+strconv.Itoa(r), "RINGO_WORLD_SIZE="+strconv.Itoa(n), "RINGO_ADDR="+addr)
+		cmd.Env = append(cmd.Env, env(r)...)
 		stdout, err := cmd.StdoutPipe()
 		require.NoError(t, err)
 		c := &child{cmd: cmd, out: &lockedBuffer{}, ready: make(chan struct{}), done: make(chan time.Time, 1)}
@@ -94,6 +113,32 @@ func TestKilledRankIsNamedOnEveryRank(t *testing.T) {
 			t.Fatalf("rank %d still running 30 s after rank %d was killed: %s", r, victim, c.out.String())
 		}
 	}
+	<-children[victim].done
+	pids := make([]int, n)
+	for r, c := range children {
+		pids[r] = c.cmd.Process.Pid
+	}
+	assert.Empty(t, segmentsOf(t, pids), "shared memory segments left behind")
+}
+
+// segmentsOf lists the shared memory segments in /dev/shm that processes
+// pids created (a segment's name starts with ringo-PID-).
+func segmentsOf(t testing.TB, pids []int) []string {
+	t.Helper()
+	entries, err := os.ReadDir("/dev/shm")
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	require.NoError(t, err)
+	var names []string
+	for _, e := range entries {
+		for _, pid := range pids {
+			if strings.HasPrefix(e.Name(), fmt.Sprintf("ringo-%d-", pid)) {
+				names = append(names, e.Name())
+			}
+		}
+	}
+	return names
 }
 
 // childLoop is a rank that runs AllReduce until it fails, then prints the

@@ -49,7 +49,8 @@ func mixedWorld(t *testing.T, cfg Config) []*Comm {
 				byPeer[p] = meshes[r]
 			}
 		}
-		w := world{conn: newShared(transport.PerPeer(byPeer), 1)}
+		place := &placement{host: []int{0, 0, 1, 1}, local: local.Cost(), remote: meshes[r].Cost()}
+		w := world{conn: newShared(transport.PerPeer(byPeer), 1), place: place}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

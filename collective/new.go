@@ -28,12 +28,12 @@ func New(ctx context.Context, cfg Config) (*Comm, error) {
 	if _, err := parseCompression("Config.Compression", cfg.Compression); err != nil {
 		return nil, err
 	}
-	switch cfg.Transport {
-	case "", "tcp", "quic":
-	case "mem":
-		return nil, invalidf(`transport "mem" connects ranks of one process: use Local`)
-	default:
-		return nil, invalidf("unknown transport %q (want tcp or quic)", cfg.Transport)
+	if err := checkTransport(cfg); err != nil {
+		return nil, err
+	}
+	withShm, err := sharedMemory(cfg)
+	if err != nil {
+		return nil, err
 	}
 	if cfg.Size == 1 {
 		return newComm(0, 1, make([]transport.Stream, 1), cfg, world{conn: soloConnector{}}), nil
@@ -47,7 +47,7 @@ func New(ctx context.Context, cfg Config) (*Comm, error) {
 		defer cancel()
 	}
 	log := cfg.logger().With("rank", cfg.Rank)
-	cfg, err := secured(cfg, log)
+	cfg, err = secured(cfg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -66,53 +66,50 @@ func New(ctx context.Context, cfg Config) (*Comm, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ringo: rank %d: %w", cfg.Rank, err)
 	}
-	var mesh *transport.Mesh // owns nw once made
-	owned := false           // by the world
+	var ls listeners // they own nw once listening
+	owned := false   // by the world
 	defer func() {
 		switch {
 		case owned:
-		case mesh != nil:
-			_ = mesh.Close()
+		case ls.remote != nil:
+			ls.close()
 		default:
 			_ = nw.Close()
 		}
 	}()
+	host := hostKey(cfg, log)
 	table, err := rendezvous.JoinWith(ctx, cfg.Addr, id, func(local net.Addr) (rendezvous.Entry, error) {
-		if mesh == nil { // a retried join keeps the listener of the first attempt
-			host, err := advertiseHost(cfg.Iface, local)
-			if err != nil {
-				return rendezvous.Entry{}, err
-			}
-			if mesh, err = transport.ListenMesh(ctx, nw, host, id, log); err != nil {
-				return rendezvous.Entry{}, fmt.Errorf("listening for peers on %s: %w", host, err)
-			}
+		addr, err := advertiseHost(cfg.Iface, local)
+		if err != nil {
+			return rendezvous.Entry{}, err
 		}
-		ep := mesh.Endpoint()
-		return rendezvous.Entry{Addr: ep.Addr, Fingerprint: ep.Fingerprint}, nil
+		e, err := ls.listen(ctx, nw, addr, withShm, id, log)
+		e.Host = host
+		return e, err
 	})
 	if served != nil {
 		if serr := served.Wait(); err == nil && serr != nil {
 			err = serr
 		}
 	}
+	var tc transport.Connector
+	var place *placement
 	if err == nil {
-		peers := make([]transport.Endpoint, len(table))
-		for r, e := range table {
-			peers[r] = transport.Endpoint{Addr: e.Addr, Fingerprint: e.Fingerprint}
-		}
-		err = mesh.Start(peers)
+		tc, place, err = ls.connector(cfg, table)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("ringo: rank %d: %w", cfg.Rank, err)
 	}
-	w := world{conn: newShared(mesh, 1)}
+	w := world{conn: newShared(tc, 1), place: place}
 	owned = true
 	streams, err := connectMesh(ctx, w, cfg.Rank, cfg.Size)
 	if err != nil {
 		w.conn.release()
 		return nil, fmt.Errorf("ringo: rank %d: %w", cfg.Rank, err)
 	}
-	return newComm(cfg.Rank, cfg.Size, streams, cfg, w), nil
+	c := newComm(cfg.Rank, cfg.Size, streams, cfg, w)
+	checkLauncher(cfg.launcherLocal, &c.topo, log)
+	return c, nil
 }
 
 // advertiseHost picks the address peers should dial: iface's address, or

@@ -122,11 +122,16 @@ func describe(s transport.Signature) string {
 			return fmt.Sprintf("Broadcast(%v, count=%d, root=%d, tree)", dt, s.Count, s.Root)
 		case algoRing:
 			return fmt.Sprintf("Broadcast(%v, count=%d, root=%d, chain)", dt, s.Count, s.Root)
+		case algoHier:
+			return fmt.Sprintf("Broadcast(%v, count=%d, root=%d, hier)", dt, s.Count, s.Root)
 		}
 		return fmt.Sprintf("Broadcast(%v, count=%d, root=%d)", dt, s.Count, s.Root)
 	case kindAllToAllV:
 		return fmt.Sprintf("AllToAllV(%v)", dt)
 	case kindAllGather, kindAllToAll, kindAllGatherV:
+		if algorithm(s.Op>>4) == algoHier {
+			return fmt.Sprintf("%v(%v, count=%d, hier)", k, dt, s.Count)
+		}
 		return fmt.Sprintf("%v(%v, count=%d)", k, dt, s.Count)
 	case kindGather, kindScatter:
 		return fmt.Sprintf("%v(%v, count=%d, root=%d)", k, dt, s.Count, s.Root)

@@ -12,7 +12,8 @@ import (
 )
 
 // Every rank sends to the next and receives from the previous one, for every
-// odd count and several element types, on mem and TCP; then several tagged
+// odd count and several element types, on mem, TCP, shared memory and a
+// mixed mesh (two hosts); then several tagged
 // messages in a row meet in order.
 func TestSendRecvAroundTheRing(t *testing.T) {
 	for _, tr := range []struct {
@@ -21,6 +22,8 @@ func TestSendRecvAroundTheRing(t *testing.T) {
 	}{
 		{"mem", func(t *testing.T, n int) []*collective.Comm { return local(t, n, collective.Config{}) }},
 		{"tcp", func(t *testing.T, n int) []*collective.Comm { return formTCP(t, n, collective.Config{}) }},
+		{"shm", func(t *testing.T, n int) []*collective.Comm { return formShm(t, n, collective.Config{}) }},
+		{"mixed", func(t *testing.T, n int) []*collective.Comm { return formTwoHosts(t, n, collective.Config{}) }},
 	} {
 		for _, n := range []int{2, 3, 5} {
 			t.Run(fmt.Sprintf("%s/n=%d", tr.name, n), func(t *testing.T) {
@@ -69,6 +72,7 @@ func TestSendRecvExchangeOfLargeMessagesDoesNotDeadlock(t *testing.T) {
 	}{
 		{"mem", func(t *testing.T) []*collective.Comm { return local(t, 2, collective.Config{}) }},
 		{"tcp", func(t *testing.T) []*collective.Comm { return formTCP(t, 2, collective.Config{}) }},
+		{"shm", func(t *testing.T) []*collective.Comm { return formShm(t, 2, collective.Config{}) }},
 	} {
 		t.Run(tr.name, func(t *testing.T) {
 			const count = 2<<20 + 3
@@ -216,13 +220,13 @@ func TestCloseEndsAPendingRecv(t *testing.T) {
 	require.ErrorIs(t, w.Wait(), collective.ErrAborted)
 }
 
-// A Send and its Recv allocate nothing once the links are made, over mem
-// and TCP: point-to-point messages are on the hot path of pipeline stages.
+// A Send and its Recv allocate nothing once the links are made, over mem,
+// TCP and shared memory: point-to-point messages are on the hot path of pipeline stages.
 func TestSendRecvSteadyStateAllocatesNothing(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector allocates")
 	}
-	for _, tr := range []string{"mem", "tcp"} {
+	for _, tr := range []string{"mem", "tcp", "shm"} {
 		t.Run(tr, func(t *testing.T) {
 			comms := formComms(t, tr, 2, collective.Config{})
 			out, in := []float32{1, 2, 3}, make([]float32, 3)

@@ -42,30 +42,36 @@ func reduceMatrixWith[T collective.Elem](t *testing.T, algo string) {
 		cfg := tinyPipeline
 		cfg.Algorithm = algo
 		comms := local(t, n, cfg)
-		for _, root := range rootsOf(n) {
-			for _, op := range opsFor[T]() {
-				for _, count := range []int{0, 1, n + 2, 97, 1000} {
-					recv := make([]T, count)
-					sends := make([][]T, n)
-					requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
-						sends[r] = inputs[T](r, count, op)
-						var out []T
-						if r == root {
-							out = recv
-						}
-						return collective.Reduce(ctx, c, sends[r], out, op, root)
-					}))
-					for i := range count {
-						want := reference[T](n, i, op)
-						if op == collective.Avg {
-							require.InEpsilon(t, float64(want)+1e-300, float64(recv[i])+1e-300, 1e-6)
-						} else {
-							require.Equal(t, want, recv[i], "n=%d root=%d %v count=%d i=%d", n, root, op, count, i)
-						}
+		reduceOn[T](t, comms)
+		closeAll(comms)
+	}
+}
+
+func reduceOn[T collective.Elem](t *testing.T, comms []*collective.Comm) {
+	n := len(comms)
+	for _, root := range rootsOf(n) {
+		for _, op := range opsFor[T]() {
+			for _, count := range []int{0, 1, n + 2, 97, 1000} {
+				recv := make([]T, count)
+				sends := make([][]T, n)
+				requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+					sends[r] = inputs[T](r, count, op)
+					var out []T
+					if r == root {
+						out = recv
 					}
-					for r := range n {
-						require.Equal(t, inputs[T](r, count, op), sends[r], "Reduce must not modify send (rank %d)", r)
+					return collective.Reduce(ctx, c, sends[r], out, op, root)
+				}))
+				for i := range count {
+					want := reference[T](n, i, op)
+					if op == collective.Avg {
+						require.InEpsilon(t, float64(want)+1e-300, float64(recv[i])+1e-300, 1e-6)
+					} else {
+						require.Equal(t, want, recv[i], "n=%d root=%d %v count=%d i=%d", n, root, op, count, i)
 					}
+				}
+				for r := range n {
+					require.Equal(t, inputs[T](r, count, op), sends[r], "Reduce must not modify send (rank %d)", r)
 				}
 			}
 		}
@@ -75,34 +81,40 @@ func reduceMatrixWith[T collective.Elem](t *testing.T, algo string) {
 func TestGatherAndScatter(t *testing.T) {
 	for n := 1; n <= 8; n++ {
 		comms := local(t, n, tinyPipeline)
-		for _, root := range rootsOf(n) {
-			for _, m := range []int{0, 1, 3, 1001} {
-				name := fmt.Sprintf("n=%d root=%d m=%d", n, root, m)
-				gathered := make([]int64, n*m)
-				requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
-					var recv []int64
-					if r == root {
-						recv = gathered
-					}
-					return collective.Gather(ctx, c, inputs[int64](r, m, collective.Sum), recv, root)
-				}))
-				for p := range n {
-					require.Equal(t, inputs[int64](p, m, collective.Sum), gathered[p*m:(p+1)*m], "%s block %d", name, p)
-				}
+		gatherScatterOn(t, comms)
+		closeAll(comms)
+	}
+}
 
-				whole := inputs[float32](root+50, n*m, collective.Sum)
-				got := make([][]float32, n)
-				requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
-					got[r] = make([]float32, m)
-					var send []float32
-					if r == root {
-						send = whole
-					}
-					return collective.Scatter(ctx, c, send, got[r], root)
-				}))
-				for p := range n {
-					require.Equal(t, whole[p*m:(p+1)*m], got[p], "%s rank %d", name, p)
+func gatherScatterOn(t *testing.T, comms []*collective.Comm) {
+	n := len(comms)
+	for _, root := range rootsOf(n) {
+		for _, m := range []int{0, 1, 3, 1001} {
+			name := fmt.Sprintf("n=%d root=%d m=%d", n, root, m)
+			gathered := make([]int64, n*m)
+			requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+				var recv []int64
+				if r == root {
+					recv = gathered
 				}
+				return collective.Gather(ctx, c, inputs[int64](r, m, collective.Sum), recv, root)
+			}))
+			for p := range n {
+				require.Equal(t, inputs[int64](p, m, collective.Sum), gathered[p*m:(p+1)*m], "%s block %d", name, p)
+			}
+
+			whole := inputs[float32](root+50, n*m, collective.Sum)
+			got := make([][]float32, n)
+			requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+				got[r] = make([]float32, m)
+				var send []float32
+				if r == root {
+					send = whole
+				}
+				return collective.Scatter(ctx, c, send, got[r], root)
+			}))
+			for p := range n {
+				require.Equal(t, whole[p*m:(p+1)*m], got[p], "%s rank %d", name, p)
 			}
 		}
 	}
@@ -111,17 +123,23 @@ func TestGatherAndScatter(t *testing.T) {
 func TestAllToAll(t *testing.T) {
 	for n := 1; n <= 8; n++ {
 		comms := local(t, n, tinyPipeline)
-		for _, m := range []int{0, 1, 2, 7, 513} {
-			recvs := make([][]int32, n)
-			requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
-				recvs[r] = make([]int32, n*m)
-				return collective.AllToAll(ctx, c, inputs[int32](r, n*m, collective.Sum), recvs[r])
-			}))
-			for r := range n {
-				for p := range n {
-					// Block p of rank r's recv is block r of rank p's send.
-					require.Equal(t, inputs[int32](p, n*m, collective.Sum)[r*m:(r+1)*m], recvs[r][p*m:(p+1)*m], "n=%d m=%d rank %d from %d", n, m, r, p)
-				}
+		allToAllOn(t, comms)
+		closeAll(comms)
+	}
+}
+
+func allToAllOn(t *testing.T, comms []*collective.Comm) {
+	n := len(comms)
+	for _, m := range []int{0, 1, 2, 7, 513} {
+		recvs := make([][]int32, n)
+		requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+			recvs[r] = make([]int32, n*m)
+			return collective.AllToAll(ctx, c, inputs[int32](r, n*m, collective.Sum), recvs[r])
+		}))
+		for r := range n {
+			for p := range n {
+				// Block p of rank r's recv is block r of rank p's send.
+				require.Equal(t, inputs[int32](p, n*m, collective.Sum)[r*m:(r+1)*m], recvs[r][p*m:(p+1)*m], "n=%d m=%d rank %d from %d", n, m, r, p)
 			}
 		}
 	}

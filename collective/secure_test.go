@@ -70,7 +70,7 @@ func TestMixedTLSSettingsAreRefused(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := collective.New(cctx, collective.Config{Rank: r, Size: 2, Addr: addr, Token: "t", TLS: tls})
+			c, err := collective.New(cctx, collective.Config{Rank: r, Size: 2, Addr: addr, Token: "t", TLS: tls, Transport: "tcp"})
 			if c != nil {
 				c.Close()
 			}

@@ -111,6 +111,7 @@ func (c *Comm) split(ctx context.Context, call string, color, key int, list uint
 		conn:    c.world.conn,
 		ranks:   make([]int, len(members)),
 		channel: channelOf(c.world.channel, "split", seq, uint64(color)),
+		place:   c.world.place,
 	}
 	rank := 0
 	for i, m := range members {

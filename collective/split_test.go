@@ -184,6 +184,7 @@ func TestParentAndSubCommunicatorsRunConcurrently(t *testing.T) {
 	}{
 		{"mem", func(t *testing.T, n int) []*collective.Comm { return local(t, n, tinyPipeline) }},
 		{"tcp", func(t *testing.T, n int) []*collective.Comm { return formTCP(t, n, tinyPipeline) }},
+		{"mixed", func(t *testing.T, n int) []*collective.Comm { return formTwoHosts(t, n, tinyPipeline) }},
 	} {
 		t.Run(tr.name, func(t *testing.T) {
 			const n, rounds = 6, 12

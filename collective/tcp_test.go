@@ -35,8 +35,21 @@ func formTCP(t testing.TB, n int, cfg collective.Config) []*collective.Comm {
 	return formTCPAt(t, n, cfg)
 }
 
-// formTCPAt is formTCP with the rendezvous address in cfg.Addr.
+// formTCPAt is formTCP with the rendezvous address in cfg.Addr. The
+// transport is TCP unless cfg names another (New's default would connect
+// these ranks, all of one host, through shared memory).
 func formTCPAt(t testing.TB, n int, cfg collective.Config) []*collective.Comm {
+	t.Helper()
+	if cfg.Transport == "" {
+		cfg.Transport = "tcp"
+	}
+	return formAt(t, n, cfg, nil)
+}
+
+// formAt forms n ranks with New, each in its own goroutine (rank 0, which
+// serves the rendezvous, last), with cfg and then, for each rank, what
+// each (if not nil) changes.
+func formAt(t testing.TB, n int, cfg collective.Config, each func(r int, c *collective.Config)) []*collective.Comm {
 	t.Helper()
 	cfg.Size = n
 	if cfg.Timeout == 0 {
@@ -51,6 +64,9 @@ func formTCPAt(t testing.TB, n int, cfg collective.Config) []*collective.Comm {
 			defer wg.Done()
 			c := cfg
 			c.Rank = r
+			if each != nil {
+				each(r, &c)
+			}
 			comms[r], errs[r] = collective.New(ctx, c)
 		}()
 	}

@@ -15,24 +15,30 @@ func raggedCount(p, q, salt int) int { return (p*7 + q*3 + salt) % 5 * (1 + salt
 func TestAllGatherV(t *testing.T) {
 	for n := 1; n <= 8; n++ {
 		comms := local(t, n, collective.Config{})
-		for salt := range 4 {
-			counts := make([]int, n)
-			total := 0
+		allGatherVOn(t, comms)
+		closeAll(comms)
+	}
+}
+
+func allGatherVOn(t *testing.T, comms []*collective.Comm) {
+	n := len(comms)
+	for salt := range 4 {
+		counts := make([]int, n)
+		total := 0
+		for p := range n {
+			counts[p] = raggedCount(p, 0, salt)
+			total += counts[p]
+		}
+		recvs := make([][]float64, n)
+		requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+			recvs[r] = make([]float64, total)
+			return collective.AllGatherV(ctx, c, inputs[float64](r, counts[r], collective.Sum), counts, recvs[r])
+		}))
+		for r := range n {
+			off := 0
 			for p := range n {
-				counts[p] = raggedCount(p, 0, salt)
-				total += counts[p]
-			}
-			recvs := make([][]float64, n)
-			requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
-				recvs[r] = make([]float64, total)
-				return collective.AllGatherV(ctx, c, inputs[float64](r, counts[r], collective.Sum), counts, recvs[r])
-			}))
-			for r := range n {
-				off := 0
-				for p := range n {
-					require.Equal(t, inputs[float64](p, counts[p], collective.Sum), recvs[r][off:off+counts[p]], "n=%d salt=%d rank %d block %d", n, salt, r, p)
-					off += counts[p]
-				}
+				require.Equal(t, inputs[float64](p, counts[p], collective.Sum), recvs[r][off:off+counts[p]], "n=%d salt=%d rank %d block %d", n, salt, r, p)
+				off += counts[p]
 			}
 		}
 	}
@@ -41,36 +47,42 @@ func TestAllGatherV(t *testing.T) {
 func TestAllToAllV(t *testing.T) {
 	for n := 1; n <= 8; n++ {
 		comms := local(t, n, collective.Config{})
-		for salt := range 3 {
-			// sent[p][q]: what rank p sends rank q.
-			sent := make([][][]int32, n)
-			for p := range n {
-				sent[p] = make([][]int32, n)
-				for q := range n {
-					sent[p][q] = inputs[int32](100*p+q, raggedCount(p, q, salt), collective.Sum)
-				}
+		allToAllVOn(t, comms)
+		closeAll(comms)
+	}
+}
+
+func allToAllVOn(t *testing.T, comms []*collective.Comm) {
+	n := len(comms)
+	for salt := range 3 {
+		// sent[p][q]: what rank p sends rank q.
+		sent := make([][][]int32, n)
+		for p := range n {
+			sent[p] = make([][]int32, n)
+			for q := range n {
+				sent[p][q] = inputs[int32](100*p+q, raggedCount(p, q, salt), collective.Sum)
 			}
-			recvs := make([][]int32, n)
-			requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
-				var send []int32
-				sendCounts, recvCounts := make([]int, n), make([]int, n)
-				total := 0
-				for q := range n {
-					send = append(send, sent[r][q]...)
-					sendCounts[q] = len(sent[r][q])
-					recvCounts[q] = len(sent[q][r])
-					total += recvCounts[q]
-				}
-				recvs[r] = make([]int32, total)
-				return collective.AllToAllV(ctx, c, send, sendCounts, recvs[r], recvCounts)
-			}))
-			for r := range n {
-				off := 0
-				for p := range n {
-					want := sent[p][r]
-					require.Equal(t, want, recvs[r][off:off+len(want)], "n=%d salt=%d rank %d from %d", n, salt, r, p)
-					off += len(want)
-				}
+		}
+		recvs := make([][]int32, n)
+		requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
+			var send []int32
+			sendCounts, recvCounts := make([]int, n), make([]int, n)
+			total := 0
+			for q := range n {
+				send = append(send, sent[r][q]...)
+				sendCounts[q] = len(sent[r][q])
+				recvCounts[q] = len(sent[q][r])
+				total += recvCounts[q]
+			}
+			recvs[r] = make([]int32, total)
+			return collective.AllToAllV(ctx, c, send, sendCounts, recvs[r], recvCounts)
+		}))
+		for r := range n {
+			off := 0
+			for p := range n {
+				want := sent[p][r]
+				require.Equal(t, want, recvs[r][off:off+len(want)], "n=%d salt=%d rank %d from %d", n, salt, r, p)
+				off += len(want)
 			}
 		}
 	}

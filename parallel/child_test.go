@@ -75,11 +75,18 @@ func freeAddr(t *testing.T) string {
 }
 
 // A rank process killed with SIGKILL during training makes every other
-// rank's Sync fail within 2 s with ErrAborted, naming the killed rank.
+// rank's Sync fail within 2 s with ErrAborted, naming the killed rank, over
+// TCP and over shared memory (the default between processes of one host).
 func TestKilledRankFailsEveryOtherRanksSync(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts 4 processes")
 	}
+	for _, tr := range []string{"tcp", "shm"} {
+		t.Run(tr, func(t *testing.T) { killDuringTraining(t, tr) })
+	}
+}
+
+func killDuringTraining(t *testing.T, transport string) {
 	const n, victim = 4, 2
 	addr := freeAddr(t)
 	type rank struct {
@@ -92,7 +99,7 @@ func TestKilledRankFailsEveryOtherRanksSync(t *testing.T) {
 	for r := range n {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), childEnv+"=train", "RINGO_TOKEN=parallel-kill-test", "RINGO_TIMEOUT=60s",
-			"RINGO_RANK="+strconv.Itoa(r), "RINGO_WORLD_SIZE="+strconv.Itoa(n), "RINGO_ADDR="+addr)
+			"RINGO_RANK="+strconv.Itoa(r), "RINGO_WORLD_SIZE="+strconv.Itoa(n), "RINGO_ADDR="+addr, "RINGO_TRANSPORT="+transport)
 		stdout, err := cmd.StdoutPipe()
 		require.NoError(t, err)
 		rk := &rank{cmd: cmd, training: make(chan struct{}), failed: make(chan string, 1)}

@@ -266,7 +266,9 @@ func pipeLocal(t testing.TB, n int) []*collective.Comm {
 // pipeTCP makes n ranks in this process over TCP loopback.
 func pipeTCP(t testing.TB, n int) []*collective.Comm {
 	t.Helper()
-	comms, err := collective.LocalNetwork(context.Background(), n, pipeCommConfig)
+	cfg := pipeCommConfig
+	cfg.Transport = "tcp"
+	comms, err := collective.LocalNetwork(context.Background(), n, cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { pipeEach(n, func(r int) error { return comms[r].Close() }) })
 	return comms

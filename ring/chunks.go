@@ -23,3 +23,15 @@ func ReduceScatterChunks[T link.Elem](r *Ring, buf []T, red link.Reducer[T]) err
 	lo, hi := s.chunk(r.rank)
 	return run(r, s, buf, buf[lo:hi], red)
 }
+
+// AllGatherChunks completes buf, of which this rank holds chunk
+// ChunkBounds(len(buf), size, rank), with every other rank's chunk: the
+// second half of AllReduce on its own, for any length. After
+// ReduceScatterChunks on every rank it completes an AllReduce.
+func AllGatherChunks[T link.Elem](r *Ring, buf []T) error {
+	if r.size == 1 {
+		return nil
+	}
+	s := newSchedule[T](r, len(buf), 0, false, true)
+	return run(r, s, buf, buf, link.Reducer[T]{})
+}

@@ -336,6 +336,39 @@ func TestReduceScatterAndAllGather(t *testing.T) {
 	}
 }
 
+// ReduceScatterChunks then AllGatherChunks, on vectors of any length, is
+// an AllReduce: the same bits as AllReduce itself (the same chunks, reduced
+// in the same order).
+func TestReduceScatterAndAllGatherChunks(t *testing.T) {
+	for size := 1; size <= 7; size++ {
+		for _, n := range []int{0, 1, size - 1, size + 1, 97, 1001} {
+			if n < 0 {
+				continue
+			}
+			rs := rings(t, size, smallPieces, false).rs
+			viaChunks := make([][]float32, size)
+			whole := make([][]float32, size)
+			for r := range size {
+				viaChunks[r] = make([]float32, n)
+				for i := range viaChunks[r] {
+					viaChunks[r][i] = float32(math.Sin(float64(r*n+i))) / 3
+				}
+				whole[r] = append([]float32(nil), viaChunks[r]...)
+			}
+			onEveryRank(t, size, func(r int) error {
+				if err := ring.ReduceScatterChunks(rs[r], viaChunks[r], ring.Sum[float32]()); err != nil {
+					return err
+				}
+				return ring.AllGatherChunks(rs[r], viaChunks[r])
+			})
+			onEveryRank(t, size, func(r int) error { return ring.AllReduce(rs[r], whole[r], ring.Sum[float32]()) })
+			for r := range size {
+				require.Equal(t, bits(whole[0]), bits(viaChunks[r]), "size=%d n=%d rank %d", size, n, r)
+			}
+		}
+	}
+}
+
 func TestBroadcastFromEveryRoot(t *testing.T) {
 	for size := 1; size <= 6; size++ {
 		for root := range size {

@@ -17,7 +17,7 @@ import (
 	"github.com/ringo-ml/ringo/transport/quic"
 )
 
-// The conformance suite: every transport (mem, tcp, tcp+tls, quic) must frame,
+// The conformance suite: every transport (mem, tcp, tcp+tls, quic, shm) must frame,
 // close and authenticate the same way, so that links and collectives run on
 // any of them unchanged; and so must the streams the Connectors make of them
 // (a Mesh over each Network, the pipe hub), which are what collectives run on,
@@ -38,10 +38,18 @@ var transports = []struct {
 	{"mesh/tcp", meshPair(networks[0].make)},
 	{"mesh/tcp+tls", meshPair(networks[1].make)},
 	{"mesh/quic", meshPair(networks[2].make)},
+	{"mesh/shm-control", meshPair(shmControl.make)},
 	{"auth/tcp", authPair(networks[0].make)},
 	{"auth/tcp+tls", authPair(networks[1].make)},
 	{"auth/quic", authPair(networks[2].make)},
 	{"pipehub", hubPair},
+	{"shm", shmPair(func(t *testing.T) []transport.Connector {
+		return asConnectors(meshes(t, 2, shmControl.make, nil, nil))
+	})},
+	{"shm/pipehub", shmPair(func(*testing.T) []transport.Connector {
+		hub := transport.NewPipeHub(2)
+		return []transport.Connector{hub.Connector(0), hub.Connector(1)}
+	})},
 }
 
 func cleanup(t *testing.T, ss ...transport.Stream) {

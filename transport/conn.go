@@ -28,6 +28,10 @@ const readBufferSize = 4096
 type Conn struct {
 	s Stream
 	r *bufio.Reader
+	// try is s's way of writing without waiting, if it has one; canTry
+	// says so.
+	try    tryWriter
+	canTry bool
 
 	wmu  sync.Mutex
 	whdr [HeaderSize]byte
@@ -37,9 +41,35 @@ type Conn struct {
 	rhdr [HeaderSize]byte
 }
 
-// NewConn frames s.
+// NewConn frames s. A stream whose reads cost no system call (shared
+// memory) may ask for a smaller read buffer with a method ReadBufferSize()
+// int: a buffer saves a large payload no system call there, and costs a
+// second copy of its first bytes.
 func NewConn(s Stream) *Conn {
-	return &Conn{s: s, r: bufio.NewReaderSize(s, readBufferSize)}
+	size := readBufferSize
+	if b, ok := s.(interface{ ReadBufferSize() int }); ok {
+		size = b.ReadBufferSize()
+	}
+	c := &Conn{s: s, r: bufio.NewReaderSize(s, size)}
+	c.try, c.canTry = s.(tryWriter)
+	return c
+}
+
+// tryWriter is a Stream that can write without waiting when it has room
+// (a shared-memory ring): a Link then writes small frames on its caller's
+// goroutine instead of handing them to its sender.
+type tryWriter interface {
+	// TryWrite writes a and then b if there is room for both now, and
+	// reports whether it did; it never waits, and writes all or nothing.
+	TryWrite(a, b []byte) (bool, error)
+}
+
+// tryWriteLocked writes a frame if the stream can take it at once (see
+// tryWriter); c.wmu is held.
+func (c *Conn) tryWriteLocked(h *Header, payload []byte) (bool, error) {
+	h.Len = uint32(len(payload))
+	h.Encode(&c.whdr)
+	return c.try.TryWrite(c.whdr[:], payload)
 }
 
 // WriteFrame writes h followed by payload with one vectored write. It sets

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -276,6 +277,22 @@ func (l *Link) Send(src []byte) (uint64, error) {
 	h.Index = l.sendIndex
 	h.Len = uint32(len(src))
 	l.sendIndex++
+	if ok, err := l.writeNow(&h, src); ok || err != nil {
+		if err != nil {
+			return 0, err
+		}
+		l.queued++
+		l.sent.Add(1)
+		return l.queued, nil
+	}
+	// A select of one case and a default costs a fraction of the full one
+	// below, which locks every channel it names: try it first.
+	select {
+	case l.sendq <- outFrame{hdr: h, payload: src}:
+		l.queued++
+		return l.queued, nil
+	default:
+	}
 	select {
 	case l.sendq <- outFrame{hdr: h, payload: src}:
 		l.queued++
@@ -330,6 +347,11 @@ func (l *Link) Post(dst []byte) error {
 	select {
 	case l.posts <- inFrame{want: want, dst: dst}:
 		return nil
+	default:
+	}
+	select {
+	case l.posts <- inFrame{want: want, dst: dst}:
+		return nil
 	case <-l.halt:
 		return l.haltError()
 	case <-l.dead:
@@ -349,6 +371,18 @@ func (l *Link) Wait() error {
 	case <-l.recvd:
 		return nil
 	default:
+	}
+	if l.conn.canTry {
+		// A fast stream's frame is usually microseconds away: yield to the
+		// reader a few times before parking, which costs more.
+		for range waitYields {
+			runtime.Gosched()
+			select {
+			case <-l.recvd:
+				return nil
+			default:
+			}
+		}
 	}
 	var probe <-chan time.Time
 	if l.opt.ProbeAfter > 0 && !l.probed {
@@ -408,6 +442,9 @@ func (l *Link) deadError() error {
 	}
 	return l.deadErr
 }
+
+// waitYields is how often Wait yields, on a fast stream, before it parks.
+const waitYields = 16
 
 // quiesceWait is how long Quiesce lets a frame in progress finish before it
 // closes the connection under it.
@@ -491,15 +528,27 @@ func (l *Link) sender() {
 		beat = t.C
 		l.beat = t
 	}
+	wrote := false // since the heartbeat timer was last reset
 	for {
+		select {
+		case f := <-l.sendq: // the cheap receive first: frames often wait
+			if l.fail.Err() != nil || !l.write(&f) {
+				return
+			}
+			wrote = true
+			continue
+		default:
+		}
+		if wrote && every > 0 {
+			l.beat.Reset(every)
+		}
+		wrote = false
 		select {
 		case f := <-l.sendq:
 			if l.fail.Err() != nil || !l.write(&f) {
 				return
 			}
-			if every > 0 {
-				l.beat.Reset(every)
-			}
+			wrote = true
 			continue
 		case <-beat:
 			if err := l.conn.WriteFrame(&l.hbHdr, nil); err != nil {
@@ -526,6 +575,33 @@ func (l *Link) sender() {
 			}
 		}
 	}
+}
+
+// inlineMax bounds the frames writeNow writes on the caller's goroutine:
+// small frames, whose hand-over to the sender would cost more than their
+// copy; a large one is copied by the sender while the caller goes on.
+const inlineMax = 16 << 10
+
+// writeNow writes the data frame h with src on the caller's goroutine if
+// the stream can take it at once without waiting (a shared-memory ring
+// with room for it: see Conn.tryWrite) and every frame queued before it is
+// written, and reports whether it did. A stream that cannot never does:
+// its frames go through the sender, so that Send never waits for the peer.
+func (l *Link) writeNow(h *Header, src []byte) (bool, error) {
+	if !l.conn.canTry || len(src) > inlineMax || l.sent.Load() != l.queued || l.fail.Err() != nil || l.closing.Load() {
+		return false, nil
+	}
+	if !l.conn.wmu.TryLock() { // a control frame on its way
+		return false, nil
+	}
+	ok, err := l.conn.tryWriteLocked(h, src)
+	l.conn.wmu.Unlock()
+	if err != nil {
+		err = &PeerError{Peer: l.peer, Err: fmt.Errorf("%w: write: %w", ErrPeerLost, err)}
+		l.fail.Fail(err)
+		return false, l.fail.Err()
+	}
+	return ok, nil
 }
 
 func (l *Link) write(f *outFrame) bool {
@@ -556,15 +632,20 @@ func (l *Link) reader() {
 	defer close(l.readerDone)
 	var h Header
 	hb := l.opt.Heartbeat
+	// now is when the reader last looked at the clock: when the last
+	// frame came, or later if it then waited for this rank (one look per
+	// frame, where each costs tens of nanoseconds).
+	now := time.Now()
 	for {
 		if hb > 0 {
-			_ = l.conn.SetReadDeadline(time.Now().Add(hb))
+			_ = l.conn.SetReadDeadline(now.Add(hb))
 		}
 		if err := l.conn.ReadHeader(&h); err != nil {
 			l.die(l.readError(err), !l.closing.Load())
 			return
 		}
-		l.lastHeard.Store(time.Now().UnixNano())
+		now = time.Now()
+		l.lastHeard.Store(now.UnixNano())
 		switch h.Type {
 		case Heartbeat:
 			continue
@@ -582,7 +663,7 @@ func (l *Link) reader() {
 			continue
 		case Data:
 			l.payloadMu.Lock() // released once the payload is in (or refused)
-			in, err := l.awaitPost(&h)
+			in, waited, err := l.awaitPost(&h)
 			if err != nil {
 				l.payloadMu.Unlock()
 				var mm *MismatchError
@@ -594,9 +675,10 @@ func (l *Link) reader() {
 				l.die(&MismatchError{Peer: l.peer, Got: h, Want: in.want}, true)
 				return
 			}
-			if hb > 0 {
+			if hb > 0 && waited {
 				// Waiting for the post was this rank's time, not the peer's.
-				_ = l.conn.SetReadDeadline(time.Now().Add(hb))
+				now = time.Now()
+				_ = l.conn.SetReadDeadline(now.Add(hb))
 			}
 			err = l.conn.ReadPayload(in.dst)
 			l.payloadMu.Unlock()
@@ -605,6 +687,12 @@ func (l *Link) reader() {
 				l.die(l.readError(err), !l.closing.Load())
 				return
 			}
+			select {
+			case l.recvd <- struct{}{}:
+				continue
+			default:
+			}
+			now = time.Now() // what follows is this rank's time, not the peer's
 			select {
 			case l.recvd <- struct{}{}:
 			case <-l.stop:
@@ -639,35 +727,37 @@ func (l *Link) reader() {
 // the same operation number with another signature, or of an operation this
 // rank has already finished, is a mismatch found at once, not when a receive
 // that may never come is posted.
-func (l *Link) awaitPost(h *Header) (inFrame, error) {
-	for {
+//
+// waited reports whether it had to wait for the receive to be posted.
+func (l *Link) awaitPost(h *Header) (in inFrame, waited bool, err error) {
+	for ; ; waited = true {
 		// A failed link takes no more posts: their buffers belong to calls
 		// that have returned, or are about to, with an error.
 		if err := l.fail.Err(); err != nil {
-			return inFrame{}, err
+			return inFrame{}, waited, err
 		}
 		select {
 		case in := <-l.posts:
-			return in, nil
+			return in, waited, nil
 		default:
 		}
 		l.curMu.Lock()
 		cur := l.cur
 		l.curMu.Unlock()
 		if cur.Seq != 0 && (h.Seq < cur.Seq || h.Seq == cur.Seq && h.Sig != cur.Sig || h.Comm != cur.Comm) {
-			return inFrame{}, &MismatchError{Peer: l.peer, Got: *h, Want: cur}
+			return inFrame{}, waited, &MismatchError{Peer: l.peer, Got: *h, Want: cur}
 		}
 		select {
 		case in := <-l.posts:
 			if err := l.fail.Err(); err != nil {
-				return inFrame{}, err
+				return inFrame{}, true, err
 			}
-			return in, nil
+			return in, true, nil
 		case <-l.begun:
 		case <-l.stop:
-			return inFrame{}, ErrPeerClosed
+			return inFrame{}, true, ErrPeerClosed
 		case <-l.fail.Done():
-			return inFrame{}, l.fail.Err()
+			return inFrame{}, true, l.fail.Err()
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ringo-ml/ringo/transport"
 	"github.com/ringo-ml/ringo/transport/quic"
+	"github.com/ringo-ml/ringo/transport/shm"
 )
 
 // networks are the Networks a Mesh runs over; each call makes one rank's
@@ -29,6 +30,17 @@ var networks = []struct {
 	{"tcp+tls", func(t testing.TB) transport.Network { return transport.NewTCPNetwork(newCertTB(t)) }},
 	{"quic", func(t testing.TB) transport.Network { return quic.NewNetwork(newCertTB(t)) }},
 }
+
+// shmControl is the network of shared memory's control streams (abstract
+// Unix sockets, no TLS); meshNetworks are the networks the Mesh tests run
+// over: every one of networks and it.
+var (
+	shmControl = struct {
+		name string
+		make func(t testing.TB) transport.Network
+	}{"shm-control", func(testing.TB) transport.Network { return shm.ControlNetwork() }}
+	meshNetworks = append(networks[:len(networks):len(networks)], shmControl)
+)
 
 func newCertTB(t testing.TB) *transport.Certificate {
 	c, err := transport.NewCertificate()
@@ -142,7 +154,7 @@ func asConnectors(ms []*transport.Mesh) []transport.Connector {
 // Every network connects every pair of ranks, once per channel, and each
 // stream reaches the rank and channel it was asked for.
 func TestMeshConnectsEveryPairOnEveryChannel(t *testing.T) {
-	for _, nw := range networks {
+	for _, nw := range meshNetworks {
 		t.Run(nw.name, func(t *testing.T) {
 			conns := asConnectors(meshes(t, 4, nw.make, nil, nil))
 			var wg sync.WaitGroup
@@ -165,9 +177,11 @@ func TestMeshConnectsEveryPairOnEveryChannel(t *testing.T) {
 				assert.IsType(t, &tls.Conn{}, s)
 			case "quic":
 				assert.IsType(t, &quic.Stream{}, s)
+			case "shm-control":
+				assert.IsType(t, &net.UnixConn{}, s)
 			}
 			_, isTLS := transport.PeerFingerprint(s)
-			assert.Equal(t, nw.name != "tcp", isTLS)
+			assert.Equal(t, nw.name == "tcp+tls" || nw.name == "quic", isTLS)
 		})
 	}
 }
@@ -193,7 +207,7 @@ func (s *syncBuffer) String() string {
 // A rank without the job token is refused: its dial fails with ErrAuth, and
 // the rank it dialed logs the refusal and never hands the stream out.
 func TestMeshRefusesAWrongToken(t *testing.T) {
-	for _, nw := range networks {
+	for _, nw := range meshNetworks {
 		t.Run(nw.name, func(t *testing.T) {
 			var logs syncBuffer
 			log := slog.New(slog.NewTextHandler(&logs, nil))
@@ -337,6 +351,23 @@ func meshPair(nw func(testing.TB) transport.Network) pairMaker {
 	return func(t *testing.T) (transport.Stream, transport.Stream) {
 		streams := connectAll(t, asConnectors(meshes(t, 2, nw, nil, nil)), 11)
 		return streams[1][0], streams[0][1] // the dialer's end, the listener's
+	}
+}
+
+// shmPair connects two ranks through shared memory, set up over control
+// connectors made by control (closed when the test ends).
+func shmPair(control func(t *testing.T) []transport.Connector) pairMaker {
+	return func(t *testing.T) (transport.Stream, transport.Stream) {
+		ctl := control(t)
+		conns := []transport.Connector{shm.Over(0, ctl[0], shm.Options{}), shm.Over(1, ctl[1], shm.Options{})}
+		t.Cleanup(func() {
+			for _, c := range conns {
+				_ = c.Close()
+			}
+		})
+		streams := connectAll(t, conns, 5)
+		cleanup(t, streams[1][0], streams[0][1])
+		return streams[1][0], streams[0][1]
 	}
 }
 

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # bench/peers/run.sh: the same float32 Sum AllReduce sweep with ringbench
-# (ringo over TCP loopback) and with the libraries users would otherwise use,
-# on this machine, in one go; writes one combined CSV and its chart.
+# (ringo over TCP loopback and over shared memory) and with the libraries
+# users would otherwise use, on this machine, in one go; writes one combined
+# CSV and its chart.
 #
 #   bash bench/peers/run.sh                        # N = 2 and 4, every library
 #   NS=2 LIBS="ringo-tcp ompi-tcp" BUDGET=0.3 bash bench/peers/run.sh
 #
 # Libraries (LIBS):
 #   ringo-tcp   bench/ringbench -np N (separate processes, TCP loopback)
+#   ringo-shm   bench/ringbench -np N -transport shm (separate processes, shared memory)
 #   ompi-tcp    OpenMPI MPI_Allreduce, TCP BTL on lo (--mca pml ob1 --mca btl tcp,self, lo only)
 #   ompi-shm    OpenMPI MPI_Allreduce, its defaults (vader shared memory: not a socket transport)
 #   torch-gloo  PyTorch torch.distributed all_reduce, gloo backend on lo
@@ -21,7 +23,7 @@
 # SKIP_INSTALL=1): openmpi-bin libopenmpi-dev (mpirun.openmpi, mpicc.openmpi),
 # python3-torch (/usr/bin/python3 with torch), gcc, golang (go >= 1.24).
 #
-# Environment: NS ("2 4"), LIBS (all four), BUDGET (seconds of timed samples
+# Environment: NS ("2 4"), LIBS (all five), BUDGET (seconds of timed samples
 # per size, 0.5), WARM (warm-up seconds per size, 0.2), SIZES (4 B .. 64 MiB),
 # OUT (bench/results), BUILD (a scratch directory for binaries and raw logs),
 # SKIP_INSTALL, QUIET_MAX
@@ -30,7 +32,7 @@
 #
 # Outputs in OUT: allreduce.csv (library,n,bytes,time_us,algbw,busbw),
 # allreduce.png (busbw and latency vs size), allreduce.md (the tables),
-# machine.txt (what it ran on), ringbench-nN.txt (ringbench's own table),
+# machine.txt (what it ran on), ringbench-TRANSPORT-nN.txt (ringbench's own tables),
 # sim.txt (a ring-only sweep on the largest N and its --sim extrapolation to
 # 4096 ranks). Raw outputs stay in BUILD.
 set -euo pipefail
@@ -40,7 +42,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 OUT=${OUT:-$ROOT/bench/results}
 BUILD=${BUILD:-${TMPDIR:-/tmp}/ringbench-peers}
 NS=${NS:-"2 4"}
-LIBS=${LIBS:-"ringo-tcp ompi-tcp ompi-shm torch-gloo"}
+LIBS=${LIBS:-"ringo-tcp ringo-shm ompi-tcp ompi-shm torch-gloo"}
 BUDGET=${BUDGET:-0.5}
 WARM=${WARM:-0.2}
 SIZES=${SIZES:-4,64,1024,16384,262144,1048576,4194304,16777216,67108864}
@@ -111,7 +113,9 @@ run_one() { # LIB N
 	local lib=$1 n=$2 raw=$BUILD/$1-n$2.txt
 	local -a cmd
 	case $lib in
-	ringo-tcp) cmd=("$BUILD/ringbench" -np "$n" -s "$SIZES" -w 5 -min-sample 2ms -budget "${BUDGET}s" -q --label ringo-tcp --csv "$BUILD/ringo-n$n.csv") ;;
+	ringo-tcp | ringo-shm)
+		cmd=("$BUILD/ringbench" -np "$n" -transport "${lib#ringo-}" -s "$SIZES" -w 5 -min-sample 2ms -budget "${BUDGET}s" -q --label "$lib" --csv "$BUILD/$lib-n$n.csv")
+		;;
 	ompi-tcp | ompi-shm)
 		[[ -x $BUILD/mpi_allreduce_ompi ]] || { log "skipping $lib: no OpenMPI"; return 0; }
 		cmd=(mpirun.openmpi --allow-run-as-root --oversubscribe -np "$n")
@@ -135,9 +139,9 @@ run_one() { # LIB N
 		return 0
 	fi
 	log "$lib N=$n done in $((SECONDS - t0)) s"
-	if [[ $lib == ringo-tcp ]]; then
-		tail -n +2 "$BUILD/ringo-n$n.csv" | cut -d, -f1-6 >>"$CSV.tmp"
-		sed -n '/^# ringbench/,$p' "$raw" >"$OUT/ringbench-n$n.txt" # its own table
+	if [[ $lib == ringo-* ]]; then
+		tail -n +2 "$BUILD/$lib-n$n.csv" | cut -d, -f1-6 >>"$CSV.tmp"
+		sed -n '/^# ringbench/,$p' "$raw" >"$OUT/ringbench-${lib#ringo-}-n$n.txt" # its own table
 	else
 		result_lines "$lib" "$n" "$raw" >>"$CSV.tmp"
 	fi
@@ -169,6 +173,6 @@ fi
 	echo "launches (CPU use of the machine just before each; other jobs may have run during it):"
 	cat "$LAUNCHES"
 } >"$OUT/machine.txt"
-TITLE="float32 Sum AllReduce, TCP loopback (ompi-shm: shared memory), $(date -u +%Y-%m-%d), $(nproc) vCPUs"
+TITLE="float32 Sum AllReduce, one host: TCP loopback and shared memory (-shm), $(date -u +%Y-%m-%d), $(nproc) vCPUs"
 "$BUILD/plot" -o "$OUT/allreduce.png" -title "$TITLE" -table "$CSV" >"$OUT/allreduce.md"
 log "wrote $CSV, $OUT/allreduce.png, $OUT/allreduce.md"

@@ -192,7 +192,7 @@ func runInProcess(ctx context.Context, o *options, burn *burner) ([]result, erro
 		var comms []*collective.Comm
 		var err error
 		if o.transport == "tcp" {
-			comms, err = collective.LocalNetwork(ctx, c.ranks, collective.Config{})
+			comms, err = collective.LocalNetwork(ctx, c.ranks, collective.Config{Transport: "tcp"})
 		} else {
 			comms, err = collective.Local(c.ranks)
 		}

@@ -93,7 +93,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.dtype, "d", o.dtype, "element type: int8 uint8 int32 uint32 int64 uint64 float32 float64 (aliases: float, double, int, uint)")
 	fs.StringVar(&o.op, "r", o.op, "reduction: sum, prod, min, max, avg (avg: floats only)")
 	fs.IntVar(&o.root, "root", 0, "root rank of broadcast, reduce, gather, scatter")
-	fs.StringVar(&o.transport, "transport", o.transport, "transport: tcp, quic (or mem, with -inproc)")
+	fs.StringVar(&o.transport, "transport", o.transport, "transport: tcp, quic, shm (shared memory), auto (shm within a host, tcp between) (or mem, with -inproc)")
 	fs.StringVar(&o.algo, "algo", o.algo, "AllReduce algorithm: auto (by size), ring, doubling (as RINGO_ALGO; under a launcher, RINGO_ALGO rules unless --algo is given)")
 	fs.StringVar(&o.compression, "compression", "", "AllReduce wire compression: none, s2, zstd, bf16, fp16 (as RINGO_COMPRESSION, which rules under a launcher unless this is given; -c then allows bf16/fp16 their rounding)")
 	fs.StringVar(&o.data, "data", o.data, "values of the timed calls: zeros (sum/avg; ones for prod), random (normal(0, 1e-3) floats, small random integers), noise (random bits: incompressible with -d uint32), sparse90 (90% zeros at the same positions on every rank, the rest random), rows90 (90% of the rows of 256 elements zero, the same rows on every rank); use -r avg with random data to keep values bounded")
@@ -119,6 +119,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 		// A rank of a job runs the job's transport: label it so.
 		o.transport = t
 	}
+	o.transport = strings.ToLower(o.transport)
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
@@ -196,13 +197,13 @@ func (o *options) validate() error {
 		return fmt.Errorf("--data %q: unknown (want zeros, random, noise, sparse90 or rows90)", o.data)
 	}
 	switch o.transport {
-	case "tcp", "quic":
+	case "tcp", "quic", "shm", "auto":
 	case "mem":
 		if !o.inproc {
 			return errors.New(`--transport mem connects ranks of one process: add -inproc`)
 		}
 	default:
-		return fmt.Errorf("--transport %q: unknown (want tcp, quic, or mem with -inproc)", o.transport)
+		return fmt.Errorf("--transport %q: unknown (want tcp, quic, shm, auto, or mem with -inproc)", o.transport)
 	}
 	if o.sizes == nil {
 		if o.minBytes < 1 || o.maxBytes < o.minBytes {

@@ -122,7 +122,7 @@ func parseArgs(args []string, usageOut io.Writer) (*options, error) {
 	fs.StringVar(&o.iface, "iface", "", "network `interface` whose address ranks advertise (RINGO_IFACE)")
 	fs.StringVar(&o.addr, "addr", "", "`host` ranks dial for the rendezvous ringrun serves: an address of this machine (default 127.0.0.1 when every rank runs here, else --iface's address, else this machine's name)")
 	fs.IntVar(&o.port, "port", 0, "`port` ringrun serves the rendezvous on (default: any free port)")
-	fs.StringVar(&o.transport, "transport", "", "transport between ranks, tcp or quic (RINGO_TRANSPORT)")
+	fs.StringVar(&o.transport, "transport", "", "transport between ranks: auto (the default: shared memory within a host, tcp between hosts), tcp, quic or shm (RINGO_TRANSPORT)")
 	fs.BoolVar(&o.tls, "tls", false, "TLS 1.3 on TCP links (RINGO_TLS=1; QUIC always has it)")
 	fs.StringVar(&o.timeout, "timeout", "", "`duration` bounding each collective call and forming the communicator (RINGO_TIMEOUT)")
 	fs.StringVar(&o.outputDir, "output-dir", "", "also write each rank's output to `dir`/rank.N.stdout and rank.N.stderr")
@@ -151,10 +151,10 @@ func parseArgs(args []string, usageOut io.Writer) (*options, error) {
 		return nil, fmt.Errorf("--port %d is not a TCP port", o.port)
 	}
 	switch t := strings.ToLower(o.transport); t {
-	case "", "tcp", "quic":
+	case "", "auto", "tcp", "quic", "shm":
 		o.transport = t
 	default:
-		return nil, fmt.Errorf("--transport %q: want tcp or quic", o.transport)
+		return nil, fmt.Errorf("--transport %q: want auto, tcp, quic or shm", o.transport)
 	}
 	if o.timeout != "" {
 		if _, err := time.ParseDuration(o.timeout); err != nil {

@@ -17,7 +17,7 @@ func joinWith(ctx context.Context, addr string, id transport.Identity, rank int)
 	res := make(chan []Entry, 1)
 	go func() {
 		entries, err := JoinWith(ctx, addr, id, func(net.Addr) (Entry, error) {
-			return Entry{Addr: advertised(rank), Fingerprint: fmt.Sprintf("fp%d", rank)}, nil
+			return entryOf(rank), nil
 		})
 		if err != nil {
 			entries = nil
@@ -27,6 +27,14 @@ func joinWith(ctx context.Context, addr string, id transport.Identity, rank int)
 	return res
 }
 
+// entryOf is what rank publishes in these tests: every field set (two
+// ranks share a host).
+func entryOf(rank int) Entry {
+	return Entry{Addr: advertised(rank), Fingerprint: fmt.Sprintf("fp%d", rank), Host: fmt.Sprintf("host%d", rank/2), Local: fmt.Sprintf("@ctl%d", rank)}
+}
+
+// Every rank gets every rank's entry, as it registered it: the address,
+// the certificate's fingerprint, the host and the shared-memory listener.
 func TestJoinWithReturnsFingerprints(t *testing.T) {
 	const n = 3
 	id := jobID(n)
@@ -44,7 +52,7 @@ func TestJoinWithReturnsFingerprints(t *testing.T) {
 		}
 		require.Len(t, got, n, "rank %d", r)
 		for q, e := range got {
-			require.Equal(t, Entry{Addr: advertised(q), Fingerprint: fmt.Sprintf("fp%d", q)}, e)
+			require.Equal(t, entryOf(q), e)
 		}
 	}
 	require.NoError(t, s.wait(t))

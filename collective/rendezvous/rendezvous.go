@@ -35,6 +35,8 @@ type registration struct {
 	Rank        int    `json:"rank"`
 	Addr        string `json:"addr"`
 	Fingerprint string `json:"fp,omitempty"`
+	Host        string `json:"host,omitempty"`
+	Local       string `json:"local,omitempty"`
 	MAC         []byte `json:"mac,omitempty"`
 	// Progress asks for progress messages while ranks are missing (a
 	// server that predates them ignores the field, and sends none).
@@ -46,6 +48,8 @@ type registration struct {
 type reply struct {
 	Addrs        []string `json:"addrs,omitempty"`
 	Fingerprints []string `json:"fps,omitempty"`
+	Hosts        []string `json:"hosts,omitempty"`
+	Locals       []string `json:"locals,omitempty"`
 	MACs         [][]byte `json:"macs,omitempty"`
 	Error        string   `json:"error,omitempty"`
 	Ended        bool     `json:"ended,omitempty"` // the server gave up: Error says why
@@ -56,10 +60,18 @@ type reply struct {
 }
 
 // Entry is what one rank publishes: the address it accepts peers on and,
-// for TLS transports, the fingerprint of its certificate.
+// for TLS transports, the fingerprint of its certificate; which host it
+// runs on and, for shared memory with the ranks of that host, where it
+// accepts their control connections.
 type Entry struct {
 	Addr        string
 	Fingerprint string
+	// Host names the memory the rank can share: ranks with the same Host
+	// are on one host ("" if the rank did not say).
+	Host string
+	// Local is the address of the rank's listener for the ranks of its
+	// host ("" if it has none).
+	Local string
 }
 
 // entryMAC binds a rank's entry to the job token, so that the table a rank
@@ -67,7 +79,7 @@ type Entry struct {
 // not otherwise protected): a rank trusts a fingerprint only with a valid MAC.
 func entryMAC(id transport.Identity, rank int, e Entry) []byte {
 	m := hmac.New(sha256.New, id.Token)
-	fmt.Fprintf(m, "ringo rendezvous entry\x00%s\x00%d\x00%s\x00%s", id.Job, rank, e.Addr, e.Fingerprint)
+	fmt.Fprintf(m, "ringo rendezvous entry\x00%s\x00%d\x00%s\x00%s\x00%s\x00%s", id.Job, rank, e.Addr, e.Fingerprint, e.Host, e.Local)
 	return m.Sum(nil)
 }
 
@@ -136,6 +148,8 @@ func ServeWith(ctx context.Context, ln net.Listener, id transport.Identity, opts
 		prog:  make(map[int]bool),
 		addrs: make([]string, id.Size),
 		fps:   make([]string, id.Size),
+		hosts: make([]string, id.Size),
+		local: make([]string, id.Size),
 		macs:  make([][]byte, id.Size),
 		full:  make(chan struct{}),
 	}
@@ -186,7 +200,7 @@ func ServeWith(ctx context.Context, ln net.Listener, id transport.Identity, opts
 		if err != nil {
 			select {
 			case <-s.full:
-				return broadcast(s.conns, reply{Addrs: s.addrs, Fingerprints: s.fps, MACs: s.macs})
+				return broadcast(s.conns, reply{Addrs: s.addrs, Fingerprints: s.fps, Hosts: s.hosts, Locals: s.local, MACs: s.macs})
 			default:
 			}
 			if ctx.Err() != nil {
@@ -222,6 +236,8 @@ type serverState struct {
 	prog  map[int]bool          // registered ranks that take progress messages
 	addrs []string
 	fps   []string
+	hosts []string
+	local []string
 	macs  [][]byte
 	full  chan struct{} // closed when every rank has registered
 	// lastOtherJob is when a rank of another job was last reported: such a
@@ -241,6 +257,7 @@ func (s *serverState) admit(conn net.Conn, onRegister func(int, string)) {
 		}
 		s.conns[rank] = conn
 		s.addrs[rank], s.fps[rank], s.macs[rank] = reg.Addr, reg.Fingerprint, reg.MAC
+		s.hosts[rank], s.local[rank] = reg.Host, reg.Local
 		if onRegister != nil {
 			onRegister(rank, reg.Addr)
 		}
@@ -511,7 +528,7 @@ func joinOnce(ctx context.Context, addr string, id transport.Identity, advertise
 	if err != nil {
 		return nil, &finalError{err}
 	}
-	reg := registration{Rank: id.Rank, Addr: self.Addr, Fingerprint: self.Fingerprint, Progress: true}
+	reg := registration{Rank: id.Rank, Addr: self.Addr, Fingerprint: self.Fingerprint, Host: self.Host, Local: self.Local, Progress: true}
 	if self.Fingerprint != "" {
 		reg.MAC = entryMAC(id, id.Rank, self)
 	}
@@ -546,6 +563,12 @@ func joinOnce(ctx context.Context, addr string, id transport.Identity, advertise
 	entries := make([]Entry, id.Size)
 	for rank, a := range r.Addrs {
 		entries[rank].Addr = a
+		if rank < len(r.Hosts) {
+			entries[rank].Host = r.Hosts[rank]
+		}
+		if rank < len(r.Locals) {
+			entries[rank].Local = r.Locals[rank]
+		}
 		if rank >= len(r.Fingerprints) || r.Fingerprints[rank] == "" {
 			continue
 		}

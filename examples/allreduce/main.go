@@ -74,7 +74,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet("allreduce", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.IntVar(&o.local, "local", 0, "run `N` ranks in this process instead of one rank from the environment")
-	fs.StringVar(&o.transport, "transport", "tcp", "with -local: tcp (loopback), quic (loopback) or mem (in-process pipes)")
+	fs.StringVar(&o.transport, "transport", "tcp", "with -local: tcp (loopback), quic (loopback), shm (shared memory) or mem (in-process pipes)")
 	sizes := fs.String("sizes", "4,64,1K,16K,256K,1M,4M,16M,64M", "buffer sizes per rank, in bytes (K, M suffixes), multiples of 4")
 	fs.DurationVar(&o.budget, "budget", 500*time.Millisecond, "time to spend measuring each size")
 	if err := fs.Parse(args); err != nil {
@@ -90,8 +90,8 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	}
 	o.transport = strings.ToLower(o.transport)
 	switch {
-	case o.transport != "tcp" && o.transport != "quic" && o.transport != "mem":
-		return o, fmt.Errorf("-transport %q: want tcp, quic or mem", o.transport)
+	case o.transport != "tcp" && o.transport != "quic" && o.transport != "shm" && o.transport != "mem":
+		return o, fmt.Errorf("-transport %q: want tcp, quic, shm or mem", o.transport)
 	case given["transport"] && o.local == 0:
 		return o, errors.New("-transport applies to -local only; a rank of a job takes RINGO_TRANSPORT from its environment")
 	}

@@ -36,7 +36,7 @@ func TestBadArguments(t *testing.T) {
 		{[]string{"-sizes=4,x"}, `bad size "x"`},
 		{[]string{"-sizes=6"}, `size "6" is not a whole number of float32 values`},
 		{[]string{"-sizes=99999999M"}, `size "99999999M" is too large`},
-		{[]string{"-local", "2", "-transport", "pigeon"}, `-transport "pigeon": want tcp, quic or mem`},
+		{[]string{"-local", "2", "-transport", "pigeon"}, `-transport "pigeon": want tcp, quic, shm or mem`},
 		{[]string{"-transport", "mem"}, "-transport applies to -local only"},
 		{[]string{"-local", "2", "-budget", "0s"}, "-budget 0s: want a positive duration"},
 		{[]string{"-local", "2", "extra"}, `unexpected argument "extra"`},
@@ -59,7 +59,7 @@ func TestNoRankInTheEnvironment(t *testing.T) {
 // The demo's table: one row per size, every result checked (#wrong 0), and
 // the bus bandwidth algbw·2(n-1)/n.
 func TestLocalSweep(t *testing.T) {
-	for _, transport := range []string{"MEM", "tcp"} {
+	for _, transport := range []string{"MEM", "tcp", "Shm"} {
 		code, stdout, stderr := runArgs("-local", "3", "-transport", transport, "-sizes", "4,1K,12", "-budget", "5ms")
 		require.Equal(t, 0, code, stderr)
 		assert.Contains(t, stdout, "# 3 ranks in one process over "+strings.ToLower(transport))
