@@ -20,12 +20,23 @@ type turnstile struct {
 	next    uint64 // the ticket the next call takes
 	serving uint64 // the ticket allowed to run
 	running bool   // the serving ticket has begun
-	// wake is closed when serving moves on; made only when a call has to
-	// wait, so that calls that find their turn at once allocate nothing.
-	wake chan struct{}
+	// waiting are the calls blocked in wait, each on a channel of its own
+	// that pass signals when the call's number comes up. Channels are
+	// taken from spare and put back after use: calls that wait every
+	// step (several buckets of a training step in flight) allocate
+	// nothing once there are as many as ever wait at once.
+	waiting []waiter
+	spare   []chan struct{}
 	// given are tickets whose callers gave up before their turn: serving
 	// steps over them.
 	given map[uint64]struct{}
+}
+
+// waiter is a call blocked in wait: its ticket, and the channel (buffered,
+// one slot) that pass sends on when serving reaches it.
+type waiter struct {
+	ticket uint64
+	wake   chan struct{}
 }
 
 func (ts *turnstile) take() uint64 {
@@ -42,34 +53,62 @@ func (ts *turnstile) take() uint64 {
 // sees ctx's state itself.
 func (ts *turnstile) wait(ctx context.Context, t uint64) error {
 	ts.mu.Lock()
-	for ts.serving != t {
-		if ts.wake == nil {
-			ts.wake = make(chan struct{})
-		}
-		wake := ts.wake
+	if ts.serving == t {
+		ts.running = true
 		ts.mu.Unlock()
-		select {
-		case <-wake:
-		case <-ctx.Done():
-			ts.mu.Lock()
-			if ts.serving == t {
-				continue
-			}
-			if ts.given == nil {
-				ts.given = make(map[uint64]struct{})
-			}
-			ts.given[t] = struct{}{}
-			ts.mu.Unlock()
-			return ctx.Err()
-		}
-		ts.mu.Lock()
+		return nil
 	}
+	var wake chan struct{}
+	if n := len(ts.spare); n > 0 {
+		wake = ts.spare[n-1]
+		ts.spare = ts.spare[:n-1]
+	} else {
+		wake = make(chan struct{}, 1)
+	}
+	ts.waiting = append(ts.waiting, waiter{ticket: t, wake: wake})
+	ts.mu.Unlock()
+	select {
+	case <-wake:
+		ts.mu.Lock()
+	case <-ctx.Done():
+		ts.mu.Lock()
+		if ts.serving == t {
+			// pass has signalled (under the lock, as it moved serving to
+			// t): take the signal, so that the channel goes back empty,
+			// and the turn.
+			<-wake
+			break
+		}
+		ts.unwait(t)
+		ts.spare = append(ts.spare, wake)
+		if ts.given == nil {
+			ts.given = make(map[uint64]struct{})
+		}
+		ts.given[t] = struct{}{}
+		ts.mu.Unlock()
+		return ctx.Err()
+	}
+	ts.spare = append(ts.spare, wake)
 	ts.running = true
 	ts.mu.Unlock()
 	return nil
 }
 
-// pass ends the running call's turn.
+// unwait removes ticket t's waiter (ts.mu held).
+func (ts *turnstile) unwait(t uint64) {
+	for i, w := range ts.waiting {
+		if w.ticket == t {
+			last := len(ts.waiting) - 1
+			ts.waiting[i] = ts.waiting[last]
+			ts.waiting[last] = waiter{}
+			ts.waiting = ts.waiting[:last]
+			return
+		}
+	}
+}
+
+// pass ends the running call's turn and wakes the call whose turn is next,
+// if it waits.
 func (ts *turnstile) pass() {
 	ts.mu.Lock()
 	ts.serving++
@@ -81,9 +120,12 @@ func (ts *turnstile) pass() {
 		ts.serving++
 	}
 	ts.running = false
-	if ts.wake != nil {
-		close(ts.wake)
-		ts.wake = nil
+	for _, w := range ts.waiting {
+		if w.ticket == ts.serving {
+			ts.unwait(w.ticket)
+			w.wake <- struct{}{} // never blocks: one slot, one signal per wait
+			break
+		}
 	}
 	ts.mu.Unlock()
 }
