@@ -70,14 +70,8 @@ func newFSDP(ctx context.Context, j *job) (*fsdp, error) {
 	if prefetch == 0 {
 		prefetch = -1 // the flag's 0 is off; Options' is the default
 	}
-	group := o.groupSize
-	if group == 0 {
-		group = shard.LocalGroupSize()
-	}
-	if group == 0 || j.comm.Size()%group != 0 {
-		group = j.comm.Size()
-	}
-	f.fs, err = shard.New(ctx, j.comm, units, shard.Options{Strategy: st, Prefetch: prefetch, GroupSize: group})
+	// -group-size 0 leaves Hybrid's group to the communicator: one host's ranks.
+	f.fs, err = shard.New(ctx, j.comm, units, shard.Options{Strategy: st, Prefetch: prefetch, GroupSize: o.groupSize})
 	if err != nil {
 		return nil, err
 	}

@@ -81,7 +81,7 @@ Rank 0 prints "step=K loss=X" (the mean loss over the global batch),
 	fs.StringVar(&o.consistency, "consistency", "async", "ps: async, sync or ssp:K (bounded staleness K)")
 	fs.StringVar(&o.strategy, "strategy", "full", "fsdp: what each rank shards: full (parameters, gradients, optimizer state), grad (gradients and optimizer state), optim (optimizer state), none, or hybrid (full within groups of -group-size ranks)")
 	fs.IntVar(&o.prefetch, "prefetch", 1, "fsdp: units whose gather starts ahead of use (0: none)")
-	fs.IntVar(&o.groupSize, "group-size", 0, "fsdp -strategy hybrid: ranks per shard group (0: the launcher's ranks per host)")
+	fs.IntVar(&o.groupSize, "group-size", 0, "fsdp -strategy hybrid: ranks per shard group (0: the ranks of each host, which must be as many on every host)")
 	fs.BoolVar(&o.shardedCheckpoint, "sharded-checkpoint", false, "fsdp: save and resume sharded checkpoints (a directory beside -checkpoint's file, each rank writing its shard)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
