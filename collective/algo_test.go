@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/testjob"
 )
 
 // TestRabenseifnerAgainstFloat64Reference sums arbitrary floats with
@@ -58,7 +59,7 @@ func TestRabenseifnerSteadyStateAllocatesNothing(t *testing.T) {
 			for _, count := range []int{1, 16 << 10, 1 << 20} {
 				t.Run(fmt.Sprintf("%s/n=%d/%d", tr, n, count), func(t *testing.T) {
 					comms := formComms(t, tr, n, collective.Config{Algorithm: "rabenseifner"})
-					requireNoAllocs(t, allReduceDriver(t, comms, count), "AllReduce")
+					allReduceDriver(t, comms, count).RequireNoAllocs(t, "AllReduce")
 				})
 			}
 		}
@@ -125,10 +126,10 @@ func TestTreeBroadcastAllocatesNothing(t *testing.T) {
 	for r := range bufs {
 		bufs[r] = make([]float64, 16)
 	}
-	requireNoAllocs(t, newDriver(t, comms, func(r int, c *collective.Comm) error {
+	newDriver(t, comms, func(r int, c *collective.Comm) error {
 		calls[r]++
 		return collective.Broadcast(ctx, c, bufs[r], calls[r]%n)
-	}), "Broadcast")
+	}).RequireNoAllocs(t, "Broadcast")
 	assert.Contains(t, comms[0].Status().Recent[0].Call, "tree")
 }
 
@@ -136,7 +137,7 @@ func TestTreeBroadcastAllocatesNothing(t *testing.T) {
 // (one RINGO_ALGO per rank, say).
 func formMixed(t *testing.T, cfgs []collective.Config) []*collective.Comm {
 	t.Helper()
-	addr := freeAddr(t)
+	addr := testjob.FreeAddr(t)
 	comms := make([]*collective.Comm, len(cfgs))
 	errs := make([]error, len(cfgs))
 	var wg sync.WaitGroup

@@ -7,43 +7,16 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/testjob"
 )
 
-// driver runs one call on every rank, rank 0 on the calling goroutine and
-// the others on goroutines that wait for a signal, so that one call of run
-// is one collective and allocates nothing of its own.
-type driver struct {
-	comms []*collective.Comm
-	call  func(rank int, c *collective.Comm) error
-	start []chan struct{}
-	done  chan error
-	stop  chan struct{}
-}
-
-func newDriver(t testing.TB, comms []*collective.Comm, call func(rank int, c *collective.Comm) error) *driver {
-	d := &driver{comms: comms, call: call, done: make(chan error, len(comms)), stop: make(chan struct{})}
-	d.start = make([]chan struct{}, len(comms))
-	for r := range comms {
-		d.start[r] = make(chan struct{})
-	}
-	for r := 1; r < len(comms); r++ {
-		go func() {
-			for {
-				select {
-				case <-d.start[r]:
-					d.done <- call(r, comms[r])
-				case <-d.stop:
-					return
-				}
-			}
-		}()
-	}
-	t.Cleanup(func() { close(d.stop) })
-	return d
+// newDriver drives call on every rank: one collective per Run.
+func newDriver(t testing.TB, comms []*collective.Comm, call func(rank int, c *collective.Comm) error) *testjob.Driver {
+	return testjob.NewDriver(t, len(comms), func(r int) error { return call(r, comms[r]) })
 }
 
 // allReduceDriver drives a float32 Sum AllReduce of count elements.
-func allReduceDriver(t testing.TB, comms []*collective.Comm, count int) *driver {
+func allReduceDriver(t testing.TB, comms []*collective.Comm, count int) *testjob.Driver {
 	bufs := make([][]float32, len(comms))
 	for r := range bufs {
 		bufs[r] = make([]float32, count)
@@ -53,36 +26,6 @@ func allReduceDriver(t testing.TB, comms []*collective.Comm, count int) *driver 
 	})
 }
 
-func (d *driver) run() error {
-	for r := 1; r < len(d.comms); r++ {
-		d.start[r] <- struct{}{}
-	}
-	err := d.call(0, d.comms[0])
-	for r := 1; r < len(d.comms); r++ {
-		if e := <-d.done; err == nil {
-			err = e
-		}
-	}
-	return err
-}
-
-// requireNoAllocs runs d a few times (scratch buffers, iovecs and links are
-// made then), then checks that a run allocates nothing, across all ranks.
-func requireNoAllocs(t *testing.T, d *driver, what string) {
-	t.Helper()
-	for range 3 {
-		require.NoError(t, d.run())
-	}
-	var err error
-	allocs := testing.AllocsPerRun(20, func() {
-		if e := d.run(); e != nil {
-			err = e
-		}
-	})
-	require.NoError(t, err)
-	require.Zero(t, allocs, "allocations per %s across all ranks", what)
-}
-
 func TestAllReduceSteadyStateAllocatesNothing(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector allocates")
@@ -90,7 +33,7 @@ func TestAllReduceSteadyStateAllocatesNothing(t *testing.T) {
 	for _, tr := range []string{"mem", "tcp", "shm", "mixed"} {
 		for _, count := range []int{1, 16 << 10, 1 << 20} {
 			t.Run(fmt.Sprintf("%s/%d", tr, count), func(t *testing.T) {
-				requireNoAllocs(t, allReduceDriver(t, formComms(t, tr, 3, collective.Config{}), count), "AllReduce")
+				allReduceDriver(t, formComms(t, tr, 3, collective.Config{}), count).RequireNoAllocs(t, "AllReduce")
 			})
 		}
 	}
@@ -131,12 +74,12 @@ func BenchmarkAllReduce(b *testing.B) {
 				for _, size := range benchSizes {
 					b.Run(size.name, func(b *testing.B) {
 						d := allReduceDriver(b, comms, size.bytes/4)
-						require.NoError(b, d.run())
+						require.NoError(b, d.Run())
 						b.SetBytes(int64(size.bytes))
 						b.ReportAllocs()
 						b.ResetTimer()
 						for range b.N {
-							if err := d.run(); err != nil {
+							if err := d.Run(); err != nil {
 								b.Fatal(err)
 							}
 						}

@@ -230,12 +230,12 @@ func TestSendRecvSteadyStateAllocatesNothing(t *testing.T) {
 		t.Run(tr, func(t *testing.T) {
 			comms := formComms(t, tr, 2, collective.Config{})
 			out, in := []float32{1, 2, 3}, make([]float32, 3)
-			requireNoAllocs(t, newDriver(t, comms, func(r int, c *collective.Comm) error {
+			newDriver(t, comms, func(r int, c *collective.Comm) error {
 				if r == 0 {
 					return collective.Send(ctx, c, out, 1, 5)
 				}
 				return collective.Recv(ctx, c, in, 0, 5)
-			}), "Send and Recv")
+			}).RequireNoAllocs(t, "Send and Recv")
 			require.Equal(t, out, in)
 		})
 	}

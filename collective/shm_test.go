@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/testjob"
 )
 
 // former forms n ranks of a communicator with cfg (local, formTCP,
@@ -23,7 +24,7 @@ func formShm(t testing.TB, n int, cfg collective.Config) []*collective.Comm {
 	if cfg.Transport == "" {
 		cfg.Transport = "shm"
 	}
-	cfg.Addr = freeAddr(t)
+	cfg.Addr = testjob.FreeAddr(t)
 	return formAt(t, n, cfg, nil)
 }
 
@@ -36,7 +37,7 @@ func twoHosts(r, n int) string { return fmt.Sprintf("h%d", r/((n+1)/2)) }
 // "host" through shared memory and the two hosts by TCP.
 func formTwoHosts(t testing.TB, n int, cfg collective.Config) []*collective.Comm {
 	t.Helper()
-	cfg.Addr = freeAddr(t)
+	cfg.Addr = testjob.FreeAddr(t)
 	return formAt(t, n, cfg, func(r int, c *collective.Config) { c.Host = twoHosts(r, n) })
 }
 
@@ -106,7 +107,7 @@ func allReduceEveryType(t *testing.T, comms []*collective.Comm) {
 // formHosts forms len(hosts) ranks, rank r saying it runs on hosts[r].
 func formHosts(t testing.TB, hosts []string, cfg collective.Config) []*collective.Comm {
 	t.Helper()
-	cfg.Addr = freeAddr(t)
+	cfg.Addr = testjob.FreeAddr(t)
 	return formAt(t, len(hosts), cfg, func(r int, c *collective.Config) { c.Host = hosts[r] })
 }
 
