@@ -110,6 +110,8 @@ func under(rel string, dirs ...string) bool {
 // package must be placed).
 func layer(rel string) string {
 	switch {
+	case under(rel, "internal/archtest", "internal/testjob", "internal/testlog", "parallel/internal/testmodel"):
+		return "test" // the archtest itself and the helpers of other packages' tests
 	case under(rel, "cmd", "bench", "examples", "internal/mnist", "internal/localjob"):
 		return "program" // with the data and process helpers only programs use
 	case under(rel, "parallel", "shard", "checkpoint", "internal/nn"):
@@ -126,8 +128,6 @@ func layer(rel string) string {
 		return "contract"
 	case under(rel, "transport"):
 		return "transport"
-	case under(rel, "internal/archtest", "internal/testjob", "internal/testlog"):
-		return "test" // the archtest itself and the helpers of other packages' tests
 	}
 	return ""
 }
@@ -203,6 +203,7 @@ func TestTheRulesCatchWhatTheyShould(t *testing.T) {
 		{"collective", "parallel"},             // pointing up
 		{"examples/mnist", "internal/testjob"}, // a test helper in a program
 		{"parallel", "internal/testlog"},       //
+		{"parallel/ps", "parallel/internal/testmodel"},
 	}
 	for _, c := range refused {
 		require.False(t, mayImport(layer(c[0]), c[0], layer(c[1]), c[1]), "%s may not import %s", c[0], c[1])
