@@ -54,10 +54,10 @@ func (d *Driver) Run() error {
 	return err
 }
 
-// RequireNoAllocs runs a few steps (what a first step makes, scratch
-// buffers and links, is made then), then requires that a step allocate
-// nothing on any rank.
-func (d *Driver) RequireNoAllocs(t testing.TB, what string) {
+// AllocsPerStep runs a few steps (what a first step makes, scratch
+// buffers and links, is made then), then returns what a step allocates on
+// all ranks together, on average; it fails the test if a step fails.
+func (d *Driver) AllocsPerStep(t testing.TB) float64 {
 	t.Helper()
 	for range 3 {
 		require.NoError(t, d.Run())
@@ -69,5 +69,12 @@ func (d *Driver) RequireNoAllocs(t testing.TB, what string) {
 		}
 	})
 	require.NoError(t, err)
-	require.Zero(t, allocs, "allocations per %s across all %d ranks", what, len(d.start))
+	return allocs
+}
+
+// RequireNoAllocs requires that a step, once warm, allocate nothing on
+// any rank.
+func (d *Driver) RequireNoAllocs(t testing.TB, what string) {
+	t.Helper()
+	require.Zero(t, d.AllocsPerStep(t), "allocations per %s across all %d ranks", what, len(d.start))
 }
