@@ -112,7 +112,7 @@ func layer(rel string) string {
 	switch {
 	case under(rel, "internal/archtest", "internal/testjob", "internal/testlog", "parallel/internal/testmodel"):
 		return "test" // the archtest itself and the helpers of other packages' tests
-	case under(rel, "cmd", "bench", "examples", "internal/mnist", "internal/localjob"):
+	case under(rel, "cmd", "bench", "examples", "internal/mnist", "internal/localjob", "internal/cli"):
 		return "program" // with the data and process helpers only programs use
 	case under(rel, "parallel", "shard", "checkpoint", "internal/nn"):
 		// checkpoint: the file format training state is saved in; nn: the
