@@ -11,7 +11,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
-	"github.com/ringo-ml/ringo/internal/testjob"
 )
 
 // TestRabenseifnerAgainstFloat64Reference sums arbitrary floats with
@@ -59,7 +58,7 @@ func TestRabenseifnerSteadyStateAllocatesNothing(t *testing.T) {
 			for _, count := range []int{1, 16 << 10, 1 << 20} {
 				t.Run(fmt.Sprintf("%s/n=%d/%d", tr, n, count), func(t *testing.T) {
 					comms := formComms(t, tr, n, collective.Config{Algorithm: "rabenseifner"})
-					allReduceDriver(t, comms, count).RequireNoAllocs(t, "AllReduce")
+					requireNoAllocs(t, allReduceDriver(t, comms, count), "AllReduce")
 				})
 			}
 		}
@@ -126,10 +125,10 @@ func TestTreeBroadcastAllocatesNothing(t *testing.T) {
 	for r := range bufs {
 		bufs[r] = make([]float64, 16)
 	}
-	newDriver(t, comms, func(r int, c *collective.Comm) error {
+	requireNoAllocs(t, newDriver(t, comms, func(r int, c *collective.Comm) error {
 		calls[r]++
 		return collective.Broadcast(ctx, c, bufs[r], calls[r]%n)
-	}).RequireNoAllocs(t, "Broadcast")
+	}), "Broadcast")
 	assert.Contains(t, comms[0].Status().Recent[0].Call, "tree")
 }
 
@@ -137,7 +136,7 @@ func TestTreeBroadcastAllocatesNothing(t *testing.T) {
 // (one RINGO_ALGO per rank, say).
 func formMixed(t *testing.T, cfgs []collective.Config) []*collective.Comm {
 	t.Helper()
-	addr := testjob.FreeAddr(t)
+	addr := freeAddr(t)
 	comms := make([]*collective.Comm, len(cfgs))
 	errs := make([]error, len(cfgs))
 	var wg sync.WaitGroup

@@ -10,7 +10,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
-	"github.com/ringo-ml/ringo/internal/testjob"
 	"github.com/ringo-ml/ringo/internal/testlog"
 )
 
@@ -50,7 +49,7 @@ func await(t *testing.T, ch <-chan formed) formed {
 // the port; once the first job has formed, the second forms.
 func TestTwoJobsGivenOneAddressFormOneAfterTheOther(t *testing.T) {
 	const n = 3
-	addr := testjob.FreeAddr(t)
+	addr := freeAddr(t)
 	logA, logB := new(testlog.Buffer), new(testlog.Buffer)
 	// No token: each job's is derived from its id, as under mpirun.
 	cfgA := collective.Config{Size: n, Addr: addr, JobID: "job-A", Timeout: testTimeout, Logger: logA.Lines()}
@@ -135,7 +134,7 @@ func TestRendezvousListensOnTheAddressGiven(t *testing.T) {
 	if other == "" {
 		t.Skip("this machine has no IPv4 address but loopback")
 	}
-	addr := testjob.FreeAddr(t)
+	addr := freeAddr(t)
 	_, port, _ := net.SplitHostPort(addr)
 	log := new(testlog.Buffer)
 	cfg := collective.Config{Size: 2, Addr: addr, Token: "t", Timeout: testTimeout, Logger: log.Lines()}
@@ -156,7 +155,7 @@ func TestRendezvousListensOnTheAddressGiven(t *testing.T) {
 // -1"), and every other rank's timeout names the missing rank.
 func TestFormingTimeoutNamesTheMissingRank(t *testing.T) {
 	const n = 4
-	addr := testjob.FreeAddr(t)
+	addr := freeAddr(t)
 	log := new(testlog.Buffer)
 	cfg := collective.Config{Size: n, Addr: addr, Token: "right", Timeout: 3 * time.Second, Logger: log.Lines()}
 	waiting := []<-chan formed{startRank(cfg, 0), startRank(cfg, 1), startRank(cfg, 3)}

@@ -230,12 +230,12 @@ func TestSendRecvSteadyStateAllocatesNothing(t *testing.T) {
 		t.Run(tr, func(t *testing.T) {
 			comms := formComms(t, tr, 2, collective.Config{})
 			out, in := []float32{1, 2, 3}, make([]float32, 3)
-			newDriver(t, comms, func(r int, c *collective.Comm) error {
+			requireNoAllocs(t, newDriver(t, comms, func(r int, c *collective.Comm) error {
 				if r == 0 {
 					return collective.Send(ctx, c, out, 1, 5)
 				}
 				return collective.Recv(ctx, c, in, 0, 5)
-			}).RequireNoAllocs(t, "Send and Recv")
+			}), "Send and Recv")
 			require.Equal(t, out, in)
 		})
 	}

@@ -200,12 +200,12 @@ func TestAllReducerSteadyStateAllocatesNothing(t *testing.T) {
 					t.Cleanup(func() { a.Close() })
 					reducers[r] = a
 				}
-				newDriver(t, comms, func(r int, c *collective.Comm) error {
+				requireNoAllocs(t, newDriver(t, comms, func(r int, c *collective.Comm) error {
 					if err := reducers[r].Start(ctx); err != nil {
 						return err
 					}
 					return reducers[r].Wait(ctx)
-				}).RequireNoAllocs(t, "AllReducer call")
+				}), "AllReducer call")
 			})
 		}
 	}

@@ -10,7 +10,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
-	"github.com/ringo-ml/ringo/internal/testjob"
 )
 
 // secureConfigs are the transports with TLS: QUIC, and TCP with TLS.
@@ -37,7 +36,7 @@ func TestSecureTransportsRunTheCollectives(t *testing.T) {
 
 // A rank with the wrong token is refused over QUIC as over TCP.
 func TestQUICWrongTokenIsRefused(t *testing.T) {
-	addr := testjob.FreeAddr(t)
+	addr := freeAddr(t)
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -62,7 +61,7 @@ func TestQUICWrongTokenIsRefused(t *testing.T) {
 
 // Ranks that disagree on TLS cannot form a communicator, and say why.
 func TestMixedTLSSettingsAreRefused(t *testing.T) {
-	addr := testjob.FreeAddr(t)
+	addr := freeAddr(t)
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup

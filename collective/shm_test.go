@@ -11,7 +11,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
-	"github.com/ringo-ml/ringo/internal/testjob"
 )
 
 // former forms n ranks of a communicator with cfg (local, formTCP,
@@ -24,7 +23,7 @@ func formShm(t testing.TB, n int, cfg collective.Config) []*collective.Comm {
 	if cfg.Transport == "" {
 		cfg.Transport = "shm"
 	}
-	cfg.Addr = testjob.FreeAddr(t)
+	cfg.Addr = freeAddr(t)
 	return formAt(t, n, cfg, nil)
 }
 
@@ -37,7 +36,7 @@ func twoHosts(r, n int) string { return fmt.Sprintf("h%d", r/((n+1)/2)) }
 // "host" through shared memory and the two hosts by TCP.
 func formTwoHosts(t testing.TB, n int, cfg collective.Config) []*collective.Comm {
 	t.Helper()
-	cfg.Addr = testjob.FreeAddr(t)
+	cfg.Addr = freeAddr(t)
 	return formAt(t, n, cfg, func(r int, c *collective.Config) { c.Host = twoHosts(r, n) })
 }
 
@@ -107,7 +106,7 @@ func allReduceEveryType(t *testing.T, comms []*collective.Comm) {
 // formHosts forms len(hosts) ranks, rank r saying it runs on hosts[r].
 func formHosts(t testing.TB, hosts []string, cfg collective.Config) []*collective.Comm {
 	t.Helper()
-	cfg.Addr = testjob.FreeAddr(t)
+	cfg.Addr = freeAddr(t)
 	return formAt(t, len(hosts), cfg, func(r int, c *collective.Config) { c.Host = hosts[r] })
 }
 

@@ -17,11 +17,14 @@ import (
 	"github.com/ringo-ml/ringo/internal/testjob"
 )
 
+// freeAddr returns a loopback address with a port nobody listens on.
+func freeAddr(t testing.TB) string { return testjob.FreeAddr(t) }
+
 // formTCP forms an n-rank communicator over loopback TCP, each rank in its own
 // goroutine; rank 0, which serves the rendezvous, is started last.
 func formTCP(t testing.TB, n int, cfg collective.Config) []*collective.Comm {
 	t.Helper()
-	cfg.Addr = testjob.FreeAddr(t)
+	cfg.Addr = freeAddr(t)
 	return formTCPAt(t, n, cfg)
 }
 
@@ -128,7 +131,7 @@ func checkEveryCollective(t *testing.T, comms []*collective.Comm) {
 }
 
 func TestTCPWrongTokenIsRefusedAtTheHandshake(t *testing.T) {
-	addr := testjob.FreeAddr(t)
+	addr := freeAddr(t)
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -160,7 +163,7 @@ func TestTCPWrongTokenIsRefusedAtTheHandshake(t *testing.T) {
 }
 
 func TestTCPStrangerOnTheRendezvousPortIsIgnored(t *testing.T) {
-	addr := testjob.FreeAddr(t)
+	addr := freeAddr(t)
 	var wg sync.WaitGroup
 	comms := make([]*collective.Comm, 2)
 	errs := make([]error, 2)
@@ -193,7 +196,7 @@ func TestProcessesFormAJobFromTheEnvironment(t *testing.T) {
 		t.Skip("starts 4 processes")
 	}
 	const n = 4
-	addr := testjob.FreeAddr(t)
+	addr := freeAddr(t)
 	host, port, _ := net.SplitHostPort(addr)
 	job := testjob.Start(t, testjob.Config{Ranks: n, Role: "allreduce", Addr: addr, Env: func(r int) []string {
 		if r%2 == 0 { // half the ranks speak ringo's variables, half torchrun's
@@ -254,7 +257,7 @@ func childMain() error {
 // on with correct results.
 func TestTCPStrangerMidJobLeavesTheJobAlone(t *testing.T) {
 	cfg := collective.Config{Token: "mid-job"}
-	cfg.Addr = testjob.FreeAddr(t)
+	cfg.Addr = freeAddr(t)
 	comms := formTCPAt(t, 3, cfg)
 	requireAllOK(t, each(comms, func(r int, c *collective.Comm) error { return collective.Barrier(ctx, c) }))
 	if conn, err := net.DialTimeout("tcp", cfg.Addr, time.Second); err == nil {

@@ -63,7 +63,7 @@ func runCentral(ctx context.Context, o options, train, test *mnist.Set, stdout, 
 	}
 	one := o
 	one.epochs = 1
-	fmt.Fprintf(stderr, "federated: centralized training, %d samples, MLP %v, batch %d, lr %g\n", n, o.layerSizes(), o.batch, o.lr)
+	fmt.Fprintf(stderr, "federated: centralized training, %d samples, MLP %v, batch %d, lr %g\n", n, o.layers, o.batch, o.lr)
 	start := time.Now()
 	for e := 1; e <= o.rounds; e++ {
 		_, _, err := l.trainEpochs(&one, train, all, 1<<19|uint64(e), nil, 0, func(int, int) error { return ctx.Err() })

@@ -195,12 +195,12 @@ func TestOptions(t *testing.T) {
 	require.Equal(t, 4, o.np)
 	require.Equal(t, "ddp", o.mode)
 	require.Equal(t, 2, o.epochs)
-	require.Equal(t, []int{784, 256, 256, 10}, o.layerSizes())
+	require.Equal(t, []int{784, 256, 256, 10}, o.layers)
 	require.False(t, o.npSet)
 	o, err = parseOptions([]string{"-np", "2", "-hidden", "10, 20,30"}, io.Discard)
 	require.NoError(t, err)
 	require.True(t, o.npSet)
-	require.Equal(t, []int{784, 10, 20, 30, 10}, o.layerSizes())
+	require.Equal(t, []int{784, 10, 20, 30, 10}, o.layers)
 	for _, bad := range [][]string{
 		{"-mode", "zero"}, {"-strategy", "zero4"}, {"-np", "0"}, {"-hidden", "10,x"}, {"-hidden", "0"}, {"-batch", "0"},
 		{"-lr", "-1"}, {"-optimizer", "lbfgs"}, {"-train-samples", "70000"}, {"-compression", "bf16", "-mode", "single"},
