@@ -114,9 +114,10 @@ func layer(rel string) string {
 		return "test" // the archtest itself and the helpers of other packages' tests
 	case under(rel, "cmd", "bench", "examples", "internal/mnist", "internal/localjob", "internal/cli"):
 		return "program" // with the data and process helpers only programs use
-	case under(rel, "parallel", "shard", "checkpoint", "internal/nn"):
+	case under(rel, "parallel", "shard", "checkpoint", "internal/nn", "internal/rankdesc"):
 		// checkpoint: the file format training state is saved in; nn: the
-		// model library, whose optimizers the sharded optimizer runs.
+		// model library, whose optimizers the sharded optimizer runs;
+		// rankdesc: how the training APIs agree on their setup.
 		return "training"
 	case under(rel, "collective"):
 		return "collective"
