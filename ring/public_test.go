@@ -320,6 +320,18 @@ func TestReduceScatterAndAllGather(t *testing.T) {
 					assert.Equal(t, recv[q], all[r][q*block:(q+1)*block])
 				}
 			}
+			// In place: each rank's send is its own block of recv.
+			inPlace := make([][]int64, size)
+			for r := range size {
+				inPlace[r] = make([]int64, size*block)
+				copy(inPlace[r][r*block:], recv[r])
+			}
+			onEveryRank(t, size, func(r int) error {
+				return ring.AllGather(rs[r], inPlace[r][r*block:(r+1)*block], inPlace[r])
+			})
+			for r := range size {
+				assert.Equal(t, all[r], inPlace[r], "in place: size=%d block=%d rank %d", size, block, r)
+			}
 		}
 	}
 }

@@ -51,7 +51,7 @@ type fsdpMode struct {
 func (m *fsdpMode) flags(fs *flag.FlagSet) {
 	fs.StringVar(&m.strategy, "strategy", "full", "fsdp: what each rank shards: full (parameters, gradients, optimizer state), grad (gradients and optimizer state), optim (optimizer state), none, or hybrid (full within groups of -group-size ranks)")
 	fs.IntVar(&m.prefetch, "prefetch", 1, "fsdp: units whose gather starts ahead of use (0: none)")
-	fs.IntVar(&m.groupSize, "group-size", 0, "fsdp -strategy hybrid: ranks per shard group (0: the launcher's ranks per host)")
+	fs.IntVar(&m.groupSize, "group-size", 0, "fsdp -strategy hybrid: ranks per shard group (0: the ranks of each host, which must be as many on every host)")
 	fs.BoolVar(&m.shardedCheckpoint, "sharded-checkpoint", false, "fsdp: save and resume sharded checkpoints (a directory beside -checkpoint's file, each rank writing its shard)")
 }
 
@@ -99,14 +99,8 @@ func newFSDP(ctx context.Context, j *job, m *fsdpMode) (*fsdp, error) {
 	if prefetch == 0 {
 		prefetch = -1 // the flag's 0 is off; Options' is the default
 	}
-	group := m.groupSize
-	if group == 0 {
-		group = shard.LocalGroupSize()
-	}
-	if group == 0 || j.comm.Size()%group != 0 {
-		group = j.comm.Size()
-	}
-	f.fs, err = shard.New(ctx, j.comm, units, shard.Options{Strategy: st, Prefetch: prefetch, GroupSize: group})
+	// -group-size 0 leaves Hybrid's group to the communicator: one host's ranks.
+	f.fs, err = shard.New(ctx, j.comm, units, shard.Options{Strategy: st, Prefetch: prefetch, GroupSize: m.groupSize})
 	if err != nil {
 		return nil, err
 	}
