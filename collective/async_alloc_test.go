@@ -53,16 +53,7 @@ func TestAsyncCallAllocatesOnlyItsWork(t *testing.T) {
 				}
 				return nil
 			})
-			for range 3 {
-				require.NoError(t, d.run())
-			}
-			var err error
-			allocs := testing.AllocsPerRun(20, func() {
-				if e := d.run(); e != nil {
-					err = e
-				}
-			})
-			require.NoError(t, err)
+			allocs := d.AllocsPerStep(t)
 			calls := float64(n * (inFlight + 3))
 			t.Logf("%.2f allocations per call (%v per step of %v calls on %d ranks)", allocs/calls, allocs, calls, n)
 			require.LessOrEqual(t, allocs, calls, "allocations per step of %v async calls", calls)

@@ -187,7 +187,7 @@ func allReduceCodecOf[T Elem](c *Comm, k codec.Kind, algo algorithm, op Op) (alg
 		return algo, codec.None
 	case algo == algoRing, algo == algoBidir:
 		return algo, k
-	case algo == algoRabenseifner && c.algo == algoAuto:
+	case (algo == algoRabenseifner || algo == algoHier) && c.algo == algoAuto:
 		return algoRing, k
 	}
 	return algo, codec.None

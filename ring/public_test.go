@@ -9,7 +9,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"sync"
 	"testing"
 	"time"
 	"unsafe"
@@ -17,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ringo-ml/ringo/internal/testjob"
 	"github.com/ringo-ml/ringo/link"
 	"github.com/ringo-ml/ringo/ring"
 	"github.com/ringo-ml/ringo/transport"
@@ -130,19 +130,7 @@ func rings(t *testing.T, size int, opt ring.Options, overTransport bool) testRin
 // onEveryRank runs fn on every rank at once and requires that all succeed.
 func onEveryRank(t *testing.T, size int, fn func(rank int) error) {
 	t.Helper()
-	errs := make([]error, size)
-	var wg sync.WaitGroup
-	for r := range size {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[r] = fn(r)
-		}()
-	}
-	wg.Wait()
-	for r, err := range errs {
-		require.NoError(t, err, "rank %d", r)
-	}
+	testjob.RequireAllOK(t, testjob.Each(size, fn))
 }
 
 // input is rank's value at i: small integers, so that sums and products of

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ringo-ml/ringo/checkpoint"
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/rankdesc"
 	"github.com/ringo-ml/ringo/parallel"
 )
 
@@ -32,7 +33,7 @@ var optionNames = [...]string{"Strategy", "Prefetch", "MaxGathered", "GroupSize"
 // agree returns it, or an error, when opts' GroupSize is 0 under Hybrid.
 func agree(ctx context.Context, comm *collective.Comm, units [][]*parallel.Param, opts Options, local error) (group int, err error) {
 	desc := describe(units, opts)
-	if err := broadcastBytes(ctx, comm, &desc); err != nil {
+	if err := rankdesc.Broadcast(ctx, comm, &desc); err != nil {
 		return 0, err
 	}
 	root := parseDescription(desc)
@@ -136,8 +137,7 @@ func describe(units [][]*parallel.Param, o Options) []byte {
 			if p != nil {
 				name, n = p.Name, len(p.Data)
 			}
-			b = binary.AppendUvarint(b, uint64(len(name)))
-			b = append(b, name...)
+			b = rankdesc.AppendString(b, name)
 			b = binary.AppendUvarint(b, uint64(n))
 		}
 	}
@@ -148,15 +148,15 @@ func describe(units [][]*parallel.Param, o Options) []byte {
 // nothing, which every rank then reports as a difference.
 func parseDescription(b []byte) description {
 	var d description
-	r := reader{b: b}
-	d.opts = Options{Strategy: Strategy(r.uvarint()), Prefetch: int(r.uvarint()), MaxGathered: int(r.uvarint()), GroupSize: int(r.uvarint())}
-	nu := r.uvarint()
-	for u := uint64(0); u < nu && r.err == nil; u++ {
-		np := r.uvarint()
+	r := rankdesc.NewReader(b)
+	d.opts = Options{Strategy: Strategy(r.Uvarint()), Prefetch: int(r.Uvarint()), MaxGathered: int(r.Uvarint()), GroupSize: int(r.Uvarint())}
+	nu := r.Uvarint()
+	for u := uint64(0); u < nu && r.Err() == nil; u++ {
+		np := r.Uvarint()
 		var ps []paramDesc
-		for j := uint64(0); j < np && r.err == nil; j++ {
-			name := r.string()
-			n := r.uvarint()
+		for j := uint64(0); j < np && r.Err() == nil; j++ {
+			name := r.Str()
+			n := r.Uvarint()
 			ps = append(ps, paramDesc{name, int(n)})
 		}
 		d.units = append(d.units, ps)
@@ -225,49 +225,6 @@ func describeParam(units [][]*parallel.Param, u, j int) string {
 		return fmt.Sprintf("unit %d has only %d parameters", u, len(units[u]))
 	}
 	return fmt.Sprintf("is %q with %d values", units[u][j].Name, len(units[u][j].Data))
-}
-
-type reader struct {
-	b   []byte
-	err error
-}
-
-var errShort = errors.New("description ends early")
-
-func (r *reader) uvarint() uint64 {
-	if r.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(r.b)
-	if n <= 0 {
-		r.err = errShort
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *reader) string() string {
-	n := r.uvarint()
-	if r.err != nil || n > uint64(len(r.b)) {
-		r.err = errShort
-		return ""
-	}
-	s := string(r.b[:n])
-	r.b = r.b[n:]
-	return s
-}
-
-// broadcastBytes sends rank 0's *b to every rank: its length, then it.
-func broadcastBytes(ctx context.Context, comm *collective.Comm, b *[]byte) error {
-	n := []int64{int64(len(*b))}
-	if err := collective.Broadcast(ctx, comm, n, 0); err != nil {
-		return err
-	}
-	if comm.Rank() != 0 {
-		*b = make([]byte, n[0])
-	}
-	return collective.Broadcast(ctx, comm, *b, 0)
 }
 
 // The classes of error a verdict carries, so that errors.Is works on every

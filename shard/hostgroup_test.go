@@ -3,7 +3,6 @@ package shard_test
 import (
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/testjob"
 	"github.com/ringo-ml/ringo/shard"
 )
 
@@ -19,10 +19,7 @@ import (
 // topology, and so Comm.LocalSize, follows the names.
 func formHosts(t *testing.T, hosts []string) []*collective.Comm {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
+	addr := testjob.FreeAddr(t)
 	n := len(hosts)
 	comms := make([]*collective.Comm, n)
 	errs := make([]error, n)
@@ -52,17 +49,7 @@ func formHosts(t *testing.T, hosts []string) []*collective.Comm {
 // onComms runs fn on every rank of comms at once and returns each rank's
 // error.
 func onComms(comms []*collective.Comm, fn func(c *collective.Comm) error) []error {
-	errs := make([]error, len(comms))
-	var wg sync.WaitGroup
-	for r, c := range comms {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[r] = fn(c)
-		}()
-	}
-	wg.Wait()
-	return errs
+	return testjob.Each(len(comms), func(r int) error { return fn(comms[r]) })
 }
 
 // Hybrid with GroupSize left zero makes each host a group, as the

@@ -3,12 +3,12 @@ package direct
 import (
 	"errors"
 	"fmt"
-	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/internal/linktest"
+	"github.com/ringo-ml/ringo/internal/testjob"
 	"github.com/ringo-ml/ringo/internal/xfer"
 )
 
@@ -45,16 +45,7 @@ func byteBlock(from, to, n int) []uint8 {
 func onRanks(t *testing.T, ends [][]*linktest.Chan, name string, fn func(rank int) error) {
 	t.Helper()
 	n := len(ends)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for r := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[r] = fn(r)
-		}()
-	}
-	wg.Wait()
+	errs := testjob.Each(n, fn)
 	for r := range n {
 		require.NoError(t, errs[r], "%s: rank %d", name, r)
 		for p, e := range ends[r] {
