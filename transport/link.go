@@ -406,21 +406,29 @@ func (l *Link) Wait() error {
 			l.slowed(&l.recvSlow, "receive")
 			continue
 		case <-l.halt:
-			return l.haltError()
+			return l.unlessReceived(l.haltError())
 		case <-l.dead:
-			select {
-			case <-l.recvd:
-				return nil
-			default:
-			}
-			return l.deadError()
+			return l.unlessReceived(l.deadError())
 		case <-l.fail.Done():
-			return l.fail.Err()
+			return l.unlessReceived(l.fail.Err())
 		case <-l.ctx.Done():
-			return context.Cause(l.ctx)
+			return l.unlessReceived(context.Cause(l.ctx))
 		case <-l.expire:
-			return ErrTimeout
+			return l.unlessReceived(ErrTimeout)
 		}
+	}
+}
+
+// unlessReceived is err, or nil if the receive completed after all: select
+// picks among ready cases at random, and a receive that is whole must not
+// be reported failed because a later frame (a mismatch, the peer's close)
+// was read before Wait looked.
+func (l *Link) unlessReceived(err error) error {
+	select {
+	case <-l.recvd:
+		return nil
+	default:
+		return err
 	}
 }
 
