@@ -220,7 +220,7 @@ func (c *Comm) p2pCall(ctx context.Context, send bool, peer int, sig transport.S
 			err = ctxError(ctx) // the caller gave up: that is why it failed
 		}
 		c.failCall(err, fmt.Sprintf("%s, message #%d%s", name(), msg, when))
-		return fmt.Errorf("ringo: %s, message #%d, on rank %d: %w", name(), msg, c.rank, c.Err())
+		return fmt.Errorf("ringo: %s, message #%d, on rank %d: %w", name(), msg, c.rank, c.aborted())
 	}
 	if err := ch.turn.wait(ctx, t); err != nil {
 		// At once, not behind the calls ahead of it: the abort ends them too.
@@ -230,8 +230,8 @@ func (c *Comm) p2pCall(ctx context.Context, send bool, peer int, sig transport.S
 	switch {
 	case c.closed.Load():
 		return fmt.Errorf("ringo: %s on rank %d: %w", name(), c.rank, ErrClosed)
-	case c.Err() != nil:
-		return fmt.Errorf("ringo: %s on rank %d: %w", name(), c.rank, c.Err())
+	case c.fail.Err() != nil:
+		return fmt.Errorf("ringo: %s on rank %d: %w", name(), c.rank, c.aborted())
 	case ctx.Err() != nil:
 		return fail(ctx.Err(), "")
 	}
