@@ -1,24 +1,23 @@
 package collective_test
 
 import (
-	"bytes"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/testlog"
 )
 
 // An abort is one WARN line with its cause; the status (the call, each
 // peer, the recent calls) follows at debug level, one line each, and only
 // when debug logs are on.
 func TestAbortLogIsOneLinePlusStatusAtDebug(t *testing.T) {
-	log := newLogWatch()
-	comms := local(t, 2, collective.Config{Logger: log.logger()})
+	log := new(testlog.Buffer)
+	comms := local(t, 2, collective.Config{Logger: log.Lines()})
 	requireAllOK(t, each(comms, func(r int, c *collective.Comm) error {
 		return collective.AllReduce(ctx, c, make([]float32, 3), collective.Sum)
 	}))
@@ -31,7 +30,7 @@ func TestAbortLogIsOneLinePlusStatusAtDebug(t *testing.T) {
 	for r, err := range errs {
 		require.ErrorIs(t, err, collective.ErrMismatch, "rank %d", r)
 	}
-	log.waitFor(t, "ringo: at the abort: call #2")
+	log.WaitFor(t, "ringo: at the abort: call #2", testTimeout)
 	var warns []string
 	for _, line := range strings.Split(log.String(), "\n") {
 		if strings.HasPrefix(line, "WARN ringo: communicator aborted") {
@@ -49,29 +48,12 @@ func TestAbortLogIsOneLinePlusStatusAtDebug(t *testing.T) {
 	assert.Contains(t, out, "DEBUG ringo: at the abort: call #2 AllReduce(float32, count=3, Sum")
 
 	// Without debug logs, the abort is the one line.
-	var buf lockedBytes
-	quiet := local(t, 2, collective.Config{Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+	var buf testlog.Buffer
+	quiet := local(t, 2, collective.Config{Logger: buf.Logger(slog.LevelInfo)})
 	quiet[0].Abort(nil) // rank 1 hears of it
 	for _, c := range quiet {
 		require.ErrorIs(t, collective.Barrier(ctx, c), collective.ErrAborted)
 	}
 	assert.Contains(t, buf.String(), "communicator aborted")
 	assert.NotContains(t, buf.String(), "at the abort")
-}
-
-type lockedBytes struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBytes) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBytes) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -75,14 +75,15 @@ type Comm struct {
 	scratch, work []uint64
 	fail          *transport.Failure
 
-	turn   turnstile // one call at a time, in the order they were issued
-	closed atomic.Bool
-	seq    uint64
-	cur    transport.Signature
-	timer  *time.Timer
-	slow   *time.Timer // fires SlowWarning into a call: "who is missing"
-	slowAt time.Duration
-	rec    recorder
+	turn    turnstile // one call at a time, in the order they were issued
+	helpers helpers   // the goroutines that run async calls
+	closed  atomic.Bool
+	seq     uint64
+	cur     transport.Signature
+	timer   *time.Timer
+	slow    *time.Timer // fires SlowWarning into a call: "who is missing"
+	slowAt  time.Duration
+	rec     recorder
 
 	// callCtx is the context of the call in progress: an error that is its
 	// cancellation is reported as the call being abandoned.
@@ -236,6 +237,7 @@ func (f foreign) As(target any) bool {
 // on another goroutine is aborted. Close is idempotent and returns nil.
 func (c *Comm) Close() error {
 	c.closeOnce.Do(func() {
+		defer c.helpers.close() // last: after the calls ahead have ended and the turn is passed
 		if c.turn.busy() || c.p2p.busy() {
 			c.fail.Fail(fmt.Errorf("%w: rank %d closed the communicator during a call", ErrClosed, c.rank))
 		}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 
 	"github.com/ringo-ml/ringo/internal/codec"
-	"github.com/ringo-ml/ringo/internal/kernel"
 	"github.com/ringo-ml/ringo/link"
 	"github.com/ringo-ml/ringo/ring"
 )
@@ -29,18 +28,7 @@ func parseCompression(name, s string) (codec.Kind, error) {
 // of another type or op than float32 Sum or Avg under a lossy codec (see
 // Config.Compression).
 func allReduceCodec[T Elem](c *Comm, algo algorithm, op Op) (algorithm, codec.Kind) {
-	k := c.codec
-	switch {
-	case k == codec.None, c.size == 1:
-		return algo, codec.None
-	case k.Lossy() && (kernel.TypeOf[T]() != kernel.Float32 || op != Sum && op != Avg):
-		return algo, codec.None
-	case algo == algoRing, algo == algoBidir:
-		return algo, k
-	case (algo == algoRabenseifner || algo == algoHier) && c.algo == algoAuto:
-		return algoRing, k
-	}
-	return algo, codec.None
+	return allReduceCodecOf[T](c, c.codec, algo, op)
 }
 
 // allReduceCompressed runs the compressed ring (begin has been called).

@@ -13,12 +13,11 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/testjob"
 )
 
 func TestMain(m *testing.M) {
-	if runChild() {
-		return
-	}
+	testjob.RunRank(childRoles)
 	goleak.VerifyTestMain(m)
 }
 

@@ -2,12 +2,7 @@ package collective_test
 
 import (
 	"context"
-	"fmt"
-	"log/slog"
 	"net"
-	"slices"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,75 +10,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/testlog"
 )
-
-// logWatch is a slog destination tests can wait on: it keeps every record
-// as one plain line ("WARN message k=v") and wakes waiters after each.
-type logWatch struct {
-	mu      sync.Mutex
-	lines   []string
-	changed chan struct{}
-}
-
-func newLogWatch() *logWatch { return &logWatch{changed: make(chan struct{}, 1)} }
-
-func (w *logWatch) logger() *slog.Logger { return slog.New(watchHandler{w: w}) }
-
-func (w *logWatch) add(line string) {
-	w.mu.Lock()
-	w.lines = append(w.lines, line)
-	w.mu.Unlock()
-	select {
-	case w.changed <- struct{}{}:
-	default:
-	}
-}
-
-func (w *logWatch) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return strings.Join(w.lines, "\n")
-}
-
-// waitFor waits until a line holds text.
-func (w *logWatch) waitFor(t *testing.T, text string) {
-	t.Helper()
-	timeout := time.After(testTimeout)
-	for !strings.Contains(w.String(), text) {
-		select {
-		case <-w.changed:
-		case <-timeout:
-			require.FailNow(t, "not logged", "want %q in\n%s", text, w.String())
-		}
-	}
-}
-
-type watchHandler struct {
-	w     *logWatch
-	attrs []slog.Attr
-}
-
-func (h watchHandler) Enabled(context.Context, slog.Level) bool { return true }
-
-func (h watchHandler) Handle(_ context.Context, r slog.Record) error {
-	var b strings.Builder
-	b.WriteString(r.Level.String() + " " + r.Message)
-	for _, a := range h.attrs {
-		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
-	}
-	r.Attrs(func(a slog.Attr) bool {
-		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
-		return true
-	})
-	h.w.add(b.String())
-	return nil
-}
-
-func (h watchHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return watchHandler{h.w, append(slices.Clip(h.attrs), as...)}
-}
-
-func (h watchHandler) WithGroup(string) slog.Handler { return h }
 
 type formed struct {
 	comm *collective.Comm
@@ -122,16 +50,16 @@ func await(t *testing.T, ch <-chan formed) formed {
 func TestTwoJobsGivenOneAddressFormOneAfterTheOther(t *testing.T) {
 	const n = 3
 	addr := freeAddr(t)
-	logA, logB := newLogWatch(), newLogWatch()
+	logA, logB := new(testlog.Buffer), new(testlog.Buffer)
 	// No token: each job's is derived from its id, as under mpirun.
-	cfgA := collective.Config{Size: n, Addr: addr, JobID: "job-A", Timeout: testTimeout, Logger: logA.logger()}
-	cfgB := collective.Config{Size: n, Addr: addr, JobID: "job-B", Timeout: testTimeout, Logger: logB.logger()}
+	cfgA := collective.Config{Size: n, Addr: addr, JobID: "job-A", Timeout: testTimeout, Logger: logA.Lines()}
+	cfgB := collective.Config{Size: n, Addr: addr, JobID: "job-B", Timeout: testTimeout, Logger: logB.Lines()}
 
 	jobA := []<-chan formed{startRank(cfgA, 0), startRank(cfgA, 1)}
-	logA.waitFor(t, "ringo rendezvous: rank registered") // A's rank 0 holds the port
+	logA.WaitFor(t, "ringo rendezvous: rank registered", testTimeout) // A's rank 0 holds the port
 	jobB := []<-chan formed{startRank(cfgB, 0), startRank(cfgB, 1), startRank(cfgB, 2)}
-	logB.waitFor(t, "WARN ringo: the rendezvous port of "+addr+" is in use (by another job?): waiting for it rank=0")
-	logA.waitFor(t, `tried to join job "job-A"; is another job using this port?`)
+	logB.WaitFor(t, "WARN ringo: the rendezvous port of "+addr+" is in use (by another job?): waiting for it rank=0", testTimeout)
+	logA.WaitFor(t, `tried to join job "job-A"; is another job using this port?`, testTimeout)
 	assert.Contains(t, logA.String(), "WARN ringo rendezvous: a rank of another job (rank ")
 
 	jobA = append(jobA, startRank(cfgA, 2))
@@ -178,8 +106,8 @@ func TestNoTokenBeyondLoopback(t *testing.T) {
 	// no further.
 	short, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	log := newLogWatch()
-	_, err := collective.New(short, collective.Config{Rank: 0, Size: 2, Addr: "203.0.113.9:29504", JobID: "slurm-4711.0", Logger: log.logger()})
+	log := new(testlog.Buffer)
+	_, err := collective.New(short, collective.Config{Rank: 0, Size: 2, Addr: "203.0.113.9:29504", JobID: "slurm-4711.0", Logger: log.Lines()})
 	require.Error(t, err)
 	assert.NotErrorIs(t, err, collective.ErrInvalid)
 	assert.Contains(t, err.Error(), "cannot serve the rendezvous at 203.0.113.9:29504")
@@ -208,10 +136,10 @@ func TestRendezvousListensOnTheAddressGiven(t *testing.T) {
 	}
 	addr := freeAddr(t)
 	_, port, _ := net.SplitHostPort(addr)
-	log := newLogWatch()
-	cfg := collective.Config{Size: 2, Addr: addr, Token: "t", Timeout: testTimeout, Logger: log.logger()}
+	log := new(testlog.Buffer)
+	cfg := collective.Config{Size: 2, Addr: addr, Token: "t", Timeout: testTimeout, Logger: log.Lines()}
 	rank0 := startRank(cfg, 0)
-	log.waitFor(t, "ringo rendezvous: rank registered") // rank 0 serves
+	log.WaitFor(t, "ringo rendezvous: rank registered", testTimeout) // rank 0 serves
 	_, err = net.DialTimeout("tcp", net.JoinHostPort(other, port), 5*time.Second)
 	require.Error(t, err, "the rendezvous at %s answered on %s", addr, other)
 
@@ -228,10 +156,10 @@ func TestRendezvousListensOnTheAddressGiven(t *testing.T) {
 func TestFormingTimeoutNamesTheMissingRank(t *testing.T) {
 	const n = 4
 	addr := freeAddr(t)
-	log := newLogWatch()
-	cfg := collective.Config{Size: n, Addr: addr, Token: "right", Timeout: 3 * time.Second, Logger: log.logger()}
+	log := new(testlog.Buffer)
+	cfg := collective.Config{Size: n, Addr: addr, Token: "right", Timeout: 3 * time.Second, Logger: log.Lines()}
 	waiting := []<-chan formed{startRank(cfg, 0), startRank(cfg, 1), startRank(cfg, 3)}
-	log.waitFor(t, "INFO ringo rendezvous: 3 of 4 ranks joined (0-1,3); waiting for rank 2 rank=0")
+	log.WaitFor(t, "INFO ringo rendezvous: 3 of 4 ranks joined (0-1,3); waiting for rank 2 rank=0", testTimeout)
 
 	bad := cfg
 	bad.Token = "wrong"
@@ -239,7 +167,7 @@ func TestFormingTimeoutNamesTheMissingRank(t *testing.T) {
 	require.ErrorIs(t, f.err, collective.ErrAuth)
 	assert.Contains(t, f.err.Error(), "the rendezvous server could not prove it holds the job token")
 	assert.NotContains(t, f.err.Error(), "rank -1")
-	log.waitFor(t, "WARN ringo rendezvous: a connection from 127.0.0.1 (claiming rank 2) failed the token check while rank 2 is missing")
+	log.WaitFor(t, "WARN ringo rendezvous: a connection from 127.0.0.1 (claiming rank 2) failed the token check while rank 2 is missing", testTimeout)
 
 	for _, ch := range waiting {
 		f := await(t, ch)

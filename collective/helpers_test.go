@@ -11,6 +11,7 @@ import (
 
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/internal/kernel"
+	"github.com/ringo-ml/ringo/internal/testjob"
 )
 
 // testTimeout bounds every call in these tests: a hang fails the test instead
@@ -45,17 +46,7 @@ func closeAll(comms []*collective.Comm) {
 
 // each runs fn on every rank concurrently and returns each rank's error.
 func each(comms []*collective.Comm, fn func(rank int, c *collective.Comm) error) []error {
-	errs := make([]error, len(comms))
-	var wg sync.WaitGroup
-	for r, c := range comms {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[r] = fn(r, c)
-		}()
-	}
-	wg.Wait()
-	return errs
+	return testjob.Each(len(comms), func(r int) error { return fn(r, comms[r]) })
 }
 
 func requireAllOK(t testing.TB, errs []error) {

@@ -1,20 +1,14 @@
 package collective_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +16,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/testjob"
+	"github.com/ringo-ml/ringo/internal/testlog"
 )
 
 // TestKilledRankIsNamedOnEveryRank runs 4 ranks as OS processes in a loop of
@@ -48,75 +44,28 @@ func TestKilledRankIsNamedOnEveryRank(t *testing.T) {
 
 func killARank(t *testing.T, env func(r int) []string) {
 	const n, victim = 4, 2
-	addr := freeAddr(t)
-	type child struct {
-		cmd   *exec.Cmd
-		out   *lockedBuffer
-		ready chan struct{}
-		done  chan time.Time
-	}
-	children := make([]*child, n)
+	job := testjob.Start(t, testjob.Config{Ranks: n, Role: "loop", Env: env})
+	job.AwaitFirst(t, 60*time.Second, func(int) string { return "looping" })
+	killed := job.Rank(victim).Kill(t)
 	for r := range n {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), childEnv+"=loop", "RINGO_TOKEN=kill-test", "RINGO_TIMEOUT=60s",
-			"RINGO_RANK="+strconv.Itoa(r), "RINGO_WORLD_SIZE="+strconv.Itoa(n), "RINGO_ADDR="+addr)
-		cmd.Env = append(cmd.Env, env(r)...)
-		stdout, err := cmd.StdoutPipe()
-		require.NoError(t, err)
-		c := &child{cmd: cmd, out: &lockedBuffer{}, ready: make(chan struct{}), done: make(chan time.Time, 1)}
-		cmd.Stderr = c.out
-		require.NoError(t, cmd.Start())
-		go func() {
-			sc := bufio.NewScanner(stdout)
-			once := sync.Once{}
-			for sc.Scan() {
-				_, _ = c.out.Write(append(sc.Bytes(), '\n'))
-				if strings.Contains(sc.Text(), "looping") {
-					once.Do(func() { close(c.ready) })
-				}
-			}
-			_ = cmd.Wait()
-			c.done <- time.Now()
-		}()
-		children[r] = c
-	}
-	t.Cleanup(func() {
-		for _, c := range children {
-			_ = c.cmd.Process.Kill()
-		}
-	})
-	deadline := time.After(60 * time.Second)
-	for r, c := range children {
-		select {
-		case <-c.ready:
-		case <-deadline:
-			t.Fatalf("rank %d did not start looping: %s", r, c.out.String())
-		}
-	}
-	killed := time.Now()
-	require.NoError(t, children[victim].cmd.Process.Signal(syscall.SIGKILL))
-	for r, c := range children {
 		if r == victim {
 			continue
 		}
-		select {
-		case at := <-c.done:
-			took := at.Sub(killed)
-			out := c.out.String()
-			t.Logf("rank %d stopped %v after the kill", r, took.Round(time.Millisecond))
-			assert.Less(t, took, 5*time.Second, "2 s is the bound; 5 s leaves margin for a loaded machine")
-			assert.Contains(t, out, "communicator aborted", "rank %d", r)
-			assert.Contains(t, out, "rank "+strconv.Itoa(victim), "rank %d must name the killed rank: %s", r, out)
-			assert.Contains(t, out, "AllReduce", "rank %d must name the call", r)
-			assert.Equal(t, 3, c.cmd.ProcessState.ExitCode(), "rank %d: %s", r, out)
-		case <-time.After(30 * time.Second):
-			t.Fatalf("rank %d still running 30 s after rank %d was killed: %s", r, victim, c.out.String())
-		}
+		rank := job.Rank(r)
+		at, _ := rank.Exit(t, 30*time.Second)
+		took := at.Sub(killed)
+		out := rank.Output()
+		t.Logf("rank %d stopped %v after the kill", r, took.Round(time.Millisecond))
+		assert.Less(t, took, 5*time.Second, "2 s is the bound; 5 s leaves margin for a loaded machine")
+		assert.Contains(t, out, "communicator aborted", "rank %d", r)
+		assert.Contains(t, out, "rank "+strconv.Itoa(victim), "rank %d must name the killed rank: %s", r, out)
+		assert.Contains(t, out, "AllReduce", "rank %d must name the call", r)
+		assert.Equal(t, 3, rank.ExitCode(), "rank %d: %s", r, out)
 	}
-	<-children[victim].done
+	job.Rank(victim).Exit(t, 30*time.Second)
 	pids := make([]int, n)
-	for r, c := range children {
-		pids[r] = c.cmd.Process.Pid
+	for r := range n {
+		pids[r] = job.Rank(r).Pid()
 	}
 	assert.Empty(t, segmentsOf(t, pids), "shared memory segments left behind")
 }
@@ -143,18 +92,18 @@ func segmentsOf(t testing.TB, pids []int) []string {
 
 // childLoop is a rank that runs AllReduce until it fails, then prints the
 // error and exits 3.
-func childLoop() {
+func childLoop() int {
 	c, err := collective.Init(ctx)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "init:", err)
-		os.Exit(1)
+		return 1
 	}
 	buf := make([]float32, 1<<16)
 	for i := 0; ; i++ {
 		if err := collective.AllReduce(ctx, c, buf, collective.Sum); err != nil {
 			fmt.Println("ERROR:", err)
 			c.Close()
-			os.Exit(3)
+			return 3
 		}
 		if i == 10 {
 			fmt.Println("looping")
@@ -203,37 +152,15 @@ func TestStatusShowsCallsPeersAndTheCallInProgress(t *testing.T) {
 	assert.True(t, st.Recent[len(st.Recent)-1].Err)
 }
 
-// syncBuffer is a log sink that reports when a wanted line arrives.
-type syncBuffer struct {
-	mu     sync.Mutex
-	buf    bytes.Buffer
-	want   string
-	notify chan struct{}
-	once   sync.Once
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.buf.Write(p)
-	if strings.Contains(b.buf.String(), b.want) {
-		b.once.Do(func() { close(b.notify) })
-	}
-	return len(p), nil
-}
-
 func TestSlowCallLogsWhichRankItWaitsFor(t *testing.T) {
-	sink := &syncBuffer{want: "waiting for a rank", notify: make(chan struct{})}
-	log := slog.New(slog.NewTextHandler(io.Writer(sink), nil))
-	comms := local(t, 2, collective.Config{SlowWarning: 50 * time.Millisecond, Logger: log})
+	var sink testlog.Buffer
+	comms := local(t, 2, collective.Config{SlowWarning: 50 * time.Millisecond, Logger: sink.Logger(slog.LevelInfo)})
 	done := make(chan error, 1)
 	go func() { done <- collective.AllReduce(ctx, comms[0], make([]int32, 7), collective.Sum) }()
-	<-sink.notify // rank 0 has said it waits for rank 1
+	sink.WaitFor(t, "waiting for a rank", testTimeout) // rank 0 has said it waits for rank 1
 	require.NoError(t, collective.AllReduce(ctx, comms[1], make([]int32, 7), collective.Sum))
 	require.NoError(t, <-done)
-	sink.mu.Lock()
-	logged := sink.buf.String()
-	sink.mu.Unlock()
+	logged := sink.String()
 	assert.Contains(t, logged, "waiting_for_rank=1")
 	assert.Contains(t, logged, `call="AllReduce(int32, count=7, Sum, doubling)"`)
 	assert.Contains(t, logged, "op=1")

@@ -181,18 +181,27 @@ func (c *Comm) p2pChan(send bool, peer int) *p2pChan {
 }
 
 func (c *Comm) p2pAsync(ctx context.Context, send bool, peer int, sig transport.Signature, buf []byte) *Work {
-	w := &Work{done: make(chan struct{})}
 	if err := c.p2pCheck(send, peer, sig); err != nil {
-		w.err = fmt.Errorf("ringo: rank %d: %w", c.rank, err)
-		close(w.done)
-		return w
+		return failedWork(fmt.Errorf("ringo: rank %d: %w", c.rank, err))
 	}
-	ctx = context.WithValue(ctx, p2pTicketKey{}, c.p2pChan(send, peer).turn.take())
-	go func() {
-		w.err = c.p2pCall(ctx, send, peer, sig, buf)
-		close(w.done)
-	}()
-	return w
+	w := &p2pWork{c: c, send: send, peer: peer, sig: sig, buf: buf}
+	w.issue(ctx, w, c.p2pChan(send, peer).turn.take(), true)
+	c.helpers.run(&w.Work)
+	return &w.Work
+}
+
+// p2pWork is an async Send or Recv: its Work and its arguments.
+type p2pWork struct {
+	Work
+	c    *Comm
+	send bool
+	peer int
+	sig  transport.Signature
+	buf  []byte
+}
+
+func (w *p2pWork) runCall(ctx context.Context) error {
+	return w.c.p2pCall(ctx, w.send, w.peer, w.sig, w.buf)
 }
 
 // p2pCall runs one Send or Recv on its turn.
@@ -210,8 +219,10 @@ func (c *Comm) p2pCall(ctx context.Context, send bool, peer int, sig transport.S
 	}
 	name := func() string { return p2pDescribe(send, peer, sig) } // for errors only: it allocates
 	ch := c.p2pChan(send, peer)
-	t, ok := ctx.Value(p2pTicketKey{}).(uint64)
-	if !ok {
+	var t uint64
+	if issued, ok := ctx.Value(p2pTicketKey{}).(*uint64); ok { // an async call's (a *ticketCtx's)
+		t = *issued
+	} else {
 		t = ch.turn.take()
 	}
 	msg := t + 1

@@ -187,23 +187,33 @@ func allReduceCodecOf[T Elem](c *Comm, k codec.Kind, algo algorithm, op Op) (alg
 		return algo, codec.None
 	case algo == algoRing, algo == algoBidir:
 		return algo, k
-	case algo == algoRabenseifner && c.algo == algoAuto:
+	case (algo == algoRabenseifner || algo == algoHier) && c.algo == algoAuto:
 		return algoRing, k
 	}
 	return algo, codec.None
 }
 
-// ticketCtx carries a reusable call's ticket to begin. Value hands out a
+// ticketCtx carries a call's ticket, taken when the call was issued (an
+// AllReducer's Start, an async call), to the call. Value hands out a
 // pointer to the ticket: boxing a pointer allocates nothing, where boxing
-// the uint64 itself (as async does) allocates 8 bytes per call.
+// the uint64 itself allocates 8 bytes per call. p2p says which turnstile
+// the ticket is of: the communicator's, or a point-to-point channel's.
 type ticketCtx struct {
 	context.Context
 	ticket uint64
+	p2p    bool
 }
 
 func (t *ticketCtx) Value(key any) any {
-	if _, ok := key.(ticketKey); ok {
-		return &t.ticket
+	switch key.(type) {
+	case ticketKey:
+		if !t.p2p {
+			return &t.ticket
+		}
+	case p2pTicketKey:
+		if t.p2p {
+			return &t.ticket
+		}
 	}
 	return t.Context.Value(key)
 }

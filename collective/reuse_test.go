@@ -189,24 +189,38 @@ func TestAllReducerSteadyStateAllocatesNothing(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector allocates")
 	}
+	// inFlight reducers are started back to back and then waited for, as
+	// data parallel training's buckets are: all but the first wait for
+	// their turn behind the ones before.
 	for _, compression := range []string{"", "bf16"} {
 		for _, count := range []int{1, 1 << 16} {
-			t.Run(fmt.Sprintf("%q/%d", compression, count), func(t *testing.T) {
-				comms := local(t, 3, collective.Config{})
-				reducers := make([]*collective.AllReducer[float32], len(comms))
-				for r, c := range comms {
-					a, err := collective.NewAllReducer(c, make([]float32, count), collective.Avg, collective.AllReducerOptions{Compression: compression})
-					require.NoError(t, err)
-					t.Cleanup(func() { a.Close() })
-					reducers[r] = a
-				}
-				requireNoAllocs(t, newDriver(t, comms, func(r int, c *collective.Comm) error {
-					if err := reducers[r].Start(ctx); err != nil {
-						return err
+			for _, inFlight := range []int{1, 4} {
+				t.Run(fmt.Sprintf("%q/%d/in-flight=%d", compression, count, inFlight), func(t *testing.T) {
+					comms := local(t, 3, collective.Config{})
+					reducers := make([][]*collective.AllReducer[float32], len(comms))
+					for r, c := range comms {
+						for range inFlight {
+							a, err := collective.NewAllReducer(c, make([]float32, count), collective.Avg, collective.AllReducerOptions{Compression: compression})
+							require.NoError(t, err)
+							t.Cleanup(func() { a.Close() })
+							reducers[r] = append(reducers[r], a)
+						}
 					}
-					return reducers[r].Wait(ctx)
-				}), "AllReducer call")
-			})
+					requireNoAllocs(t, newDriver(t, comms, func(r int, c *collective.Comm) error {
+						for _, a := range reducers[r] {
+							if err := a.Start(ctx); err != nil {
+								return err
+							}
+						}
+						for _, a := range reducers[r] {
+							if err := a.Wait(ctx); err != nil {
+								return err
+							}
+						}
+						return nil
+					}), "step of AllReducer calls")
+				})
+			}
 		}
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"strconv"
 	"sync"
 	"testing"
@@ -15,17 +14,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/testjob"
 )
 
 // freeAddr returns a loopback address with a port nobody listens on.
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
-	return addr
-}
+func freeAddr(t testing.TB) string { return testjob.FreeAddr(t) }
 
 // formTCP forms an n-rank communicator over loopback TCP, each rank in its own
 // goroutine; rank 0, which serves the rendezvous, is started last.
@@ -205,67 +198,32 @@ func TestProcessesFormAJobFromTheEnvironment(t *testing.T) {
 	const n = 4
 	addr := freeAddr(t)
 	host, port, _ := net.SplitHostPort(addr)
-	cmds := make([]*exec.Cmd, n)
-	outs := make([]*lockedBuffer, n)
-	for r := range n {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), childEnv+"=1", "RINGO_TOKEN=proc-token", "RINGO_TIMEOUT=60s")
+	job := testjob.Start(t, testjob.Config{Ranks: n, Role: "allreduce", Addr: addr, Env: func(r int) []string {
 		if r%2 == 0 { // half the ranks speak ringo's variables, half torchrun's
-			cmd.Env = append(cmd.Env, "RINGO_RANK="+strconv.Itoa(r), "RINGO_WORLD_SIZE="+strconv.Itoa(n), "RINGO_ADDR="+addr)
-		} else {
-			cmd.Env = append(cmd.Env, "RANK="+strconv.Itoa(r), "WORLD_SIZE="+strconv.Itoa(n), "MASTER_ADDR="+host, "MASTER_PORT="+port)
+			return nil
 		}
-		outs[r] = &lockedBuffer{}
-		cmd.Stdout, cmd.Stderr = outs[r], outs[r]
-		require.NoError(t, cmd.Start())
-		cmds[r] = cmd
-	}
-	done := make(chan error, n)
+		return []string{"RINGO_RANK=", "RINGO_WORLD_SIZE=", "RINGO_ADDR=",
+			"RANK=" + strconv.Itoa(r), "WORLD_SIZE=" + strconv.Itoa(n), "MASTER_ADDR=" + host, "MASTER_PORT=" + port}
+	}})
+	deadline := time.Now().Add(90 * time.Second)
 	for r := range n {
-		go func() {
-			err := cmds[r].Wait()
-			if err != nil {
-				err = fmt.Errorf("rank %d: %w\n%s", r, err, outs[r].String())
-			}
-			done <- err
-		}()
-	}
-	timeout := time.After(90 * time.Second)
-	for range n {
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-timeout:
-			for _, c := range cmds {
-				_ = c.Process.Kill()
-			}
-			t.Fatal("ranks did not finish within 90 s")
-		}
-	}
-	for r := range n {
-		assert.Contains(t, outs[r].String(), fmt.Sprintf("rank %d of %d ok", r, n))
+		_, err := job.Rank(r).Exit(t, time.Until(deadline))
+		require.NoError(t, err, "rank %d:\n%s", r, job.Rank(r).Output())
+		assert.Contains(t, job.Rank(r).Output(), fmt.Sprintf("rank %d of %d ok", r, n))
 	}
 }
 
-const childEnv = "RINGO_TEST_CHILD"
+// childRoles are what this test binary does when a test starts it again as
+// a rank (testjob.Start).
+var childRoles = map[string]func() int{"allreduce": childAllReduce, "loop": childLoop}
 
-// runChild is the body of a re-executed rank; it reports whether this process
-// is one.
-func runChild() bool {
-	switch os.Getenv(childEnv) {
-	case "loop":
-		childLoop()
-		return true
-	case "1":
-	default:
-		return false
-	}
+// childAllReduce is a rank that checks AllReduce results and says ok.
+func childAllReduce() int {
 	if err := childMain(); err != nil {
 		fmt.Fprintln(os.Stderr, "child:", err)
-		os.Exit(1)
+		return 1
 	}
-	os.Exit(0)
-	return true
+	return 0
 }
 
 func childMain() error {
@@ -291,24 +249,6 @@ func childMain() error {
 	}
 	fmt.Printf("rank %d of %d ok\n", r, n)
 	return nil
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf []byte
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.buf = append(b.buf, p...)
-	return len(p), nil
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return string(b.buf)
 }
 
 // TestTCPStrangerMidJobLeavesTheJobAlone: once formed, a communicator listens

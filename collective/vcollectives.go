@@ -84,10 +84,10 @@ func sumCounts(c *Comm, call, name string, counts []int) (int, error) {
 
 // AllGatherVAsync is AllGatherV, returning at once.
 func AllGatherVAsync[T Elem](ctx context.Context, c *Comm, send []T, counts []int, recv []T) *Work {
-	return async(ctx, c, func(ctx context.Context) error { return AllGatherV(ctx, c, send, counts, recv) })
+	return async(ctx, &asyncCall[T]{c: c, kind: asyncAllGatherV, send: send, sendCounts: counts, recv: recv})
 }
 
 // AllToAllVAsync is AllToAllV, returning at once.
 func AllToAllVAsync[T Elem](ctx context.Context, c *Comm, send []T, sendCounts []int, recv []T, recvCounts []int) *Work {
-	return async(ctx, c, func(ctx context.Context) error { return AllToAllV(ctx, c, send, sendCounts, recv, recvCounts) })
+	return async(ctx, &asyncCall[T]{c: c, kind: asyncAllToAllV, send: send, sendCounts: sendCounts, recv: recv, recvCounts: recvCounts})
 }

@@ -105,3 +105,36 @@ func TestVCollectivesRejectBadCounts(t *testing.T) {
 	})
 	requireAllAborted(t, errs, collective.ErrMismatch, "AllToAllV(int8)")
 }
+
+// AllGatherV and AllToAllV, called again and again with the same counts,
+// allocate nothing, on any rank.
+func TestVCollectivesSteadyStateAllocateNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	const n = 4
+	comms := local(t, n, collective.Config{})
+	counts := make([]int, n)
+	sendCounts, recvCounts := make([][]int, n), make([][]int, n)
+	for p := range n {
+		counts[p] = raggedCount(p, 0, 1)
+		sendCounts[p], recvCounts[p] = make([]int, n), make([]int, n)
+	}
+	for p := range n {
+		for q := range n {
+			sendCounts[p][q], recvCounts[q][p] = raggedCount(p, q, 2), raggedCount(p, q, 2)
+		}
+	}
+	agvSend, agvRecv := make([][]float32, n), make([][]float32, n)
+	a2aSend, a2aRecv := make([][]int32, n), make([][]int32, n)
+	for r := range n {
+		agvSend[r], agvRecv[r] = make([]float32, counts[r]), make([]float32, sum(counts))
+		a2aSend[r], a2aRecv[r] = make([]int32, sum(sendCounts[r])), make([]int32, sum(recvCounts[r]))
+	}
+	requireNoAllocs(t, newDriver(t, comms, func(r int, c *collective.Comm) error {
+		return collective.AllGatherV(ctx, c, agvSend[r], counts, agvRecv[r])
+	}), "AllGatherV")
+	requireNoAllocs(t, newDriver(t, comms, func(r int, c *collective.Comm) error {
+		return collective.AllToAllV(ctx, c, a2aSend[r], sendCounts[r], a2aRecv[r], recvCounts[r])
+	}), "AllToAllV")
+}

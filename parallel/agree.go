@@ -3,10 +3,10 @@ package parallel
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/rankdesc"
 )
 
 // checkLocal fills in opts' defaults and checks this rank's parameters and
@@ -81,14 +81,7 @@ var optionNames = [...]string{"BucketBytes", "FirstBucketBytes", "Compression"}
 // rank reads the same table of verdicts.
 func agree(ctx context.Context, comm *collective.Comm, params []*Param, opts DataParallelOptions, local error) error {
 	desc := describe(params, opts)
-	size := []int64{int64(len(desc))}
-	if err := collective.Broadcast(ctx, comm, size, 0); err != nil {
-		return err
-	}
-	if comm.Rank() != 0 {
-		desc = make([]byte, size[0])
-	}
-	if err := collective.Broadcast(ctx, comm, desc, 0); err != nil {
+	if err := rankdesc.Broadcast(ctx, comm, &desc); err != nil {
 		return err
 	}
 	root := parseDescription(desc)
@@ -187,7 +180,7 @@ func (d description) option(i int) string {
 func describe(params []*Param, opts DataParallelOptions) []byte {
 	b := binary.AppendUvarint(nil, uint64(opts.BucketBytes))
 	b = binary.AppendUvarint(b, uint64(opts.FirstBucketBytes))
-	b = appendString(b, opts.Compression)
+	b = rankdesc.AppendString(b, opts.Compression)
 	b = binary.AppendUvarint(b, uint64(len(params)))
 	for _, p := range params {
 		var name string
@@ -195,14 +188,10 @@ func describe(params []*Param, opts DataParallelOptions) []byte {
 		if p != nil {
 			name, n = p.Name, len(p.Data)
 		}
-		b = appendString(b, name)
+		b = rankdesc.AppendString(b, name)
 		b = binary.AppendUvarint(b, uint64(n))
 	}
 	return b
-}
-
-func appendString(b []byte, s string) []byte {
-	return append(binary.AppendUvarint(b, uint64(len(s))), s...)
 }
 
 // parseDescription decodes describe's bytes. They come from rank 0 running
@@ -211,15 +200,15 @@ func appendString(b []byte, s string) []byte {
 // rank then reports as a difference.
 func parseDescription(b []byte) description {
 	var d description
-	r := reader{b: b}
-	d.opts.BucketBytes = int(r.uvarint())
-	d.opts.FirstBucketBytes = int(r.uvarint())
-	d.opts.Compression = r.string()
-	n := r.uvarint()
-	for k := uint64(0); k < n && r.err == nil; k++ {
-		name := r.string()
-		l := r.uvarint()
-		if r.err == nil {
+	r := rankdesc.NewReader(b)
+	d.opts.BucketBytes = int(r.Uvarint())
+	d.opts.FirstBucketBytes = int(r.Uvarint())
+	d.opts.Compression = r.Str()
+	n := r.Uvarint()
+	for k := uint64(0); k < n && r.Err() == nil; k++ {
+		name := r.Str()
+		l := r.Uvarint()
+		if r.Err() == nil {
 			d.params = append(d.params, paramDesc{name, int(l)})
 		}
 	}
@@ -235,36 +224,4 @@ func firstDifference(root []paramDesc, mine []*Param) int {
 		}
 	}
 	return -1
-}
-
-// reader reads describe's encoding; after the first error it returns zeros.
-type reader struct {
-	b   []byte
-	err error
-}
-
-var errShort = errors.New("description ends early")
-
-func (r *reader) uvarint() uint64 {
-	if r.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(r.b)
-	if n <= 0 {
-		r.err = errShort
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *reader) string() string {
-	n := r.uvarint()
-	if r.err != nil || n > uint64(len(r.b)) {
-		r.err = errShort
-		return ""
-	}
-	s := string(r.b[:n])
-	r.b = r.b[n:]
-	return s
 }

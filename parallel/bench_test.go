@@ -7,6 +7,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/testjob"
 	"github.com/ringo-ml/ringo/parallel"
 )
 
@@ -56,12 +57,12 @@ func BenchmarkSync(b *testing.B) {
 }
 
 func runSteps(b *testing.B, n int, step func(rank int) error) {
-	d := newDriver(b, n, step)
-	require.NoError(b, d.run())
+	d := testjob.NewDriver(b, n, step)
+	require.NoError(b, d.Run())
 	b.SetBytes(4 << 20)
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := d.run(); err != nil {
+		if err := d.Run(); err != nil {
 			b.Fatal(err)
 		}
 	}

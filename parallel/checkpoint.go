@@ -9,6 +9,7 @@ import (
 
 	"github.com/ringo-ml/ringo/checkpoint"
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/rankdesc"
 )
 
 // SaveCheckpoint writes a checkpoint of the model to path: ck's metadata and
@@ -24,7 +25,7 @@ func (dp *DataParallel) SaveCheckpoint(ctx context.Context, path string, ck *che
 			msg = []byte(err.Error())
 		}
 	}
-	if err := dp.broadcastBytes(ctx, &msg); err != nil {
+	if err := rankdesc.Broadcast(ctx, dp.comm, &msg); err != nil {
 		return fmt.Errorf("parallel: SaveCheckpoint on rank %d: %w", dp.comm.Rank(), err)
 	}
 	if len(msg) > 0 {
@@ -91,7 +92,7 @@ func (dp *DataParallel) LoadCheckpoint(ctx context.Context, path string) (*check
 	if err := collective.Broadcast(ctx, dp.comm, status, 0); err != nil {
 		return fail(err)
 	}
-	if err := dp.broadcastBytes(ctx, &data); err != nil {
+	if err := rankdesc.Broadcast(ctx, dp.comm, &data); err != nil {
 		return fail(err)
 	}
 	switch status[0] {
@@ -115,16 +116,4 @@ func (dp *DataParallel) LoadCheckpoint(ctx context.Context, path string) (*check
 		copy(p.Data, tensors[i].Data)
 	}
 	return ck, nil
-}
-
-// broadcastBytes sends rank 0's *b to every rank (length, then bytes).
-func (dp *DataParallel) broadcastBytes(ctx context.Context, b *[]byte) error {
-	n := []int64{int64(len(*b))}
-	if err := collective.Broadcast(ctx, dp.comm, n, 0); err != nil {
-		return err
-	}
-	if dp.comm.Rank() != 0 {
-		*b = make([]byte, n[0])
-	}
-	return collective.Broadcast(ctx, dp.comm, *b, 0)
 }

@@ -11,14 +11,16 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/checkpoint"
+	"github.com/ringo-ml/ringo/internal/testjob"
 	"github.com/ringo-ml/ringo/parallel"
+	"github.com/ringo-ml/ringo/parallel/internal/testmodel"
 )
 
 // job is one run of n ranks training the test model with momentum SGD.
 type job struct {
 	t      *testing.T
 	n      int
-	models []*model
+	models []*testmodel.Model
 	opts   []*momentum
 	dps    []*parallel.DataParallel
 }
@@ -29,10 +31,10 @@ func startJob(t *testing.T, n int, junk bool) *job {
 	j := &job{t: t, n: n}
 	params := make([][]*parallel.Param, n)
 	for r := range n {
-		m := newModel(headSizes, junk || r != 0)
+		m := testmodel.New(testmodel.HeadSizes(), junk || r != 0)
 		j.models = append(j.models, m)
-		j.opts = append(j.opts, newMomentum(m.params))
-		params[r] = m.params
+		j.opts = append(j.opts, newMomentum(m.Params))
+		params[r] = m.Params
 	}
 	j.dps = newDP(t, local(t, n), params, tiny)
 	return j
@@ -41,14 +43,14 @@ func startJob(t *testing.T, n int, junk bool) *job {
 // train runs steps [from, to).
 func (j *job) train(from, to int) {
 	j.t.Helper()
-	requireAllOK(j.t, each(j.n, func(r int) error {
+	testjob.RequireAllOK(j.t, testjob.Each(j.n, func(r int) error {
 		m := j.models[r]
 		for step := from; step < to; step++ {
-			m.backward(step*j.n*perRank+r*perRank, perRank, 1, j.dps[r].Ready)
+			m.Backward(step*j.n*perRank+r*perRank, perRank, 1, j.dps[r].Ready)
 			if err := j.dps[r].Sync(ctx); err != nil {
 				return err
 			}
-			j.opts[r].step(m.params)
+			j.opts[r].step(m.Params)
 		}
 		return nil
 	}))
@@ -57,7 +59,7 @@ func (j *job) train(from, to int) {
 // momentumTensors names the optimizer's state, as a real optimizer would.
 func (j *job) momentumTensors(r int) []checkpoint.Tensor {
 	var ts []checkpoint.Tensor
-	for i, p := range j.models[r].params {
+	for i, p := range j.models[r].Params {
 		ts = append(ts, checkpoint.Tensor{Name: p.Name + ".momentum", Data: j.opts[r].v[i]})
 	}
 	return ts
@@ -75,14 +77,14 @@ func TestResumedRunContinuesBitwise(t *testing.T) {
 
 	first := startJob(t, n, false)
 	first.train(0, 5)
-	requireAllOK(t, each(n, func(r int) error {
+	testjob.RequireAllOK(t, testjob.Each(n, func(r int) error {
 		ck := &checkpoint.Checkpoint{Step: 5, Epoch: 1, RNG: []byte{42}, Meta: map[string]string{"model": "heads"}, Tensors: first.momentumTensors(r)}
 		return first.dps[r].SaveCheckpoint(ctx, path, ck)
 	}))
 
 	resumed := startJob(t, n, true)
 	steps := make([]int64, n)
-	requireAllOK(t, each(n, func(r int) error {
+	testjob.RequireAllOK(t, testjob.Each(n, func(r int) error {
 		ck, err := resumed.dps[r].LoadCheckpoint(ctx, path)
 		if err != nil {
 			return err
@@ -102,7 +104,7 @@ func TestResumedRunContinuesBitwise(t *testing.T) {
 	resumed.train(5, 10)
 
 	for r := range n {
-		require.NoError(t, sameBits(resumed.models[r].params, whole.models[r].params), "rank %d", r)
+		require.NoError(t, testmodel.SameBits(resumed.models[r].Params, whole.models[r].Params), "rank %d", r)
 		for i := range whole.opts[r].v {
 			require.Equal(t, whole.opts[r].v[i], resumed.opts[r].v[i], "rank %d momentum %d", r, i)
 		}
@@ -110,9 +112,9 @@ func TestResumedRunContinuesBitwise(t *testing.T) {
 	// The file is the documented format, readable on its own.
 	ck, err := checkpoint.Load(path)
 	require.NoError(t, err)
-	require.Len(t, ck.Tensors, 2*2*len(headSizes), "parameters, then momentum")
+	require.Len(t, ck.Tensors, 2*2*len(testmodel.HeadSizes()), "parameters, then momentum")
 	assert.Equal(t, "head0.w", ck.Tensors[0].Name)
-	assert.Equal(t, "head0.w.momentum", ck.Tensors[2*len(headSizes)].Name)
+	assert.Equal(t, "head0.w.momentum", ck.Tensors[2*len(testmodel.HeadSizes())].Name)
 }
 
 // Loading fails on every rank alike: no file (fs.ErrNotExist, to start
@@ -123,7 +125,7 @@ func TestLoadCheckpointErrorsAreTheSameOnEveryRank(t *testing.T) {
 	dir := t.TempDir()
 	j := startJob(t, n, false)
 	load := func(path string) []error {
-		return each(n, func(r int) error {
+		return testjob.Each(n, func(r int) error {
 			_, err := j.dps[r].LoadCheckpoint(ctx, path)
 			return err
 		})
@@ -133,7 +135,7 @@ func TestLoadCheckpointErrorsAreTheSameOnEveryRank(t *testing.T) {
 	}
 
 	good := filepath.Join(dir, "good")
-	requireAllOK(t, each(n, func(r int) error { return j.dps[r].SaveCheckpoint(ctx, good, nil) }))
+	testjob.RequireAllOK(t, testjob.Each(n, func(r int) error { return j.dps[r].SaveCheckpoint(ctx, good, nil) }))
 	b, err := os.ReadFile(good)
 	require.NoError(t, err)
 	cut := filepath.Join(dir, "cut")
@@ -145,17 +147,17 @@ func TestLoadCheckpointErrorsAreTheSameOnEveryRank(t *testing.T) {
 
 	other := filepath.Join(dir, "other")
 	ck := &checkpoint.Checkpoint{}
-	for _, p := range j.models[0].params {
+	for _, p := range j.models[0].Params {
 		ck.Add(p.Name, make([]float32, len(p.Data)))
 	}
 	ck.Tensors[3].Data = ck.Tensors[3].Data[:0] // head1.b has no value
 	require.NoError(t, checkpoint.Save(other, ck))
-	before := fmt.Sprint(j.models[1].params[0].Data)
+	before := fmt.Sprint(j.models[1].Params[0].Data)
 	for r, err := range load(other) {
 		require.ErrorIs(t, err, checkpoint.ErrInvalid, "rank %d", r)
 		assert.ErrorContains(t, err, `tensor "head1.b" has 0 values, want 1`, "rank %d", r)
 	}
-	assert.Equal(t, before, fmt.Sprint(j.models[1].params[0].Data), "head0.w unchanged")
+	assert.Equal(t, before, fmt.Sprint(j.models[1].Params[0].Data), "head0.w unchanged")
 
 	// Every rank can still train: the failed loads left the job usable.
 	j.train(0, 1)
@@ -166,13 +168,13 @@ func TestLoadCheckpointErrorsAreTheSameOnEveryRank(t *testing.T) {
 func TestSaveCheckpointErrorsReachEveryRank(t *testing.T) {
 	const n = 2
 	j := startJob(t, n, false)
-	errs := each(n, func(r int) error {
+	errs := testjob.Each(n, func(r int) error {
 		return j.dps[r].SaveCheckpoint(ctx, filepath.Join(t.TempDir(), "no", "such", "dir", "ck"), nil)
 	})
 	for r, err := range errs {
 		require.ErrorContains(t, err, "rank 0 could not save", "rank %d", r)
 	}
-	errs = each(n, func(r int) error {
+	errs = testjob.Each(n, func(r int) error {
 		ck := &checkpoint.Checkpoint{}
 		ck.Add("head2.w", nil)
 		return j.dps[r].SaveCheckpoint(ctx, filepath.Join(t.TempDir(), "ck"), ck)

@@ -13,7 +13,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/testjob"
 	"github.com/ringo-ml/ringo/parallel"
+	"github.com/ringo-ml/ringo/parallel/internal/testmodel"
 )
 
 // perRank is the samples each rank computes a step's gradient on: a power
@@ -40,31 +42,31 @@ func (m readyMode) String() string {
 
 // trainDDP trains the model for steps on n ranks over Local communicators
 // and returns each rank's model.
-func trainDDP(t *testing.T, n, steps int, opts parallel.DataParallelOptions, mode readyMode) []*model {
+func trainDDP(t *testing.T, n, steps int, opts parallel.DataParallelOptions, mode readyMode) []*testmodel.Model {
 	t.Helper()
 	comms := local(t, n)
-	models := make([]*model, n)
+	models := make([]*testmodel.Model, n)
 	params := make([][]*parallel.Param, n)
 	for r := range n {
-		models[r] = newModel(headSizes, r != 0)
-		params[r] = models[r].params
+		models[r] = testmodel.New(testmodel.HeadSizes(), r != 0)
+		params[r] = models[r].Params
 	}
 	dps := newDP(t, comms, params, opts)
-	requireAllOK(t, each(n, func(r int) error {
+	testjob.RequireAllOK(t, testjob.Each(n, func(r int) error {
 		m, dp := models[r], dps[r]
 		rng := rand.New(rand.NewPCG(uint64(r), 7))
 		for step := range steps {
 			from := step*n*perRank + r*perRank // rank r's share of the global batch
 			switch mode {
 			case readyInBackward:
-				m.backward(from, perRank, 1, dp.Ready)
+				m.Backward(from, perRank, 1, dp.Ready)
 			case readyNever:
-				m.backward(from, perRank, 1, nil)
+				m.Backward(from, perRank, 1, nil)
 			case readyShuffled:
-				m.backward(from, perRank, 1, nil)
-				readyConcurrently(dp, m.params, rng.Perm(len(m.params)), 3)
+				m.Backward(from, perRank, 1, nil)
+				readyConcurrently(dp, m.Params, rng.Perm(len(m.Params)), 3)
 			case readySome:
-				m.backward(from, perRank, 1, func(p *parallel.Param) {
+				m.Backward(from, perRank, 1, func(p *parallel.Param) {
 					if r != 0 && (len(p.Name)+r+step)%3 != 0 {
 						dp.Ready(p)
 					}
@@ -73,7 +75,7 @@ func trainDDP(t *testing.T, n, steps int, opts parallel.DataParallelOptions, mod
 			if err := dp.Sync(ctx); err != nil {
 				return err
 			}
-			sgd(m.params)
+			sgd(m.Params)
 		}
 		return nil
 	}))
@@ -104,7 +106,7 @@ func readyConcurrently(dp *parallel.DataParallel, params []*parallel.Param, perm
 func TestTrainingEqualsOneProcessBitwise(t *testing.T) {
 	const steps = 10
 	for n := 1; n <= 4; n++ {
-		want := singleProcess(headSizes, steps, n*perRank, false)
+		want := singleProcess(testmodel.HeadSizes(), steps, n*perRank, false)
 		for _, buckets := range []struct {
 			name string
 			opts parallel.DataParallelOptions
@@ -113,20 +115,20 @@ func TestTrainingEqualsOneProcessBitwise(t *testing.T) {
 				t.Run(fmt.Sprintf("n=%d/%s/%v", n, buckets.name, mode), func(t *testing.T) {
 					models := trainDDP(t, n, steps, buckets.opts, mode)
 					for r, m := range models {
-						require.NoError(t, sameBits(m.params, want.params), "rank %d", r)
+						require.NoError(t, testmodel.SameBits(m.Params, want.Params), "rank %d", r)
 					}
 				})
 			}
 		}
 	}
 	// The training moved the parameters: the comparison is not vacuous.
-	require.Error(t, sameBits(singleProcess(headSizes, 10, 12, false).params, newModel(headSizes, false).params))
+	require.Error(t, testmodel.SameBits(singleProcess(testmodel.HeadSizes(), 10, 12, false).Params, testmodel.New(testmodel.HeadSizes(), false).Params))
 }
 
 func TestBucketsHoldParametersInReverseOrder(t *testing.T) {
 	comms := local(t, 1)
-	m := newModel(headSizes, false)
-	dp := newDP(t, comms, [][]*parallel.Param{m.params}, tiny)[0]
+	m := testmodel.New(testmodel.HeadSizes(), false)
+	dp := newDP(t, comms, [][]*parallel.Param{m.Params}, tiny)[0]
 	// head4: b (1) + w (3) = 16 bytes, the first bucket's cap; then 64-byte
 	// buckets; head3.w alone (4000 bytes).
 	want := []parallel.BucketInfo{
@@ -139,8 +141,8 @@ func TestBucketsHoldParametersInReverseOrder(t *testing.T) {
 	}
 	assert.Equal(t, want, dp.Buckets())
 
-	big := newModel(headSizes, false)
-	dp = newDP(t, local(t, 1), [][]*parallel.Param{big.params}, parallel.DataParallelOptions{})[0]
+	big := testmodel.New(testmodel.HeadSizes(), false)
+	dp = newDP(t, local(t, 1), [][]*parallel.Param{big.Params}, parallel.DataParallelOptions{})[0]
 	require.Len(t, dp.Buckets(), 1, "1044 values fit the default first bucket")
 }
 
@@ -159,7 +161,7 @@ func TestGradientsAreViewsIntoBucketsAndKeepTheirValues(t *testing.T) {
 		before[r] = params[r][0].Grad
 	}
 	dps := newDP(t, comms, params, tiny)
-	requireAllOK(t, each(n, func(r int) error {
+	testjob.RequireAllOK(t, testjob.Each(n, func(r int) error {
 		p := params[r][0]
 		if &p.Grad[0] == &before[r][0] {
 			return fmt.Errorf("rank %d: Grad was not re-pointed", r)
@@ -196,7 +198,7 @@ func TestUnusedParametersAreAveragedWithTheirCurrentGradients(t *testing.T) {
 	used := func(r, i, s int) bool { return (i+r+s)%3 != 0 }
 	grad := func(r, i, j, s int) float32 { return float32((r+1)*(i+2) + j + s) }
 	for s := range steps {
-		requireAllOK(t, each(n, func(r int) error {
+		testjob.RequireAllOK(t, testjob.Each(n, func(r int) error {
 			for i := len(params[r]) - 1; i >= 0; i-- {
 				p := params[r][i]
 				for j := range p.Grad {
@@ -237,16 +239,16 @@ func TestAccumulationEqualsTheLargerBatchBitwise(t *testing.T) {
 	for n := 1; n <= 4; n++ {
 		for _, noSync := range []bool{false, true} {
 			t.Run(fmt.Sprintf("n=%d/NoSync=%v", n, noSync), func(t *testing.T) {
-				want := singleProcess(headSizes, steps, k*n*perRank, false)
+				want := singleProcess(testmodel.HeadSizes(), steps, k*n*perRank, false)
 				comms := local(t, n)
-				models := make([]*model, n)
+				models := make([]*testmodel.Model, n)
 				params := make([][]*parallel.Param, n)
 				for r := range n {
-					models[r] = newModel(headSizes, r != 0)
-					params[r] = models[r].params
+					models[r] = testmodel.New(testmodel.HeadSizes(), r != 0)
+					params[r] = models[r].Params
 				}
 				dps := newDP(t, comms, params, tiny)
-				requireAllOK(t, each(n, func(r int) error {
+				testjob.RequireAllOK(t, testjob.Each(n, func(r int) error {
 					m, dp := models[r], dps[r]
 					// Micro-batch i of a step is the i-th quarter of the
 					// global batch; rank r takes its r-th share of it.
@@ -254,7 +256,7 @@ func TestAccumulationEqualsTheLargerBatchBitwise(t *testing.T) {
 					for step := range steps {
 						accumulate := func() error {
 							for i := range k - 1 {
-								m.backward(from(step, i), perRank, 1.0/k, dp.Ready)
+								m.Backward(from(step, i), perRank, 1.0/k, dp.Ready)
 								if err := dp.Sync(ctx); err != nil {
 									return err
 								}
@@ -272,16 +274,16 @@ func TestAccumulationEqualsTheLargerBatchBitwise(t *testing.T) {
 						if err != nil {
 							return err
 						}
-						m.backward(from(step, k-1), perRank, 1.0/k, dp.Ready)
+						m.Backward(from(step, k-1), perRank, 1.0/k, dp.Ready)
 						if err := dp.Sync(ctx); err != nil {
 							return err
 						}
-						sgd(m.params)
+						sgd(m.Params)
 					}
 					return nil
 				}))
 				for r, m := range models {
-					require.NoError(t, sameBits(m.params, want.params), "rank %d", r)
+					require.NoError(t, testmodel.SameBits(m.Params, want.Params), "rank %d", r)
 				}
 			})
 		}
@@ -302,7 +304,7 @@ func TestCompressionReducesGradientsInBF16(t *testing.T) {
 		}
 	}
 	dps := newDP(t, comms, params, parallel.DataParallelOptions{Compression: "bf16"})
-	requireAllOK(t, each(n, func(r int) error { return dps[r].Sync(ctx) }))
+	testjob.RequireAllOK(t, testjob.Each(n, func(r int) error { return dps[r].Sync(ctx) }))
 	inexact := 0
 	for j := range size {
 		var exact float32
@@ -332,81 +334,23 @@ func TestSteadyStateStepAllocatesNothing(t *testing.T) {
 		t.Run(fmt.Sprintf("%+v", opts), func(t *testing.T) {
 			const n = 3
 			comms := local(t, n)
-			models := make([]*model, n)
+			models := make([]*testmodel.Model, n)
 			params := make([][]*parallel.Param, n)
 			for r := range n {
-				models[r] = newModel(headSizes, false)
-				params[r] = models[r].params
+				models[r] = testmodel.New(testmodel.HeadSizes(), false)
+				params[r] = models[r].Params
 			}
 			dps := newDP(t, comms, params, opts)
 			step := func(r int) error {
-				ps := models[r].params
+				ps := models[r].Params
 				for i := len(ps) - 1; i >= 0; i-- {
 					dps[r].Ready(ps[i])
 				}
 				return dps[r].Sync(ctx)
 			}
-			d := newDriver(t, n, step)
-			for range 3 {
-				require.NoError(t, d.run())
-			}
-			var err error
-			allocs := testing.AllocsPerRun(20, func() {
-				if e := d.run(); e != nil {
-					err = e
-				}
-			})
-			require.NoError(t, err)
-			require.Zero(t, allocs, "allocations per step across %d ranks", n)
+			testjob.NewDriver(t, n, step).RequireNoAllocs(t, "step")
 		})
 	}
-}
-
-// driver runs one step on every rank: rank 0 on the calling goroutine, the
-// others on goroutines that wait for a signal, so that run itself
-// allocates nothing.
-type driver struct {
-	n     int
-	step  func(rank int) error
-	start []chan struct{}
-	done  chan error
-}
-
-func newDriver(t testing.TB, n int, step func(rank int) error) *driver {
-	d := &driver{n: n, step: step, done: make(chan error, n)}
-	stop := make(chan struct{})
-	d.start = make([]chan struct{}, n)
-	var wg sync.WaitGroup
-	for r := 1; r < n; r++ {
-		d.start[r] = make(chan struct{})
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-d.start[r]:
-					d.done <- step(r)
-				case <-stop:
-					return
-				}
-			}
-		}()
-	}
-	t.Cleanup(func() { close(stop); wg.Wait() })
-	return d
-}
-
-func (d *driver) run() error {
-	for r := 1; r < d.n; r++ {
-		d.start[r] <- struct{}{}
-	}
-	err := d.step(0)
-	for r := 1; r < d.n; r++ {
-		if e := <-d.done; err == nil {
-			err = e
-		}
-	}
-	return err
 }
 
 // The first synchronised step reports, at debug level, the parameters it
@@ -414,11 +358,11 @@ func (d *driver) run() error {
 func TestFirstStepLogsParametersNeverMarkedReady(t *testing.T) {
 	var buf bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	m := newModel(headSizes, false)
-	dp := newDP(t, local(t, 1), [][]*parallel.Param{m.params}, parallel.DataParallelOptions{Logger: log})[0]
+	m := testmodel.New(testmodel.HeadSizes(), false)
+	dp := newDP(t, local(t, 1), [][]*parallel.Param{m.Params}, parallel.DataParallelOptions{Logger: log})[0]
 	for range 2 {
-		dp.Ready(m.params[0])
-		dp.Ready(m.params[3])
+		dp.Ready(m.Params[0])
+		dp.Ready(m.Params[3])
 		require.NoError(t, dp.Sync(ctx))
 	}
 	out := buf.String()
@@ -438,7 +382,7 @@ func TestUnsynchronisedSyncLeavesZeroGradients(t *testing.T) {
 	comms := local(t, n)
 	lists := [][]*parallel.Param{params("a", 3), params("a", 3)}
 	dps := newDP(t, comms, lists, tiny)
-	requireAllOK(t, each(n, func(r int) error {
+	testjob.RequireAllOK(t, testjob.Each(n, func(r int) error {
 		g := lists[r][0].Grad
 		return dps[r].NoSync(func() error {
 			for k := range 2 {
@@ -455,7 +399,7 @@ func TestUnsynchronisedSyncLeavesZeroGradients(t *testing.T) {
 			return nil
 		})
 	}))
-	requireAllOK(t, each(n, func(r int) error { return dps[r].Sync(ctx) })) // no backward: the sum alone
+	testjob.RequireAllOK(t, testjob.Each(n, func(r int) error { return dps[r].Sync(ctx) })) // no backward: the sum alone
 	for r := range n {
 		// Σ_r Σ_k (r+j+k) / 2 = (1 + 2j + 1 + 2j + 2) / 2 = 2j + 2
 		assert.Equal(t, []float32{2, 4, 6}, lists[r][0].Grad, "rank %d", r)
@@ -468,8 +412,8 @@ func TestFirstStepReportGoesToTheCommunicatorsLogger(t *testing.T) {
 	var buf bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	comms := localConfig(t, 1, collective.Config{Logger: log})
-	m := newModel(headSizes, false)
-	dp := newDP(t, comms, [][]*parallel.Param{m.params}, parallel.DataParallelOptions{})[0]
+	m := testmodel.New(testmodel.HeadSizes(), false)
+	dp := newDP(t, comms, [][]*parallel.Param{m.Params}, parallel.DataParallelOptions{})[0]
 	require.NoError(t, dp.Sync(ctx))
 	assert.Contains(t, buf.String(), "never marked ready")
 	assert.Contains(t, buf.String(), "rank=0")

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/testjob"
 	"github.com/ringo-ml/ringo/parallel"
 )
 
@@ -18,7 +19,7 @@ import (
 func construct(t *testing.T, lists [][]*parallel.Param, opts []parallel.DataParallelOptions) []error {
 	t.Helper()
 	comms := local(t, len(lists))
-	return each(len(lists), func(r int) error {
+	return testjob.Each(len(lists), func(r int) error {
 		dp, err := parallel.NewDataParallel(ctx, comms[r], lists[r], opts[r])
 		if err == nil {
 			dp.Close()
@@ -168,7 +169,7 @@ func TestARankOneStepShortFailsEveryRank(t *testing.T) {
 				lists[r] = params("a", 7, "b", 1000, "c", 3)
 			}
 			dps := newDP(t, comms, lists, tiny)
-			errs := each(n, func(r int) error {
+			errs := testjob.Each(n, func(r int) error {
 				if r != 1 {
 					return syncSteps(dps[r], lists[r], steps)
 				}
@@ -232,7 +233,7 @@ func TestMisuseOnOneRankStopsEveryRank(t *testing.T) {
 				lists[r] = params("a", 7, "b", 1000, "c", 3)
 			}
 			dps := newDP(t, comms, lists, tiny)
-			errs := each(n, func(r int) error {
+			errs := testjob.Each(n, func(r int) error {
 				if err := syncSteps(dps[r], lists[r], 1); err != nil {
 					return fmt.Errorf("step 1: %w", err)
 				}

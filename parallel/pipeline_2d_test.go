@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/testjob"
 )
 
 // grid2D is one world rank's place in a stages × replicas grid: rank w is
@@ -26,7 +27,7 @@ func newGrid2D(t *testing.T, world []*collective.Comm, stages int, model pipeMod
 	t.Helper()
 	n := len(world)
 	grid := make([]*grid2D, n)
-	pipeAllOK(t, pipeEach(n, func(w int) error {
+	testjob.RequireAllOK(t, testjob.Each(n, func(w int) error {
 		ctx := context.Background()
 		stage, replica := w%stages, w/stages
 		pp, err := world[w].Split(ctx, replica, stage)
@@ -103,7 +104,7 @@ func TestPipelineTimesDataParallelEqualsOneProcess(t *testing.T) {
 				global := model.batch(step, perReplica*c.replicas)
 				want := sequentialStep(t, ref, global, c.m*c.replicas)
 				losses := make([]float64, n)
-				pipeAllOK(t, pipeEach(n, func(w int) error {
+				testjob.RequireAllOK(t, testjob.Each(n, func(w int) error {
 					replica := w / c.stages
 					b := Batch{
 						Samples: perReplica,
@@ -158,7 +159,7 @@ func TestPipelineErrorStopsTheReplicas(t *testing.T) {
 	bad := grid[0].all[0] // stage 0 of replica 0
 	bad.failBackward, bad.failStep = 1, 1
 	b := model.batch(0, 4)
-	errs := pipeEach(len(grid), func(w int) error { _, err := grid[w].pipe.Step(context.Background(), b); return err })
+	errs := testjob.Each(len(grid), func(w int) error { _, err := grid[w].pipe.Step(context.Background(), b); return err })
 	for w, err := range errs {
 		require.Error(t, err, "rank %d", w)
 		require.ErrorContains(t, err, errStageFailed.Error(), "rank %d", w)

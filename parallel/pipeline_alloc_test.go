@@ -5,54 +5,15 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/stretchr/testify/require"
+	"github.com/ringo-ml/ringo/internal/testjob"
 )
 
-// pipeDriver runs one step on every rank: rank 0 on the calling goroutine,
-// the others on goroutines that wait for a signal, so that a run allocates
-// nothing of its own.
-type pipeDriver struct {
-	pipes []*Pipeline
-	batch Batch
-	start []chan struct{}
-	done  chan error
-}
-
-func newPipeDriver(t testing.TB, pipes []*Pipeline, batch Batch) *pipeDriver {
-	d := &pipeDriver{pipes: pipes, batch: batch, start: make([]chan struct{}, len(pipes)), done: make(chan error, len(pipes))}
-	stop := make(chan struct{})
-	for r := range pipes {
-		d.start[r] = make(chan struct{})
-		if r == 0 {
-			continue
-		}
-		go func() {
-			for {
-				select {
-				case <-d.start[r]:
-					_, err := pipes[r].Step(context.Background(), d.batch)
-					d.done <- err
-				case <-stop:
-					return
-				}
-			}
-		}()
-	}
-	t.Cleanup(func() { close(stop) })
-	return d
-}
-
-func (d *pipeDriver) run() error {
-	for r := 1; r < len(d.pipes); r++ {
-		d.start[r] <- struct{}{}
-	}
-	_, err := d.pipes[0].Step(context.Background(), d.batch)
-	for r := 1; r < len(d.pipes); r++ {
-		if e := <-d.done; err == nil {
-			err = e
-		}
-	}
-	return err
+// newPipeDriver drives a Step of batch on every rank per Run.
+func newPipeDriver(t testing.TB, pipes []*Pipeline, batch Batch) *testjob.Driver {
+	return testjob.NewDriver(t, len(pipes), func(r int) error {
+		_, err := pipes[r].Step(context.Background(), batch)
+		return err
+	})
 }
 
 // TestPipelineStepAllocatesNothing: once a step has run, a step of the same
@@ -77,18 +38,7 @@ func TestPipelineStepAllocatesNothing(t *testing.T) {
 					model.widths = append(model.widths, 3+s%3)
 				}
 				pipes, _ := newPipelines(t, comms, model, PipelineOptions{Schedule: v.schedule, Microbatches: m})
-				d := newPipeDriver(t, pipes, model.batch(0, 4*m+1))
-				for range 3 {
-					require.NoError(t, d.run())
-				}
-				var err error
-				allocs := testing.AllocsPerRun(10, func() {
-					if e := d.run(); e != nil {
-						err = e
-					}
-				})
-				require.NoError(t, err)
-				require.Zero(t, allocs, "allocations per step, all ranks together")
+				newPipeDriver(t, pipes, model.batch(0, 4*m+1)).RequireNoAllocs(t, "step")
 			})
 		}
 	}

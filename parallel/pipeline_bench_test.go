@@ -26,13 +26,13 @@ func BenchmarkPipelineStep(b *testing.B) {
 				pipes, _ := newPipelines(b, form(b, p), model, PipelineOptions{Schedule: v.schedule, Microbatches: m})
 				d := newPipeDriver(b, pipes, model.batch(0, 4*m))
 				for range 3 { // links made, buffers grown
-					if err := d.run(); err != nil {
+					if err := d.Run(); err != nil {
 						b.Fatal(err)
 					}
 				}
 				b.ReportAllocs()
 				for b.Loop() {
-					if err := d.run(); err != nil {
+					if err := d.Run(); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -70,7 +70,7 @@ func BenchmarkPipelineBubble(b *testing.B) {
 					d := newPipeDriver(b, pipes, model.batch(0, 2*m))
 					var busy, wall time.Duration
 					for b.Loop() {
-						if err := d.run(); err != nil {
+						if err := d.Run(); err != nil {
 							b.Fatal(err)
 						}
 						for _, pp := range pipes {

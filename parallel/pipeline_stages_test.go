@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/testjob"
 )
 
 // pipeAffine is a test stage: out = x·Wᵀ + b, row by row, for any number of
@@ -259,7 +259,7 @@ func pipeLocal(t testing.TB, n int) []*collective.Comm {
 	t.Helper()
 	comms, err := collective.LocalConfig(n, pipeCommConfig)
 	require.NoError(t, err)
-	t.Cleanup(func() { pipeEach(n, func(r int) error { return comms[r].Close() }) })
+	t.Cleanup(func() { testjob.CloseAll(comms) })
 	return comms
 }
 
@@ -270,31 +270,8 @@ func pipeTCP(t testing.TB, n int) []*collective.Comm {
 	cfg.Transport = "tcp"
 	comms, err := collective.LocalNetwork(context.Background(), n, cfg)
 	require.NoError(t, err)
-	t.Cleanup(func() { pipeEach(n, func(r int) error { return comms[r].Close() }) })
+	t.Cleanup(func() { testjob.CloseAll(comms) })
 	return comms
-}
-
-// pipeEach runs fn for every rank on a goroutine of its own and returns
-// their errors.
-func pipeEach(n int, fn func(rank int) error) []error {
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for r := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[r] = fn(r)
-		}()
-	}
-	wg.Wait()
-	return errs
-}
-
-func pipeAllOK(t testing.TB, errs []error) {
-	t.Helper()
-	for r, err := range errs {
-		require.NoError(t, err, "rank %d", r)
-	}
 }
 
 // rankStages is rank's share of all: stages rank, rank+P, ...
@@ -313,7 +290,7 @@ func newPipelines(t testing.TB, comms []*collective.Comm, model pipeModel, opts 
 	n := len(comms)
 	pipes := make([]*Pipeline, n)
 	copies := make([][]*pipeAffine, n)
-	pipeAllOK(t, pipeEach(n, func(r int) error {
+	testjob.RequireAllOK(t, testjob.Each(n, func(r int) error {
 		copies[r] = model.build()
 		var err error
 		pipes[r], err = NewPipeline(context.Background(), comms[r], rankStages(copies[r], r, n), opts)

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/testjob"
 )
 
 // pipeVariants are the schedules and stages per rank the equivalence test
@@ -77,7 +78,7 @@ func runEquivalence(t *testing.T, comms []*collective.Comm, model pipeModel, m i
 		batch := model.batch(step, samples)
 		want := sequentialStep(t, ref, batch, m)
 		losses := make([]float64, p)
-		pipeAllOK(t, pipeEach(p, func(r int) error {
+		testjob.RequireAllOK(t, testjob.Each(p, func(r int) error {
 			b := batch
 			if r != 0 && r != p-1 {
 				b = Batch{} // the middle ranks read nothing of it
@@ -138,8 +139,8 @@ func TestPipelineStageErrorAbortsEveryRank(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			b := model.batch(0, 8)
-			pipeAllOK(t, pipeEach(p, func(r int) error { _, err := pipes[r].Step(ctx, b); return err }))
-			errs := pipeEach(p, func(r int) error { _, err := pipes[r].Step(ctx, b); return err })
+			testjob.RequireAllOK(t, testjob.Each(p, func(r int) error { _, err := pipes[r].Step(ctx, b); return err }))
+			errs := testjob.Each(p, func(r int) error { _, err := pipes[r].Step(ctx, b); return err })
 			require.NoError(t, ctx.Err(), "the step ended by the timeout, not by the error")
 			for r, err := range errs {
 				require.Error(t, err, "rank %d", r)
@@ -163,7 +164,7 @@ func TestNewPipelineRejectsBadArguments(t *testing.T) {
 	model := pipeModel{widths: []int{2, 3, 2}, seed: 1}
 	t.Run("no loss on the last stage", func(t *testing.T) {
 		comms := pipeLocal(t, 2)
-		errs := pipeEach(2, func(r int) error {
+		errs := testjob.Each(2, func(r int) error {
 			st := rankStages(model.build(), r, 2)
 			if r == 1 {
 				st[0] = struct{ Stage }{st[0]} // hides Loss
@@ -179,7 +180,7 @@ func TestNewPipelineRejectsBadArguments(t *testing.T) {
 	})
 	t.Run("ranks disagree", func(t *testing.T) {
 		comms := pipeLocal(t, 2)
-		errs := pipeEach(2, func(r int) error {
+		errs := testjob.Each(2, func(r int) error {
 			p, err := NewPipeline(ctx, comms[r], rankStages(model.build(), r, 2), PipelineOptions{Microbatches: 2 + r})
 			if p != nil {
 				p.Close()
@@ -229,7 +230,7 @@ func TestPipelineBadBatchAbortsEveryRank(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			comms := pipeLocal(t, 2)
 			pipes, _ := newPipelines(t, comms, model, PipelineOptions{Microbatches: 4})
-			errs := pipeEach(2, func(r int) error { _, err := pipes[r].Step(context.Background(), c.batch(r)); return err })
+			errs := testjob.Each(2, func(r int) error { _, err := pipes[r].Step(context.Background(), c.batch(r)); return err })
 			for r, err := range errs {
 				require.ErrorContains(t, err, c.reason, "rank %d", r)
 			}
@@ -246,7 +247,7 @@ func TestPipelineCancelledContext(t *testing.T) {
 	pipes, _ := newPipelines(t, comms, model, PipelineOptions{Microbatches: 2})
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	errs := pipeEach(3, func(r int) error {
+	errs := testjob.Each(3, func(r int) error {
 		if r == 0 {
 			<-ctx.Done()
 			_, err := pipes[r].Step(ctx, model.batch(0, 4))

@@ -9,7 +9,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"sync"
 	"testing"
 	"time"
 	"unsafe"
@@ -17,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ringo-ml/ringo/internal/testjob"
 	"github.com/ringo-ml/ringo/link"
 	"github.com/ringo-ml/ringo/ring"
 	"github.com/ringo-ml/ringo/transport"
@@ -130,19 +130,7 @@ func rings(t *testing.T, size int, opt ring.Options, overTransport bool) testRin
 // onEveryRank runs fn on every rank at once and requires that all succeed.
 func onEveryRank(t *testing.T, size int, fn func(rank int) error) {
 	t.Helper()
-	errs := make([]error, size)
-	var wg sync.WaitGroup
-	for r := range size {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[r] = fn(r)
-		}()
-	}
-	wg.Wait()
-	for r, err := range errs {
-		require.NoError(t, err, "rank %d", r)
-	}
+	testjob.RequireAllOK(t, testjob.Each(size, fn))
 }
 
 // input is rank's value at i: small integers, so that sums and products of
@@ -331,6 +319,18 @@ func TestReduceScatterAndAllGather(t *testing.T) {
 				for q := range size {
 					assert.Equal(t, recv[q], all[r][q*block:(q+1)*block])
 				}
+			}
+			// In place: each rank's send is its own block of recv.
+			inPlace := make([][]int64, size)
+			for r := range size {
+				inPlace[r] = make([]int64, size*block)
+				copy(inPlace[r][r*block:], recv[r])
+			}
+			onEveryRank(t, size, func(r int) error {
+				return ring.AllGather(rs[r], inPlace[r][r*block:(r+1)*block], inPlace[r])
+			})
+			for r := range size {
+				assert.Equal(t, all[r], inPlace[r], "in place: size=%d block=%d rank %d", size, block, r)
 			}
 		}
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ringo-ml/ringo/checkpoint"
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/rankdesc"
 	"github.com/ringo-ml/ringo/parallel"
 )
 
@@ -27,14 +28,17 @@ var optionNames = [...]string{"Strategy", "Prefetch", "MaxGathered", "GroupSize"
 // and returns the same error on every rank if not. Every rank makes the
 // same calls whatever its units: rank 0 broadcasts its description, every
 // rank compares and AllGathers its verdict, and every rank reads the same
-// table.
-func agree(ctx context.Context, comm *collective.Comm, units [][]*parallel.Param, opts Options, local error) error {
+// table. The table also carries each rank's place on its host, from which
+// every rank finds the same default Hybrid group (the ranks of one host):
+// agree returns it, or an error, when opts' GroupSize is 0 under Hybrid.
+func agree(ctx context.Context, comm *collective.Comm, units [][]*parallel.Param, opts Options, local error) (group int, err error) {
 	desc := describe(units, opts)
-	if err := broadcastBytes(ctx, comm, &desc); err != nil {
-		return err
+	if err := rankdesc.Broadcast(ctx, comm, &desc); err != nil {
+		return 0, err
 	}
 	root := parseDescription(desc)
-	mine := []int64{agreed, 0, 0}
+	const width = 5 // verdict, its two details, LocalSize, LocalRank
+	mine := []int64{agreed, 0, 0, int64(comm.LocalSize()), int64(comm.LocalRank())}
 	switch {
 	case local != nil:
 		mine[0] = invalid
@@ -45,39 +49,66 @@ func agree(ctx context.Context, comm *collective.Comm, units [][]*parallel.Param
 			mine[0], mine[1], mine[2] = unitDiffers, int64(u), int64(j)
 		}
 	}
-	table := make([]int64, 3*comm.Size())
+	table := make([]int64, width*comm.Size())
 	if err := collective.AllGather(ctx, comm, mine, table); err != nil {
-		return err
+		return 0, err
 	}
 	worst := -1
 	for r := range comm.Size() {
-		if table[3*r] != agreed && (worst < 0 || table[3*r] < table[3*worst]) {
+		if table[width*r] != agreed && (worst < 0 || table[width*r] < table[width*worst]) {
 			worst = r
 		}
 	}
 	if worst < 0 {
-		return nil
+		if opts.Strategy == Hybrid && opts.GroupSize == 0 {
+			return hostGroup(table, width)
+		}
+		return opts.GroupSize, nil
 	}
 	self := worst == comm.Rank()
-	code, a, b := table[3*worst], int(table[3*worst+1]), int(table[3*worst+2])
+	code, a, b := table[width*worst], int(table[width*worst+1]), int(table[width*worst+2])
 	switch code {
 	case invalid:
 		if local != nil {
-			return local // this rank's own problem says most
+			return 0, local // this rank's own problem says most
 		}
-		return fmt.Errorf("%w: rank %d's units or options are invalid (its error says how)", collective.ErrInvalid, worst)
+		return 0, fmt.Errorf("%w: rank %d's units or options are invalid (its error says how)", collective.ErrInvalid, worst)
 	case optionDiffers:
 		err := fmt.Errorf("%w: rank %d's Options.%s differs from rank 0's (%s)", collective.ErrMismatch, worst, optionNames[a], root.option(a))
 		if self {
 			err = fmt.Errorf("%w; this rank's is %s", err, description{opts: opts}.option(a))
 		}
-		return err
+		return 0, err
 	}
-	err := fmt.Errorf("%w: rank %d's units differ from rank 0's at unit %d: %s", collective.ErrMismatch, worst, a, root.unitText(a, b))
+	err = fmt.Errorf("%w: rank %d's units differ from rank 0's at unit %d: %s", collective.ErrMismatch, worst, a, root.unitText(a, b))
 	if self {
 		err = fmt.Errorf("%w; this rank's %s", err, describeParam(units, a, b))
 	}
-	return err
+	return 0, err
+}
+
+// hostGroup is Hybrid's default group size, the ranks of one host, from
+// every rank's LocalSize and LocalRank (at columns 3 and 4 of table's rows
+// of width): the same answer, or the same error, on every rank. The groups
+// are consecutive ranks, so the hosts must be: every host of rank 0's
+// size, and each rank's local rank its rank modulo that size (which,
+// with equal sizes, makes every host a block of consecutive ranks).
+func hostGroup(table []int64, width int) (int, error) {
+	size := len(table) / width
+	local := int(table[3])
+	for r := range size {
+		n, lr := int(table[width*r+3]), int(table[width*r+4])
+		switch {
+		case n != local:
+			return 0, fmt.Errorf("%w: Hybrid's default group is a host's ranks, but the hosts run different numbers of ranks "+
+				"(rank 0's host %d, rank %d's %d): set Options.GroupSize", collective.ErrInvalid, local, r, n)
+		case lr != r%local:
+			return 0, fmt.Errorf("%w: Hybrid's default group is a host's ranks, but the hosts' ranks are not consecutive "+
+				"(rank %d is number %d on its host, where consecutive hosts of %d ranks would make it %d): set Options.GroupSize",
+				collective.ErrInvalid, r, lr, local, r%local)
+		}
+	}
+	return local, nil
 }
 
 type description struct {
@@ -106,8 +137,7 @@ func describe(units [][]*parallel.Param, o Options) []byte {
 			if p != nil {
 				name, n = p.Name, len(p.Data)
 			}
-			b = binary.AppendUvarint(b, uint64(len(name)))
-			b = append(b, name...)
+			b = rankdesc.AppendString(b, name)
 			b = binary.AppendUvarint(b, uint64(n))
 		}
 	}
@@ -118,15 +148,15 @@ func describe(units [][]*parallel.Param, o Options) []byte {
 // nothing, which every rank then reports as a difference.
 func parseDescription(b []byte) description {
 	var d description
-	r := reader{b: b}
-	d.opts = Options{Strategy: Strategy(r.uvarint()), Prefetch: int(r.uvarint()), MaxGathered: int(r.uvarint()), GroupSize: int(r.uvarint())}
-	nu := r.uvarint()
-	for u := uint64(0); u < nu && r.err == nil; u++ {
-		np := r.uvarint()
+	r := rankdesc.NewReader(b)
+	d.opts = Options{Strategy: Strategy(r.Uvarint()), Prefetch: int(r.Uvarint()), MaxGathered: int(r.Uvarint()), GroupSize: int(r.Uvarint())}
+	nu := r.Uvarint()
+	for u := uint64(0); u < nu && r.Err() == nil; u++ {
+		np := r.Uvarint()
 		var ps []paramDesc
-		for j := uint64(0); j < np && r.err == nil; j++ {
-			name := r.string()
-			n := r.uvarint()
+		for j := uint64(0); j < np && r.Err() == nil; j++ {
+			name := r.Str()
+			n := r.Uvarint()
 			ps = append(ps, paramDesc{name, int(n)})
 		}
 		d.units = append(d.units, ps)
@@ -142,6 +172,9 @@ func (d description) option(i int) string {
 		return fmt.Sprint(d.opts.Prefetch)
 	case 2:
 		return fmt.Sprint(d.opts.MaxGathered)
+	}
+	if d.opts.GroupSize == 0 {
+		return "0, a host's ranks"
 	}
 	return fmt.Sprint(d.opts.GroupSize)
 }
@@ -192,49 +225,6 @@ func describeParam(units [][]*parallel.Param, u, j int) string {
 		return fmt.Sprintf("unit %d has only %d parameters", u, len(units[u]))
 	}
 	return fmt.Sprintf("is %q with %d values", units[u][j].Name, len(units[u][j].Data))
-}
-
-type reader struct {
-	b   []byte
-	err error
-}
-
-var errShort = errors.New("description ends early")
-
-func (r *reader) uvarint() uint64 {
-	if r.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(r.b)
-	if n <= 0 {
-		r.err = errShort
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *reader) string() string {
-	n := r.uvarint()
-	if r.err != nil || n > uint64(len(r.b)) {
-		r.err = errShort
-		return ""
-	}
-	s := string(r.b[:n])
-	r.b = r.b[n:]
-	return s
-}
-
-// broadcastBytes sends rank 0's *b to every rank: its length, then it.
-func broadcastBytes(ctx context.Context, comm *collective.Comm, b *[]byte) error {
-	n := []int64{int64(len(*b))}
-	if err := collective.Broadcast(ctx, comm, n, 0); err != nil {
-		return err
-	}
-	if comm.Rank() != 0 {
-		*b = make([]byte, n[0])
-	}
-	return collective.Broadcast(ctx, comm, *b, 0)
 }
 
 // The classes of error a verdict carries, so that errors.Is works on every

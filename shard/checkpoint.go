@@ -17,6 +17,7 @@ import (
 
 	"github.com/ringo-ml/ringo/checkpoint"
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/rankdesc"
 )
 
 // The files and metadata keys of the checkpoint layout (see the package
@@ -489,7 +490,7 @@ func (fs *FSDP) loadFull(ctx context.Context, path string, opt Optimizer, what s
 			return nil, fmt.Errorf("%s: %w", what, fs.fail(err))
 		}
 	}
-	if err := broadcastBytes(ctx, fs.comm, &head); err != nil {
+	if err := rankdesc.Broadcast(ctx, fs.comm, &head); err != nil {
 		return nil, fmt.Errorf("%s: %w", what, fs.fail(err))
 	}
 	rest, err := checkpoint.Unmarshal(head)

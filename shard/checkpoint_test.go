@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -16,6 +15,7 @@ import (
 	"github.com/ringo-ml/ringo/checkpoint"
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/internal/nn"
+	"github.com/ringo-ml/ringo/internal/testjob"
 	"github.com/ringo-ml/ringo/parallel"
 	"github.com/ringo-ml/ringo/shard"
 )
@@ -242,19 +242,7 @@ func newJob(t *testing.T, n int, opts shard.Options, units func() [][]*parallel.
 }
 
 // all runs fn on every rank at once and returns each rank's error.
-func (j *job) all(fn func(r int) error) []error {
-	errs := make([]error, len(j.comms))
-	var wg sync.WaitGroup
-	for r := range j.comms {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[r] = fn(r)
-		}()
-	}
-	wg.Wait()
-	return errs
-}
+func (j *job) all(fn func(r int) error) []error { return testjob.Each(len(j.comms), fn) }
 
 // load has every rank load path with Adam, and returns each rank's error
 // and its parameters afterwards.

@@ -90,9 +90,8 @@
 // From New on, the FSDP owns p.Data and p.Grad of every parameter: both
 // are nil except between Gather (or GatherBackward) and Release, under
 // every strategy, so that nothing reads a stale or half-gathered value.
-// In forward, p.Grad is a slice of the right length (layers check lengths)
-// that forward must not write; GatherBackward binds it to the unit's full
-// gradient buffer, zeroed at the start of each accumulation, and backward
+// In forward (after Gather) p.Grad is nil: a layer's forward reads only
+// p.Data. GatherBackward binds it to the unit's full gradient buffer, zeroed at the start of each accumulation, and backward
 // ADDS into it; ReduceGrads unbinds it again. Do not zero gradients
 // yourself. New copies rank 0's parameter values to every rank.
 //

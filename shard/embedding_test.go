@@ -10,7 +10,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/testjob"
 )
 
 var embCtx = context.Background()
@@ -33,32 +33,8 @@ func embLocal(t testing.TB, n int) []*collective.Comm {
 	t.Helper()
 	comms, err := collective.LocalConfig(n, collective.Config{Timeout: 30 * time.Second})
 	require.NoError(t, err)
-	t.Cleanup(func() {
-		embEach(n, func(r int) error { return comms[r].Close() })
-	})
+	t.Cleanup(func() { testjob.CloseAll(comms) })
 	return comms
-}
-
-// embEach runs fn for every rank on its own goroutine.
-func embEach(n int, fn func(r int) error) []error {
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for r := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[r] = fn(r)
-		}()
-	}
-	wg.Wait()
-	return errs
-}
-
-func embAllOK(t testing.TB, errs []error) {
-	t.Helper()
-	for r, err := range errs {
-		require.NoError(t, err, "rank %d", r)
-	}
 }
 
 // embInit gives row r small multiples of 1/8: exactly representable.
@@ -143,7 +119,7 @@ func requireTableIs(t *testing.T, tables []*Embedding, ref *embRef, what string)
 func newTables(t *testing.T, comms []*collective.Comm, rows, dim int, opt RowOptimizer) []*Embedding {
 	t.Helper()
 	tables := make([]*Embedding, len(comms))
-	embAllOK(t, embEach(len(comms), func(r int) error {
+	testjob.RequireAllOK(t, testjob.Each(len(comms), func(r int) error {
 		var err error
 		tables[r], err = NewEmbedding(embCtx, comms[r], rows, dim, EmbeddingOptions{Optimizer: opt, Init: embInit})
 		return err
@@ -200,7 +176,7 @@ func TestEmbeddingEqualsOneTableBitwise(t *testing.T) {
 						ids[r] = embBatch(rng, tc.rows)
 					}
 					outs := make([][]float32, tc.n)
-					embAllOK(t, embEach(tc.n, func(r int) error {
+					testjob.RequireAllOK(t, testjob.Each(tc.n, func(r int) error {
 						outs[r] = make([]float32, len(ids[r])*tc.dim)
 						return tables[r].Lookup(embCtx, ids[r], outs[r])
 					}))
@@ -209,7 +185,7 @@ func TestEmbeddingEqualsOneTableBitwise(t *testing.T) {
 							require.NoError(t, embBits(outs[r][i*tc.dim:(i+1)*tc.dim], ref.row(id)), "step %d rank %d ids[%d] = %d", step, r, i, id)
 						}
 					}
-					embAllOK(t, embEach(tc.n, func(r int) error {
+					testjob.RequireAllOK(t, testjob.Each(tc.n, func(r int) error {
 						grads := make([]float32, 0, len(ids[r])*tc.dim)
 						for i := range ids[r] {
 							grads = append(grads, embGrad(r, i, tc.dim)...)
@@ -260,7 +236,7 @@ func TestEmbeddingBagsEqualOneTableBitwise(t *testing.T) {
 					offsets[r] = embBags(rng, ids[r])
 				}
 				outs := make([][]float32, n)
-				embAllOK(t, embEach(n, func(r int) error {
+				testjob.RequireAllOK(t, testjob.Each(n, func(r int) error {
 					outs[r] = make([]float32, len(offsets[r])*dim)
 					return tables[r].LookupBags(embCtx, ids[r], offsets[r], mode, outs[r])
 				}))
@@ -291,7 +267,7 @@ func TestEmbeddingBagsEqualOneTableBitwise(t *testing.T) {
 						require.NoError(t, embBits(outs[r][b*dim:(b+1)*dim], want), "step %d rank %d bag %d", step, r, b)
 					}
 				}
-				embAllOK(t, embEach(n, func(r int) error {
+				testjob.RequireAllOK(t, testjob.Each(n, func(r int) error {
 					grads := make([]float32, 0, len(offsets[r])*dim)
 					for b := range offsets[r] {
 						grads = append(grads, bagGrad(r, b)...)
@@ -344,7 +320,7 @@ func TestEmbeddingBadArgumentsFailOnlyTheCallingRank(t *testing.T) {
 	} {
 		ids[culprit] = bad.ids
 		outs := make([][]float32, n)
-		errs := embEach(n, func(r int) error {
+		errs := testjob.Each(n, func(r int) error {
 			outs[r] = make([]float32, len(ids[r])*dim)
 			if r == culprit {
 				outs[r] = make([]float32, bad.out)
@@ -366,7 +342,7 @@ func TestEmbeddingBadArgumentsFailOnlyTheCallingRank(t *testing.T) {
 		}
 	}
 	ids[culprit] = []int64{3, 20, 4}
-	errs := embEach(n, func(r int) error {
+	errs := testjob.Each(n, func(r int) error {
 		grads := make([]float32, 0, len(ids[r])*dim)
 		for i := range ids[r] {
 			grads = append(grads, embGrad(r, i, dim)...)
@@ -380,7 +356,7 @@ func TestEmbeddingBadArgumentsFailOnlyTheCallingRank(t *testing.T) {
 	ref.backward([][]int64{ids[0], nil, ids[2]}, func(rank, i int) []float32 { return embGrad(rank, i, dim) })
 	requireTableIs(t, tables, ref, "after a Backward with a bad id on rank 1")
 	// The table still works on every rank.
-	embAllOK(t, embEach(n, func(r int) error { return tables[r].Lookup(embCtx, []int64{5}, make([]float32, dim)) }))
+	testjob.RequireAllOK(t, testjob.Each(n, func(r int) error { return tables[r].Lookup(embCtx, []int64{5}, make([]float32, dim)) }))
 }
 
 // Ranks calling different methods or different tables fail alike, and
@@ -392,7 +368,7 @@ func TestEmbeddingMismatchedCallsFailEveryRank(t *testing.T) {
 	a := newTables(t, comms, rows, dim, &RowSGD{LR: 1})
 	b := newTables(t, comms, rows, dim, &RowSGD{LR: 1})
 	ref := newEmbRef(rows, dim, &RowSGD{LR: 1})
-	errs := embEach(n, func(r int) error {
+	errs := testjob.Each(n, func(r int) error {
 		if r == 2 {
 			return a[r].Backward(embCtx, []int64{1}, []float32{1, 1})
 		}
@@ -404,7 +380,7 @@ func TestEmbeddingMismatchedCallsFailEveryRank(t *testing.T) {
 	require.ErrorContains(t, errs[0], "rank 2 called Backward")
 	require.ErrorContains(t, errs[2], "rank 0 called Lookup")
 	requireTableIs(t, a, ref, "after the mismatch")
-	errs = embEach(n, func(r int) error {
+	errs = testjob.Each(n, func(r int) error {
 		table := a[r]
 		if r == 1 {
 			table = b[r]
@@ -416,7 +392,7 @@ func TestEmbeddingMismatchedCallsFailEveryRank(t *testing.T) {
 	}
 	require.ErrorContains(t, errs[0], "rank 1 called another table")
 	// Tables of other shapes are refused at construction, on every rank.
-	errs = embEach(n, func(r int) error {
+	errs = testjob.Each(n, func(r int) error {
 		_, err := NewEmbedding(embCtx, comms[r], rows+r/2, dim, EmbeddingOptions{})
 		return err
 	})
@@ -424,7 +400,7 @@ func TestEmbeddingMismatchedCallsFailEveryRank(t *testing.T) {
 		require.ErrorIs(t, err, collective.ErrMismatch, "rank %d", r)
 	}
 	require.ErrorContains(t, errs[0], "rank 2 asked for 11×2, rank 0 for 10×2")
-	errs = embEach(n, func(r int) error {
+	errs = testjob.Each(n, func(r int) error {
 		_, err := NewEmbedding(embCtx, comms[r], rows, dim-r, EmbeddingOptions{})
 		return err
 	})
@@ -435,13 +411,13 @@ func TestEmbeddingMismatchedCallsFailEveryRank(t *testing.T) {
 	require.ErrorContains(t, errs[2], "a table of 10 rows of 0 values")
 	// No optimizer: Backward is refused on the calling rank.
 	c := newTables(t, comms, rows, dim, nil)
-	errs = embEach(n, func(r int) error { return c[r].Backward(embCtx, nil, nil) })
+	errs = testjob.Each(n, func(r int) error { return c[r].Backward(embCtx, nil, nil) })
 	for r, err := range errs {
 		require.ErrorIs(t, err, collective.ErrInvalid, "rank %d", r)
 		require.ErrorContains(t, err, "no optimizer")
 	}
 	// Bad bags.
-	errs = embEach(n, func(r int) error {
+	errs = testjob.Each(n, func(r int) error {
 		switch r {
 		case 0:
 			return a[r].LookupBags(embCtx, []int64{1, 2}, []int{1}, PoolSum, make([]float32, dim))
@@ -511,67 +487,8 @@ func TestEmbeddingStepAllocatesNothing(t *testing.T) {
 		}
 		return nil
 	}
-	allocs := func(step func(int) error) float64 {
-		d := newEmbDriver(t, n, step)
-		for range 3 {
-			require.NoError(t, d.run())
-		}
-		var err error
-		a := testing.AllocsPerRun(20, func() {
-			if e := d.run(); e != nil {
-				err = e
-			}
-		})
-		require.NoError(t, err)
-		return a
-	}
+	allocs := func(step func(int) error) float64 { return testjob.NewDriver(t, n, step).AllocsPerStep(t) }
 	base, got := allocs(collectives), allocs(step)
 	t.Logf("allocations per step across %d ranks: %v (the collectives alone: %v)", n, got, base)
 	assert.LessOrEqual(t, got, base)
-}
-
-// embDriver runs one step on every rank: rank 0 on the calling goroutine,
-// the others on goroutines that wait for a signal, so that run itself
-// allocates nothing.
-type embDriver struct {
-	n     int
-	step  func(rank int) error
-	start []chan struct{}
-	done  chan error
-}
-
-func newEmbDriver(t testing.TB, n int, step func(rank int) error) *embDriver {
-	d := &embDriver{n: n, step: step, done: make(chan error, n), start: make([]chan struct{}, n)}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for r := 1; r < n; r++ {
-		d.start[r] = make(chan struct{})
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-d.start[r]:
-					d.done <- step(r)
-				case <-stop:
-					return
-				}
-			}
-		}()
-	}
-	t.Cleanup(func() { close(stop); wg.Wait() })
-	return d
-}
-
-func (d *embDriver) run() error {
-	for r := 1; r < d.n; r++ {
-		d.start[r] <- struct{}{}
-	}
-	err := d.step(0)
-	for r := 1; r < d.n; r++ {
-		if e := <-d.done; err == nil {
-			err = e
-		}
-	}
-	return err
 }

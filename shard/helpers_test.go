@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/internal/nn"
+	"github.com/ringo-ml/ringo/internal/testjob"
 	"github.com/ringo-ml/ringo/parallel"
 	"github.com/ringo-ml/ringo/shard"
 )
@@ -127,24 +127,8 @@ func onRanks(t *testing.T, n int, fn func(c *collective.Comm) error) {
 	t.Helper()
 	comms, err := localComms(n)
 	require.NoError(t, err)
-	defer func() {
-		for _, c := range comms {
-			c.Close()
-		}
-	}()
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for r, c := range comms {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[r] = fn(c)
-		}()
-	}
-	wg.Wait()
-	for r, err := range errs {
-		require.NoError(t, err, "rank %d", r)
-	}
+	defer testjob.CloseAll(comms)
+	testjob.RequireAllOK(t, testjob.Each(n, func(r int) error { return fn(comms[r]) }))
 }
 
 // result is what a training run ends with on one rank.

@@ -1,38 +1,36 @@
 package shard_test
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
-	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/testjob"
 	"github.com/ringo-ml/ringo/parallel"
 	"github.com/ringo-ml/ringo/shard"
 )
 
 func TestMain(m *testing.M) {
-	if mode := os.Getenv(childEnv); mode != "" {
-		err := childTrain(mode)
-		fmt.Printf("ERROR: aborted=%v: %v\n", errors.Is(err, collective.ErrAborted), err)
-		os.Exit(3)
-	}
+	testjob.RunRank(map[string]func() int{"gather": childRole("gather"), "reduce": childRole("reduce")})
 	os.Exit(m.Run())
 }
 
-// childEnv makes the test binary, re-executed, a rank of an FSDP job that
-// loops on Gather ("gather") or on backward reductions ("reduce").
-const childEnv = "RINGO_SHARD_TEST_CHILD"
+// childRole makes the test binary, started again, a rank of an FSDP job
+// that loops on Gather ("gather") or on backward reductions ("reduce")
+// until a call fails; then it prints the error, and whether it is an
+// abort, and exits 3.
+func childRole(mode string) func() int {
+	return func() int {
+		err := childTrain(mode)
+		fmt.Printf("ERROR: aborted=%v: %v\n", errors.Is(err, collective.ErrAborted), err)
+		return 3
+	}
+}
 
 // childTrain is one rank of a FullShard job of 4 units of 2^20 values,
 // looping until a call fails.
@@ -94,68 +92,18 @@ func TestKilledRankAbortsEveryRank(t *testing.T) {
 }
 
 func killOne(t *testing.T, mode string, n, victim int) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
-	type rank struct {
-		cmd      *exec.Cmd
-		training chan struct{}
-		failed   chan string // the ERROR line
-	}
-	ranks := make([]*rank, n)
+	job := testjob.Start(t, testjob.Config{Ranks: n, Role: mode})
+	job.AwaitFirst(t, 60*time.Second, func(int) string { return "training" })
+	killed := job.Rank(victim).Kill(t)
 	for r := range n {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), childEnv+"="+mode, "RINGO_TOKEN=shard-kill-test", "RINGO_TIMEOUT=60s",
-			"RINGO_RANK="+strconv.Itoa(r), "RINGO_WORLD_SIZE="+strconv.Itoa(n), "RINGO_ADDR="+addr)
-		stdout, err := cmd.StdoutPipe()
-		require.NoError(t, err)
-		rk := &rank{cmd: cmd, training: make(chan struct{}), failed: make(chan string, 1)}
-		require.NoError(t, cmd.Start())
-		go func() {
-			sc := bufio.NewScanner(stdout)
-			for sc.Scan() {
-				switch line := sc.Text(); {
-				case line == "training":
-					close(rk.training)
-				case strings.HasPrefix(line, "ERROR: "):
-					rk.failed <- line
-				}
-			}
-		}()
-		ranks[r] = rk
-	}
-	t.Cleanup(func() {
-		for _, rk := range ranks {
-			_ = rk.cmd.Process.Kill()
-			_ = rk.cmd.Wait()
-		}
-	})
-	deadline := time.After(60 * time.Second)
-	for r, rk := range ranks {
-		select {
-		case <-rk.training:
-		case line := <-rk.failed:
-			t.Fatalf("rank %d failed before training: %s", r, line)
-		case <-deadline:
-			t.Fatalf("rank %d did not start training within 60 s", r)
-		}
-	}
-	killed := time.Now()
-	require.NoError(t, ranks[victim].cmd.Process.Signal(syscall.SIGKILL))
-	for r, rk := range ranks {
 		if r == victim {
 			continue
 		}
-		select {
-		case line := <-rk.failed:
-			took := time.Since(killed)
-			t.Logf("rank %d failed %v after the kill: %s", r, took.Round(time.Millisecond), line)
-			assert.Less(t, took, 2*time.Second, "rank %d", r)
-			assert.Contains(t, line, "aborted=true", "rank %d", r)
-			assert.Contains(t, line, fmt.Sprintf("rank %d", victim), "rank %d must name the killed rank", r)
-		case <-time.After(30 * time.Second):
-			t.Fatalf("rank %d still training 30 s after rank %d was killed", r, victim)
-		}
+		line, at := job.Rank(r).Next(t, 30*time.Second)
+		took := at.Sub(killed)
+		t.Logf("rank %d failed %v after the kill: %s", r, took.Round(time.Millisecond), line)
+		assert.Less(t, took, 2*time.Second, "rank %d", r)
+		assert.Contains(t, line, "aborted=true", "rank %d", r)
+		assert.Contains(t, line, fmt.Sprintf("rank %d", victim), "rank %d must name the killed rank", r)
 	}
 }

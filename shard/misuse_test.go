@@ -205,8 +205,9 @@ func TestRanksGatheringDifferentUnitsFailAtStep(t *testing.T) {
 }
 
 // TestParametersExistOnlyWhileGathered: p.Data and p.Grad are nil outside
-// Gather..Release, under every strategy; p.Grad is the full length during
-// forward and backward, zero at each backward's start.
+// Gather..Release, under every strategy; in forward p.Data is whole and
+// p.Grad nil; in backward p.Grad is the full length, zero at each
+// backward's start.
 func TestParametersExistOnlyWhileGathered(t *testing.T) {
 	leakCheck(t)
 	for _, st := range []shard.Strategy{shard.FullShard, shard.ShardGradOp, shard.ShardOptimizer, shard.NoShard, shard.Hybrid} {
@@ -227,6 +228,14 @@ func TestParametersExistOnlyWhileGathered(t *testing.T) {
 				}
 				for step := range 2 {
 					for u := range units {
+						if err := fs.Gather(ctx, u); err != nil {
+							return err
+						}
+						for k, p := range units[u] {
+							if len(p.Data) != oddLayout[u][k] || p.Grad != nil {
+								return fmt.Errorf("forward of unit %d: %s has %d values and %d gradients (nil: %v)", u, p.Name, len(p.Data), len(p.Grad), p.Grad == nil)
+							}
+						}
 						if err := fs.GatherBackward(ctx, u); err != nil {
 							return err
 						}

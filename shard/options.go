@@ -98,16 +98,24 @@ type Options struct {
 	// GroupSize is, under Hybrid, the number of consecutive ranks that
 	// shard the units among themselves: ranks [g·GroupSize, (g+1)·GroupSize)
 	// form group g, and each group holds a full replica. It must divide the
-	// communicator's size. Launchers number a host's ranks consecutively,
-	// so the ranks per host (LocalGroupSize) makes each host a group, and
-	// the gathers stay within hosts. Other strategies ignore it.
+	// communicator's size. Zero makes each host a group, as the
+	// communicator sees its hosts (Comm.LocalSize), so that the gathers
+	// stay within hosts: every host must then run the same number of
+	// ranks, numbered consecutively (launchers number them so), or New
+	// fails on every rank saying which host differs. Other strategies
+	// ignore it.
 	GroupSize int
 }
 
 // LocalGroupSize is the number of ranks this process's launcher started on
 // this host, from the environment (RINGO_LOCAL_WORLD_SIZE, set by ringrun;
 // torchrun's LOCAL_WORLD_SIZE; OpenMPI's OMPI_COMM_WORLD_LOCAL_SIZE), or 0
-// when none says: the usual Options.GroupSize for Hybrid.
+// when none says.
+//
+// Deprecated: leave Options.GroupSize zero: Hybrid then groups the ranks
+// of each host as the communicator finds them (Comm.LocalSize), checked
+// on every rank, where the launcher's word may not match how the ranks
+// actually share hosts.
 func LocalGroupSize() int {
 	for _, v := range []string{"RINGO_LOCAL_WORLD_SIZE", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"} {
 		if n, err := strconv.Atoi(os.Getenv(v)); err == nil && n > 0 {
@@ -135,10 +143,13 @@ func (o Options) normalize(size int) (Options, error) {
 	if o.MaxGathered == 0 {
 		o.MaxGathered = o.Prefetch + 1
 	}
-	if o.Strategy != Hybrid {
+	switch {
+	case o.Strategy != Hybrid:
 		o.GroupSize = size
-	} else if o.GroupSize <= 0 || size%o.GroupSize != 0 {
-		return o, fmt.Errorf("Hybrid needs a GroupSize that divides the %d ranks, got %d (LocalGroupSize gives the ranks per host)", size, o.GroupSize)
+	case o.GroupSize == 0:
+		// One host's ranks: agree finds how many, the same on every rank.
+	case o.GroupSize < 0 || size%o.GroupSize != 0:
+		return o, fmt.Errorf("Hybrid needs a GroupSize that divides the %d ranks, got %d (0 groups the ranks of each host)", size, o.GroupSize)
 	}
 	if !o.Strategy.shardsParams() {
 		o.Prefetch, o.MaxGathered = 0, 0

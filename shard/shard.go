@@ -116,8 +116,12 @@ func New(ctx context.Context, comm *collective.Comm, units [][]*parallel.Param, 
 	} else {
 		local = checkUnits(units)
 	}
-	if err := agree(ctx, comm, units, opts, local); err != nil {
+	group, err := agree(ctx, comm, units, opts, local)
+	if err != nil {
 		return nil, fmt.Errorf("shard: New on rank %d: %w", comm.Rank(), err)
+	}
+	if opts.GroupSize == 0 {
+		opts.GroupSize = group
 	}
 	fs := &FSDP{comm: comm, opts: opts, nShard: opts.GroupSize, sync: true, check: make([]int64, 2)}
 	if err := fs.split(ctx); err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/testjob"
 )
 
 // sparseRef is the exact sum (float64) of every rank's rows by id.
@@ -73,7 +74,7 @@ func TestSparseAllReduceEqualsTheExactSum(t *testing.T) {
 							ids[r], grads[r] = embDensityBatch(rng, rows, dim, density)
 						}
 						results := make([]SparseRows, n)
-						embAllOK(t, embEach(n, func(r int) error {
+						testjob.RequireAllOK(t, testjob.Each(n, func(r int) error {
 							res, err := reducers[r].AllReduce(embCtx, ids[r], grads[r])
 							results[r] = SparseRows{IDs: append([]int64{}, res.IDs...), Values: append([]float32{}, res.Values...)}
 							return err
@@ -123,7 +124,7 @@ func TestSparseAutoChoosesByBytes(t *testing.T) {
 		density float64
 		dense   bool
 	}{{0.001, false}, {0.1, false}, {crossover * 0.9, false}, {crossover * 1.1, true}, {0.9, true}} {
-		embAllOK(t, embEach(n, func(r int) error {
+		testjob.RequireAllOK(t, testjob.Each(n, func(r int) error {
 			// Distinct ids, density·rows on every rank.
 			k := int(tc.density * rows)
 			ids := make([]int64, k)
@@ -159,7 +160,7 @@ func TestSparseAllReduceBadArguments(t *testing.T) {
 	ids := [][]int64{{1, 2}, {3, 10}, {2}}
 	grads := [][]float32{{1, 1, 2, 2}, {3, 3, 4, 4}, {5, 5}}
 	results := make([]SparseRows, n)
-	errs := embEach(n, func(r int) error {
+	errs := testjob.Each(n, func(r int) error {
 		var err error
 		results[r], err = reducers[r].AllReduce(embCtx, ids[r], grads[r])
 		return err
@@ -173,7 +174,7 @@ func TestSparseAllReduceBadArguments(t *testing.T) {
 	}
 	other, err := NewSparseAllReducer(comms[2], rows, dim, SparseAllReducerOptions{Mode: SparseDense})
 	require.NoError(t, err)
-	errs = embEach(n, func(r int) error {
+	errs = testjob.Each(n, func(r int) error {
 		red := reducers[r]
 		if r == 2 {
 			red = other
@@ -235,20 +236,7 @@ func TestSparseAllReduceAllocatesNothing(t *testing.T) {
 				_, err := reducers[r].AllReduce(embCtx, ids[r], grads[r])
 				return err
 			}
-			allocs := func(step func(int) error) float64 {
-				d := newEmbDriver(t, n, step)
-				for range 3 {
-					require.NoError(t, d.run())
-				}
-				var err error
-				a := testing.AllocsPerRun(20, func() {
-					if e := d.run(); e != nil {
-						err = e
-					}
-				})
-				require.NoError(t, err)
-				return a
-			}
+			allocs := func(step func(int) error) float64 { return testjob.NewDriver(t, n, step).AllocsPerStep(t) }
 			base, got := allocs(collectives), allocs(call)
 			t.Logf("allocations per call across %d ranks: %v (the collectives alone: %v)", n, got, base)
 			assert.LessOrEqual(t, got, base)
@@ -277,14 +265,14 @@ func BenchmarkSparseAllReduce(b *testing.B) {
 					}
 					grads[r] = make([]float32, len(ids[r])*dim)
 				}
-				d := newEmbDriver(b, n, func(r int) error {
+				d := testjob.NewDriver(b, n, func(r int) error {
 					_, err := reducers[r].AllReduce(embCtx, ids[r], grads[r])
 					return err
 				})
-				require.NoError(b, d.run())
+				require.NoError(b, d.Run())
 				b.ResetTimer()
 				for range b.N {
-					if err := d.run(); err != nil {
+					if err := d.Run(); err != nil {
 						b.Fatal(err)
 					}
 				}

@@ -8,9 +8,9 @@ import (
 )
 
 // Gather makes unit u's full parameters available for its forward pass:
-// when it returns, every p.Data of the unit is the whole parameter (and
-// p.Grad a slice of the right length that forward must not write: the
-// gradient is bound by GatherBackward). Under FullShard and Hybrid it
+// when it returns, every p.Data of the unit is the whole parameter; p.Grad
+// stays nil (forward has no gradient to write: GatherBackward binds it).
+// Under FullShard and Hybrid it
 // all-gathers the shards straight into a gather buffer (or waits for the
 // prefetch that already did), and starts gathering the next Prefetch units
 // in the background. Release(u) ends the use.
@@ -26,16 +26,6 @@ func (fs *FSDP) Gather(ctx context.Context, u int) error {
 		return fs.callErr("Gather", u, err)
 	}
 	fs.bindData(un)
-	var scratch []float32
-	switch {
-	case un.fullGrad != nil:
-		scratch = un.fullGrad
-	case un.slot >= 0:
-		scratch = fs.slots[un.slot].grads
-	default:
-		scratch = fs.gradSlots[0].grads
-	}
-	fs.bindGrad(un, scratch)
 	return nil
 }
 

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ringo-ml/ringo/internal/testlog"
 	"github.com/ringo-ml/ringo/transport"
 )
 
@@ -26,7 +26,7 @@ var (
 // loopback, with allow judging client certificates (nil: any) and the
 // refusals logged into the returned buffer. It is closed when the test
 // ends.
-func listenAuth(t *testing.T, nw func(testing.TB) transport.Network, allow func(string) error, opts transport.AuthOptions) (*transport.AuthListener, *syncBuffer) {
+func listenAuth(t *testing.T, nw func(testing.TB) transport.Network, allow func(string) error, opts transport.AuthOptions) (*transport.AuthListener, *testlog.Buffer) {
 	t.Helper()
 	if allow == nil {
 		allow = func(string) error { return nil }
@@ -37,8 +37,8 @@ func listenAuth(t *testing.T, nw func(testing.TB) transport.Network, allow func(
 	defer cancel()
 	ln, err := n.Listen(ctx, "127.0.0.1:0", allow)
 	require.NoError(t, err)
-	logs := new(syncBuffer)
-	opts.Log = slog.New(slog.NewTextHandler(logs, nil))
+	logs := new(testlog.Buffer)
+	opts.Log = logs.Logger(slog.LevelInfo)
 	al := transport.NewAuthListener(ln, authServerID, opts)
 	t.Cleanup(func() { _ = al.Close() })
 	return al, logs
@@ -79,17 +79,11 @@ func requireNothingAdmitted(t *testing.T, ln *transport.AuthListener) {
 	require.ErrorIs(t, err, context.DeadlineExceeded, "nothing may be admitted")
 }
 
-func requireLogged(t *testing.T, logs *syncBuffer, want ...string) {
+func requireLogged(t *testing.T, logs *testlog.Buffer, want ...string) {
 	t.Helper()
-	require.Eventually(t, func() bool {
-		got := logs.String()
-		for _, w := range want {
-			if !strings.Contains(got, w) {
-				return false
-			}
-		}
-		return true
-	}, confTimeout, 10*time.Millisecond, "the log should say %q", want)
+	for _, w := range want {
+		logs.WaitFor(t, w, confTimeout)
+	}
 }
 
 // Both sides learn what the other said about itself, and the streams carry

@@ -1,7 +1,6 @@
 package transport_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ringo-ml/ringo/internal/testlog"
 	"github.com/ringo-ml/ringo/transport"
 	"github.com/ringo-ml/ringo/transport/quic"
 	"github.com/ringo-ml/ringo/transport/shm"
@@ -186,32 +186,13 @@ func TestMeshConnectsEveryPairOnEveryChannel(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink the test reads while the mesh may write.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A rank without the job token is refused: its dial fails with ErrAuth, and
 // the rank it dialed logs the refusal and never hands the stream out.
 func TestMeshRefusesAWrongToken(t *testing.T) {
 	for _, nw := range meshNetworks {
 		t.Run(nw.name, func(t *testing.T) {
-			var logs syncBuffer
-			log := slog.New(slog.NewTextHandler(&logs, nil))
-			ms := meshes(t, 2, nw.make, func(r int) string { return []string{"right", "wrong"}[r] }, log)
+			var logs testlog.Buffer
+			ms := meshes(t, 2, nw.make, func(r int) string { return []string{"right", "wrong"}[r] }, logs.Logger(slog.LevelInfo))
 			ctx, cancel := context.WithTimeout(context.Background(), confTimeout)
 			defer cancel()
 			_, err := ms[1].Connect(ctx, 0, 0)
@@ -220,9 +201,7 @@ func TestMeshRefusesAWrongToken(t *testing.T) {
 			defer cancelShort()
 			_, err = ms[0].Connect(short, 0, 1)
 			require.ErrorIs(t, err, context.DeadlineExceeded, "nothing was admitted")
-			require.Eventually(t, func() bool {
-				return bytes.Contains([]byte(logs.String()), []byte(`refused a connection" purpose=peer`))
-			}, confTimeout, 10*time.Millisecond)
+			logs.WaitFor(t, `refused a connection" purpose=peer`, confTimeout)
 		})
 	}
 }

@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"time"
 )
@@ -159,7 +160,15 @@ type tcpListener struct {
 }
 
 func (l *tcpListener) Endpoint() Endpoint { return l.ep }
-func (l *tcpListener) Close() error       { return l.ln.Close() }
+
+// Close is quiet when an Accept's ctx already closed the listener: that
+// close is how Accept is interrupted, not the caller's mistake.
+func (l *tcpListener) Close() error {
+	if err := l.ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
+}
 
 func (l *tcpListener) Accept(ctx context.Context) (Stream, error) {
 	stop := context.AfterFunc(ctx, func() { _ = l.ln.Close() })

@@ -19,18 +19,17 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/cli"
 	"github.com/ringo-ml/ringo/internal/localjob"
 	"github.com/ringo-ml/ringo/internal/nn"
 	"github.com/ringo-ml/ringo/parallel"
@@ -49,29 +48,16 @@ type options struct {
 	phases   bool
 }
 
-func main() {
-	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
-}
+func main() { cli.Main(run) }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	o, err := parseOptions(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "ddp: %v\n", err)
-		return 2
-	}
-	if localjob.InJob() {
-		err = runRank(ctx, o, stdout, stderr)
-	} else {
-		err = localjob.Spawn(ctx, o.np, args, nil, stdout, stderr)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "ddp: %v\n", err)
-		return 1
-	}
-	return 0
+	return cli.Run("ddp", stderr, err, func() error {
+		if localjob.InJob() {
+			return runRank(ctx, o, stdout, stderr)
+		}
+		return localjob.Spawn(ctx, o.np, args, nil, stdout, stderr)
+	})
 }
 
 func parseOptions(args []string, stderr io.Writer) (options, error) {

@@ -36,14 +36,13 @@ import (
 	"time"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/cli"
 	"github.com/ringo-ml/ringo/internal/localjob"
 	"github.com/ringo-ml/ringo/parallel"
 	"github.com/ringo-ml/ringo/parallel/pipechart"
 )
 
-func main() {
-	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
-}
+func main() { cli.Main(run) }
 
 type options struct {
 	schedules []parallel.PipelineSchedule
@@ -116,34 +115,23 @@ func parseInts(s string) ([]int, error) {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	o, err := parseOptions(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "pipebench: %v\n", err)
-		return 2
-	}
-	var burn *burner
-	if o.compute == "cpu" {
-		burn = calibrate()
-	}
-	var results []result
-	if localjob.InJob() {
-		results, err = runRank(ctx, &o, burn)
-	} else {
-		results, err = runInProcess(ctx, &o, burn)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "pipebench: %v\n", err)
-		return 1
-	}
-	if results != nil { // rank 0 of a job, or in-process
-		if err := report(&o, results, stdout); err != nil {
-			fmt.Fprintf(stderr, "pipebench: %v\n", err)
-			return 1
+	return cli.Run("pipebench", stderr, err, func() error {
+		var burn *burner
+		if o.compute == "cpu" {
+			burn = calibrate()
 		}
-	}
-	return 0
+		var results []result
+		var err error
+		if localjob.InJob() {
+			results, err = runRank(ctx, &o, burn)
+		} else {
+			results, err = runInProcess(ctx, &o, burn)
+		}
+		if err != nil || results == nil { // results: rank 0 of a job, or in-process
+			return err
+		}
+		return report(&o, results, stdout)
+	})
 }
 
 // config is one measured configuration.

@@ -24,13 +24,13 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/cli"
 	"github.com/ringo-ml/ringo/parallel"
 	"github.com/ringo-ml/ringo/parallel/ps"
 	"github.com/ringo-ml/ringo/shard"
@@ -110,22 +110,16 @@ func parseBytes(s string) (int, error) {
 	return n * mult, err
 }
 
-func main() {
-	o, err := parseOptions(os.Args[1:], os.Stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return
-	}
-	if err == nil {
+func main() { cli.Main(run) }
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	o, err := parseOptions(args, stderr)
+	return cli.Run("psbench", stderr, err, func() error {
 		if o.chart != "" {
-			err = drawCharts(o.chart, o.out, o.chartTitle)
-		} else {
-			err = measure(context.Background(), &o, os.Stdout)
+			return drawCharts(o.chart, o.out, o.chartTitle)
 		}
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "psbench: %v\n", err)
-		os.Exit(1)
-	}
+		return measure(ctx, &o, stdout)
+	})
 }
 
 func measure(ctx context.Context, o *options, stdout io.Writer) error {

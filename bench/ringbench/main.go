@@ -14,64 +14,36 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
-	"os/exec"
-	"runtime"
-	"strconv"
 	"sync"
 
 	"golang.org/x/term"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/cli"
+	"github.com/ringo-ml/ringo/internal/localjob"
 )
 
-func main() {
-	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
-}
+func main() { cli.Main(run) }
 
 // run is ringbench with its arguments and outputs given; it returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	o, err := parseArgs(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
+	if err == nil && !localjob.InJob() && o.root >= o.np {
+		err = fmt.Errorf("--root %d is not one of the %d ranks", o.root, o.np)
 	}
-	if err != nil {
-		fmt.Fprintf(stderr, "ringbench: %v\n", err)
-		return 2
-	}
-	if !inJob() && o.root >= o.np {
-		fmt.Fprintf(stderr, "ringbench: --root %d is not one of the %d ranks\n", o.root, o.np)
-		return 2
-	}
-	switch {
-	case inJob():
-		err = runRank(ctx, &o, stdout, stderr)
-	case o.inproc:
-		err = runInProcess(ctx, &o, stdout, stderr)
-	default:
-		err = spawn(ctx, &o, args, stdout, stderr)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "ringbench: %v\n", err)
-		return 1
-	}
-	return 0
-}
-
-// inJob says whether this process is a rank of a job a launcher started.
-func inJob() bool {
-	for _, v := range []string{"RINGO_RANK", "RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"} {
-		if os.Getenv(v) != "" {
-			return true
+	return cli.Run("ringbench", stderr, err, func() error {
+		switch {
+		case localjob.InJob():
+			return runRank(ctx, &o, stdout, stderr)
+		case o.inproc:
+			return runInProcess(ctx, &o, stdout, stderr)
 		}
-	}
-	return false
+		return spawn(ctx, &o, args, stdout, stderr)
+	})
 }
 
 // runRank is one rank of a job described by the environment; rank 0 reports.
@@ -160,7 +132,7 @@ func formInProcess(ctx context.Context, n int, transport, algo, compression stri
 	if transport == "mem" {
 		return collective.LocalConfig(n, collective.Config{Algorithm: algo, Compression: compression})
 	}
-	return collective.LocalNetwork(ctx, n, collective.Config{Token: randomHex(16), Transport: transport, Algorithm: algo, Compression: compression})
+	return collective.LocalNetwork(ctx, n, collective.Config{Token: rand.Text(), Transport: transport, Algorithm: algo, Compression: compression})
 }
 
 // spawn starts o.np copies of this program as the ranks of a local job, with
@@ -169,84 +141,7 @@ func formInProcess(ctx context.Context, n int, transport, algo, compression stri
 // write to stdout and stderr (inherited directly when they are files, so
 // that rank 0 sees the terminal and draws its progress bar).
 func spawn(ctx context.Context, o *options, args []string, stdout, stderr io.Writer) error {
-	exe, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	addr, err := freeAddr()
-	if err != nil {
-		return err
-	}
-	token, job := randomHex(32), "ringbench-"+randomHex(6)
-	threads := ""
-	if _, set := os.LookupEnv("GOMAXPROCS"); !set {
-		threads = "GOMAXPROCS=" + strconv.Itoa(max(1, runtime.NumCPU()/o.np))
-	}
-	cmds := make([]*exec.Cmd, o.np)
-	for r := range o.np {
-		cmd := exec.CommandContext(ctx, exe, args...)
-		cmd.Env = append(os.Environ(),
-			"RINGO_RANK="+strconv.Itoa(r),
-			"RINGO_WORLD_SIZE="+strconv.Itoa(o.np),
-			"RINGO_LOCAL_RANK="+strconv.Itoa(r),
-			"RINGO_LOCAL_WORLD_SIZE="+strconv.Itoa(o.np),
-			"RINGO_ADDR="+addr,
-			"RINGO_TOKEN="+token,
-			"RINGO_JOB_ID="+job,
-			"RINGO_TRANSPORT="+o.transport,
-			"RINGO_ALGO="+o.algo,
-		)
-		if threads != "" {
-			cmd.Env = append(cmd.Env, threads)
-		}
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, stdout, stderr
-		cmds[r] = cmd
-	}
-	for r, cmd := range cmds {
-		if err := cmd.Start(); err != nil {
-			for _, started := range cmds[:r] {
-				_ = started.Process.Kill()
-				_ = started.Wait()
-			}
-			return fmt.Errorf("starting rank %d: %w", r, err)
-		}
-	}
-	type exit struct {
-		rank int
-		err  error
-	}
-	exits := make(chan exit, len(cmds))
-	for r, cmd := range cmds {
-		go func() { exits <- exit{r, cmd.Wait()} }()
-	}
-	var first error
-	for range cmds {
-		e := <-exits
-		if e.err != nil && first == nil {
-			first = fmt.Errorf("rank %d: %w", e.rank, e.err)
-			for r, cmd := range cmds {
-				if r != e.rank {
-					_ = cmd.Process.Kill() // ours; already exited is fine
-				}
-			}
-		}
-	}
-	return first
-}
-
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	addr := ln.Addr().String()
-	return addr, ln.Close()
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
+	return localjob.Spawn(ctx, o.np, args, []string{"RINGO_TRANSPORT=" + o.transport, "RINGO_ALGO=" + o.algo}, stdout, stderr)
 }
 
 func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }

@@ -15,15 +15,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ringo-ml/ringo/collective"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/localjob"
 )
 
 // TestMain lets the test binary be a rank that spawn starts (it re-executes
 // its own binary with RINGO_* set): then it is ringbench, not the tests.
 func TestMain(m *testing.M) {
-	if os.Getenv("RINGBENCH_TEST_CHILD") == "1" && inJob() {
+	if os.Getenv("RINGBENCH_TEST_CHILD") == "1" && localjob.InJob() {
 		os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 	}
 	os.Exit(m.Run())

@@ -28,7 +28,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"os"
 	"runtime"
 	"slices"
 	"strconv"
@@ -37,6 +36,7 @@ import (
 	"time"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/cli"
 	"github.com/ringo-ml/ringo/internal/localjob"
 	"github.com/ringo-ml/ringo/internal/nn"
 	"github.com/ringo-ml/ringo/parallel"
@@ -59,32 +59,19 @@ type options struct {
 
 var allModes = []string{"compute", "ddp", "full", "full-noprefetch", "grad", "optim", "none"}
 
-func main() {
-	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
-}
+func main() { cli.Main(run) }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	o, err := parseOptions(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "shard: %v\n", err)
-		return 2
-	}
-	switch {
-	case o.memory:
-		err = memoryTable(ctx, stdout)
-	case localjob.InJob():
-		err = runRank(ctx, o, stdout)
-	default:
-		err = localjob.Spawn(ctx, o.np, args, nil, stdout, stderr)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "shard: %v\n", err)
-		return 1
-	}
-	return 0
+	return cli.Run("shard", stderr, err, func() error {
+		switch {
+		case o.memory:
+			return memoryTable(ctx, stdout)
+		case localjob.InJob():
+			return runRank(ctx, o, stdout)
+		}
+		return localjob.Spawn(ctx, o.np, args, nil, stdout, stderr)
+	})
 }
 
 func parseOptions(args []string, stderr io.Writer) (options, error) {

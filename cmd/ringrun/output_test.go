@@ -17,28 +17,12 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/ringo-ml/ringo/internal/testlog"
 )
 
-// lockedBuffer is a bytes.Buffer safe for the test to read while ringrun writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestLinesNeverInterleave(t *testing.T) {
-	var stdout, stderr lockedBuffer
+	var stdout, stderr testlog.Buffer
 	o := newOutput(&stdout, &stderr, false)
 	// 8 writers, each writing lines in small pieces through a pipe, so
 	// that reads end mid-line all the time.
@@ -149,7 +133,7 @@ func TestInfoWriter(t *testing.T) {
 func TestRunInProcess(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	var stdout, stderr lockedBuffer
+	var stdout, stderr testlog.Buffer
 	sigs := make(chan os.Signal)
 	code := run([]string{"-np", "3", "--output-dir", dir, "--max-restarts", "1", "--", ringcheckBn,
 		"-exit-rank", "2", "-exit-attempt", "0", "-sizes", "1,100"}, &stdout, &stderr, true, sigs)
@@ -166,7 +150,7 @@ func TestRunInProcess(t *testing.T) {
 	assert.Regexp(t, `^rank 2 of 3 pid \d+\nrank 2 of 3 exiting with code 3 at \d+\n--- ringrun: restart 1 ---\nrank 2 of 3 pid \d+\nrank 2 of 3 ok\n$`, string(b))
 
 	// A signal stops the job.
-	stdout, stderr = lockedBuffer{}, lockedBuffer{}
+	stdout, stderr = testlog.Buffer{}, testlog.Buffer{}
 	done := make(chan int)
 	go func() {
 		done <- run([]string{"-np", "2", "--", ringcheckBn, "-hang"}, &stdout, &stderr, false, sigs)

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/ringo-ml/ringo/internal/testlog"
 	"github.com/ringo-ml/ringo/transport"
 )
 
@@ -36,42 +36,6 @@ func jobID(size int) transport.Identity {
 // advertised is what rank r publishes in these tests (never dialled).
 func advertised(r int) string { return fmt.Sprintf("rank%d.test:%d", r, 7000+r) }
 
-// logBuffer collects what Serve logs.
-type logBuffer struct {
-	mu      sync.Mutex
-	b       bytes.Buffer
-	changed chan struct{} // a token after every write
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	select {
-	case l.changed <- struct{}{}:
-	default:
-	}
-	return l.b.Write(p)
-}
-
-// waitFor waits until the log holds text.
-func (l *logBuffer) waitFor(t *testing.T, text string) {
-	t.Helper()
-	timeout := time.After(waitBound)
-	for !strings.Contains(l.String(), text) {
-		select {
-		case <-l.changed:
-		case <-timeout:
-			require.FailNow(t, "not logged", "want %q in\n%s", text, l.String())
-		}
-	}
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // server is one ServeWith running on a loopback listener.
 type server struct {
 	addr       string
@@ -79,7 +43,7 @@ type server struct {
 	cancel     context.CancelCauseFunc
 	done       chan error
 	registered chan [2]string // rank and address, in the order OnRegister saw them
-	log        *logBuffer
+	log        *testlog.Buffer
 }
 
 func startServer(t *testing.T, id transport.Identity) *server {
@@ -104,11 +68,11 @@ func serveOnWith(t *testing.T, ln net.Listener, id transport.Identity, progress 
 		cancel:     cancel,
 		done:       make(chan error, 1),
 		registered: make(chan [2]string, 4*id.Size),
-		log:        &logBuffer{changed: make(chan struct{}, 1)},
+		log:        new(testlog.Buffer),
 	}
 	opts := ServeOptions{
 		Progress: progress,
-		Log:      slog.New(slog.NewTextHandler(s.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Log:      s.log.Logger(slog.LevelDebug),
 		OnRegister: func(rank int, addr string) {
 			s.registered <- [2]string{fmt.Sprint(rank), addr}
 		},
@@ -340,7 +304,7 @@ func TestProgressNamesTheMissingRanks(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 	defer cancel()
 	waiting := []<-chan joinResult{join(ctx, s.addr, id, 0), join(ctx, s.addr, id, 1), join(ctx, s.addr, id, 3)}
-	s.log.waitFor(t, "ringo rendezvous: 3 of 4 ranks joined (0-1,3); waiting for rank 2")
+	s.log.WaitFor(t, "ringo rendezvous: 3 of 4 ranks joined (0-1,3); waiting for rank 2", waitBound)
 	for _, ch := range waiting {
 		res := result(t, ch)
 		require.ErrorIs(t, res.err, context.DeadlineExceeded)
@@ -388,7 +352,7 @@ func TestRankOfAnotherJobWaitsForItsOwnRendezvous(t *testing.T) {
 	res := result(t, join(ctx, addr, idB, 1))
 	require.ErrorIs(t, res.err, transport.ErrOtherJob)
 	assert.Contains(t, res.err.Error(), `the rendezvous server at `+addr+` serves another job than this rank's (job id "job-B"): is another job using this port?`)
-	a.log.waitFor(t, `ringo rendezvous: a rank of another job (rank 1 of 2, from 127.0.0.1) tried to join job \"job-A\"; is another job using this port?`)
+	a.log.WaitFor(t, `ringo rendezvous: a rank of another job (rank 1 of 2, from 127.0.0.1) tried to join job \"job-A\"; is another job using this port?`, waitBound)
 	assert.Equal(t, 1, strings.Count(a.log.String(), "a rank of another job"), "B's retries are reported once per interval")
 
 	// B's rank 1 tries again, for as long as it takes A to form and B's

@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/cli"
 )
 
 func main() {
@@ -50,23 +51,12 @@ type options struct {
 // exit code: 2 for a bad command line, 1 for a failed run.
 func run(args []string, stdout, stderr io.Writer) int {
 	o, err := parseArgs(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintln(stderr, "allreduce:", err)
-		return 2
-	}
-	if o.local > 0 {
-		err = runLocal(stdout, o)
-	} else {
-		err = runFromEnv(stdout, o)
-	}
-	if err != nil {
-		fmt.Fprintln(stderr, "allreduce:", err)
-		return 1
-	}
-	return 0
+	return cli.Run("allreduce", stderr, err, func() error {
+		if o.local > 0 {
+			return runLocal(stdout, o)
+		}
+		return runFromEnv(stdout, o)
+	})
 }
 
 func parseArgs(args []string, stderr io.Writer) (options, error) {

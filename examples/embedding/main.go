@@ -22,12 +22,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 	"sync"
-	"syscall"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/cli"
 	"github.com/ringo-ml/ringo/internal/localjob"
 )
 
@@ -71,32 +69,17 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	return o, errors.Join(errs...)
 }
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	os.Exit(code)
-}
+func main() { cli.Main(run) }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	o, err := parseOptions(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "embedding: %v\n", err)
-		return 2
-	}
-	if localjob.InJob() {
-		err = runProcess(ctx, &o, stdout)
-	} else {
-		_, err = runLocal(ctx, &o, stdout)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "embedding: %v\n", err)
-		return 1
-	}
-	return 0
+	return cli.Run("embedding", stderr, err, func() error {
+		if localjob.InJob() {
+			return runProcess(ctx, &o, stdout)
+		}
+		_, err := runLocal(ctx, &o, stdout)
+		return err
+	})
 }
 
 // runProcess is one rank of a launcher's job.

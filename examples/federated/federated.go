@@ -124,7 +124,7 @@ func runFederated(ctx context.Context, o options, train, test *mnist.Set, stdout
 	}
 	defer srv.Close()
 	fmt.Fprintf(stderr, "federated: %s data, %d clients, %.0f%% sampled, %.0f%% of them dropping out, secure aggregation %v, %s, MLP %v, %d local epoch(s), batch %d, lr %g\n",
-		o.data, o.clients, 100*o.fraction, 100*o.dropout, o.secure, o.transport, o.layerSizes(), o.epochs, o.batch, o.lr)
+		o.data, o.clients, 100*o.fraction, 100*o.dropout, o.secure, o.transport, o.layers, o.epochs, o.batch, o.lr)
 
 	cctx, stopClients := context.WithCancel(ctx)
 	defer stopClients()

@@ -17,52 +17,31 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
+	"github.com/ringo-ml/ringo/internal/cli"
 	"github.com/ringo-ml/ringo/internal/mnist"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	os.Exit(code)
-}
+func main() { cli.Main(run) }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	o, err := parseOptions(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "federated: %v\n", err)
-		return 2
-	}
-	train, test, err := mnist.Load(o.dataDir)
-	if err != nil {
-		fmt.Fprintf(stderr, "federated: %v\n", err)
-		return 1
-	}
-	switch {
-	case o.role == "client":
-		err = runClientProcess(ctx, o, train, stderr)
-	case o.mode == "central":
-		err = runCentral(ctx, o, train, test, stdout, stderr)
-	default:
-		err = runFederated(ctx, o, train, test, stdout, stderr)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "federated: %v\n", err)
-		return 1
-	}
-	return 0
+	return cli.Run("federated", stderr, err, func() error {
+		train, test, err := mnist.Load(o.dataDir)
+		if err != nil {
+			return err
+		}
+		switch {
+		case o.role == "client":
+			return runClientProcess(ctx, o, train, stderr)
+		case o.mode == "central":
+			return runCentral(ctx, o, train, test, stdout, stderr)
+		}
+		return runFederated(ctx, o, train, test, stdout, stderr)
+	})
 }
 
 // runCentral trains the same model on all the training data (or
@@ -84,7 +63,7 @@ func runCentral(ctx context.Context, o options, train, test *mnist.Set, stdout, 
 	}
 	one := o
 	one.epochs = 1
-	fmt.Fprintf(stderr, "federated: centralized training, %d samples, MLP %v, batch %d, lr %g\n", n, o.layerSizes(), o.batch, o.lr)
+	fmt.Fprintf(stderr, "federated: centralized training, %d samples, MLP %v, batch %d, lr %g\n", n, o.layers, o.batch, o.lr)
 	start := time.Now()
 	for e := 1; e <= o.rounds; e++ {
 		_, _, err := l.trainEpochs(&one, train, all, 1<<19|uint64(e), nil, 0, func(int, int) error { return ctx.Err() })

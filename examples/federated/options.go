@@ -27,7 +27,7 @@ type options struct {
 	batch        int
 	lr           float64
 	mu           float64
-	hidden       []int
+	layers       []int // the MLP's sizes, input to output (-hidden)
 	seed         uint64
 	skew         float64
 	transport    string
@@ -108,7 +108,7 @@ Prints "round=R test_accuracy=A ..." after every round (central: every epoch).
 		}
 	}
 	var err error
-	o.hidden, err = parseSizes(*hidden)
+	o.layers, err = mnist.MLPSizes(*hidden)
 	check(err == nil, "-hidden %q: want positive sizes separated by commas", *hidden)
 	check(o.mode == "fed" || o.mode == "central", "-mode %q: want fed or central", o.mode)
 	check(o.data == "noniid" || o.data == "iid", "-data %q: want noniid or iid", o.data)
@@ -129,23 +129,6 @@ Prints "round=R test_accuracy=A ..." after every round (central: every epoch).
 	check(o.roundTimeout > 0, "-round-timeout %v: want a positive duration", o.roundTimeout)
 	check(o.role == "" || o.role == "client", "-role %q: want client", o.role)
 	return o, errors.Join(errs...)
-}
-
-func parseSizes(s string) ([]int, error) {
-	var out []int
-	for _, f := range strings.Split(s, ",") {
-		v, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || v < 1 {
-			return nil, fmt.Errorf("bad size %q", f)
-		}
-		out = append(out, v)
-	}
-	return out, nil
-}
-
-// layerSizes are the MLP's sizes, input to output.
-func (o *options) layerSizes() []int {
-	return append(append([]int{mnist.Pixels}, o.hidden...), mnist.Classes)
 }
 
 // clientName is the name of client i.

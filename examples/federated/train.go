@@ -26,7 +26,7 @@ type learner struct {
 }
 
 func newLearner(o *options) (*learner, error) {
-	model, err := nn.NewMLP(o.layerSizes(), o.seed)
+	model, err := nn.NewMLP(o.layers, o.seed)
 	if err != nil {
 		return nil, err
 	}

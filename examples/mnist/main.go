@@ -24,49 +24,29 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/cli"
 	"github.com/ringo-ml/ringo/internal/localjob"
 	"github.com/ringo-ml/ringo/internal/mnist"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	os.Exit(code)
-}
+func main() { cli.Main(run) }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	o, err := parseOptions(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "mnist: %v\n", err)
-		return 2
-	}
-	switch {
-	case localjob.InJob():
-		err = runRank(ctx, o, stdout, stderr)
-	case o.mode == "single":
-		err = runSingle(ctx, o, stdout, stderr)
-	default:
+	return cli.Run("mnist", stderr, err, func() error {
+		switch {
+		case localjob.InJob():
+			return runRank(ctx, o, stdout, stderr)
+		case o.mode == "single":
+			return runSingle(ctx, o, stdout, stderr)
+		}
 		// -np copies of this program, each taking the first case above.
-		err = localjob.Spawn(ctx, o.np, args, nil, stdout, stderr)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "mnist: %v\n", err)
-		return 1
-	}
-	return 0
+		return localjob.Spawn(ctx, o.np, args, nil, stdout, stderr)
+	})
 }
 
 func runSingle(ctx context.Context, o options, stdout, stderr io.Writer) error {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/internal/mnist"
+	"github.com/ringo-ml/ringo/internal/testjob"
 )
 
 // loadMNIST loads the data once for every test of the package.
@@ -42,25 +43,11 @@ func runInProcess(t *testing.T, ranks int, args ...string) string {
 	}
 	comms, err := collective.Local(ranks)
 	require.NoError(t, err)
-	defer func() {
-		for _, c := range comms {
-			c.Close()
-		}
-	}()
+	defer testjob.CloseAll(comms)
 	outs := make([]bytes.Buffer, ranks)
-	errs := make([]error, ranks)
-	var wg sync.WaitGroup
-	for r, c := range comms {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[r] = runJob(ctx, &job{opts: o, comm: c, train: sets[0], test: sets[1], out: &outs[r], log: io.Discard})
-		}()
-	}
-	wg.Wait()
-	for r, err := range errs {
-		require.NoError(t, err, "rank %d", r)
-	}
+	testjob.RequireAllOK(t, testjob.Each(ranks, func(r int) error {
+		return runJob(ctx, &job{opts: o, comm: comms[r], train: sets[0], test: sets[1], out: &outs[r], log: io.Discard})
+	}))
 	return outs[0].String()
 }
 
@@ -195,12 +182,12 @@ func TestOptions(t *testing.T) {
 	require.Equal(t, 4, o.np)
 	require.Equal(t, "ddp", o.mode)
 	require.Equal(t, 2, o.epochs)
-	require.Equal(t, []int{784, 256, 256, 10}, o.layerSizes())
+	require.Equal(t, []int{784, 256, 256, 10}, o.layers)
 	require.False(t, o.npSet)
 	o, err = parseOptions([]string{"-np", "2", "-hidden", "10, 20,30"}, io.Discard)
 	require.NoError(t, err)
 	require.True(t, o.npSet)
-	require.Equal(t, []int{784, 10, 20, 30, 10}, o.layerSizes())
+	require.Equal(t, []int{784, 10, 20, 30, 10}, o.layers)
 	for _, bad := range [][]string{
 		{"-mode", "zero"}, {"-strategy", "zero4"}, {"-np", "0"}, {"-hidden", "10,x"}, {"-hidden", "0"}, {"-batch", "0"},
 		{"-lr", "-1"}, {"-optimizer", "lbfgs"}, {"-train-samples", "70000"}, {"-compression", "bf16", "-mode", "single"},

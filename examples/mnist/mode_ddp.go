@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 
 	"github.com/ringo-ml/ringo/checkpoint"
@@ -24,7 +25,25 @@ type ddp struct {
 	count []int64               // evaluate's
 }
 
-func newDDP(ctx context.Context, j *job) (*ddp, error) {
+// ddpMode is -mode ddp's flags.
+type ddpMode struct {
+	compression string
+}
+
+func (m *ddpMode) flags(fs *flag.FlagSet) {
+	fs.StringVar(&m.compression, "compression", "", "ddp: compress gradient traffic, bf16 or fp16")
+}
+
+func (m *ddpMode) check(o *options) []error {
+	var c checker
+	c.check(m.compression == "" || m.compression == "bf16" || m.compression == "fp16", "-compression %q: want bf16 or fp16", m.compression)
+	c.check(m.compression == "" || o.mode == "ddp", "-compression applies to -mode ddp only")
+	return c
+}
+
+func (m *ddpMode) newTrainer(ctx context.Context, j *job) (trainer, error) { return newDDP(ctx, j, m) }
+
+func newDDP(ctx context.Context, j *job, m *ddpMode) (*ddp, error) {
 	if j.comm == nil {
 		return nil, fmt.Errorf("-mode ddp needs a communicator")
 	}
@@ -32,7 +51,7 @@ func newDDP(ctx context.Context, j *job) (*ddp, error) {
 	if err != nil {
 		return nil, err
 	}
-	dp, err := parallel.NewDataParallel(ctx, j.comm, r.model.Params(), parallel.DataParallelOptions{Compression: j.opts.compression})
+	dp, err := parallel.NewDataParallel(ctx, j.comm, r.model.Params(), parallel.DataParallelOptions{Compression: m.compression})
 	if err != nil {
 		return nil, err
 	}

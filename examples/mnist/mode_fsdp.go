@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -39,16 +40,44 @@ type fsdp struct {
 	count  []int64   // evaluate's
 }
 
-func newFSDP(ctx context.Context, j *job) (*fsdp, error) {
+// fsdpMode is -mode fsdp's flags.
+type fsdpMode struct {
+	strategy          string
+	prefetch          int
+	groupSize         int
+	shardedCheckpoint bool
+}
+
+func (m *fsdpMode) flags(fs *flag.FlagSet) {
+	fs.StringVar(&m.strategy, "strategy", "full", "fsdp: what each rank shards: full (parameters, gradients, optimizer state), grad (gradients and optimizer state), optim (optimizer state), none, or hybrid (full within groups of -group-size ranks)")
+	fs.IntVar(&m.prefetch, "prefetch", 1, "fsdp: units whose gather starts ahead of use (0: none)")
+	fs.IntVar(&m.groupSize, "group-size", 0, "fsdp -strategy hybrid: ranks per shard group (0: the ranks of each host, which must be as many on every host)")
+	fs.BoolVar(&m.shardedCheckpoint, "sharded-checkpoint", false, "fsdp: save and resume sharded checkpoints (a directory beside -checkpoint's file, each rank writing its shard)")
+}
+
+func (m *fsdpMode) check(*options) []error {
+	var c checker
+	_, err := shard.ParseStrategy(m.strategy)
+	c.check(err == nil, "-strategy %q: want full, grad, optim, none or hybrid", m.strategy)
+	c.check(m.prefetch >= 0, "-prefetch %d: want 0 (none) or more", m.prefetch)
+	c.check(m.groupSize >= 0, "-group-size %d: want 0 (ranks per host) or more", m.groupSize)
+	return c
+}
+
+func (m *fsdpMode) newTrainer(ctx context.Context, j *job) (trainer, error) {
+	return newFSDP(ctx, j, m)
+}
+
+func newFSDP(ctx context.Context, j *job, m *fsdpMode) (*fsdp, error) {
 	if j.comm == nil {
 		return nil, fmt.Errorf("-mode fsdp needs a communicator")
 	}
 	o := &j.opts
-	st, err := shard.ParseStrategy(o.strategy)
+	st, err := shard.ParseStrategy(m.strategy)
 	if err != nil {
 		return nil, err
 	}
-	model, err := nn.NewMLP(o.layerSizes(), o.seed)
+	model, err := nn.NewMLP(o.layers, o.seed)
 	if err != nil {
 		return nil, err
 	}
@@ -57,7 +86,7 @@ func newFSDP(ctx context.Context, j *job) (*fsdp, error) {
 		return nil, err
 	}
 	f := &fsdp{comm: j.comm, model: model, loss: loss, opt: newOptimizer(o), train: j.train, test: j.test,
-		sharded: o.shardedCheckpoint, total: make([]float64, 1), count: make([]int64, 1)}
+		sharded: m.shardedCheckpoint, total: make([]float64, 1), count: make([]int64, 1)}
 	var units [][]*parallel.Param
 	for _, l := range model.Layers {
 		f.unitOf = append(f.unitOf, -1)
@@ -66,18 +95,12 @@ func newFSDP(ctx context.Context, j *job) (*fsdp, error) {
 			units = append(units, ps)
 		}
 	}
-	prefetch := o.prefetch
+	prefetch := m.prefetch
 	if prefetch == 0 {
 		prefetch = -1 // the flag's 0 is off; Options' is the default
 	}
-	group := o.groupSize
-	if group == 0 {
-		group = shard.LocalGroupSize()
-	}
-	if group == 0 || j.comm.Size()%group != 0 {
-		group = j.comm.Size()
-	}
-	f.fs, err = shard.New(ctx, j.comm, units, shard.Options{Strategy: st, Prefetch: prefetch, GroupSize: group})
+	// -group-size 0 leaves Hybrid's group to the communicator: one host's ranks.
+	f.fs, err = shard.New(ctx, j.comm, units, shard.Options{Strategy: st, Prefetch: prefetch, GroupSize: m.groupSize})
 	if err != nil {
 		return nil, err
 	}

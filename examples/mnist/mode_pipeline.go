@@ -42,31 +42,31 @@ type pipe struct {
 	count     []int64
 }
 
-func newPipe(ctx context.Context, j *job) (_ *pipe, err error) {
+func newPipe(ctx context.Context, j *job, m *pipelineMode) (_ *pipe, err error) {
 	o := &j.opts
 	if j.comm == nil {
 		return nil, fmt.Errorf("-mode pipeline needs a communicator")
 	}
 	size, w := j.comm.Size(), j.comm.Rank()
-	if size%o.stages != 0 {
-		return nil, fmt.Errorf("-mode pipeline: %d ranks are not a whole number of %d-stage pipelines", size, o.stages)
+	if size%m.stages != 0 {
+		return nil, fmt.Errorf("-mode pipeline: %d ranks are not a whole number of %d-stage pipelines", size, m.stages)
 	}
 	r, err := newReplica(j)
 	if err != nil {
 		return nil, err
 	}
-	p := &pipe{replica: r, world: j.comm, stages: o.stages, replicas: size / o.stages, replicaID: w / o.stages,
+	p := &pipe{replica: r, world: j.comm, stages: m.stages, replicas: size / m.stages, replicaID: w / m.stages,
 		total: make([]float64, 1), count: make([]int64, 1)}
 	defer func() {
 		if err != nil {
 			p.close()
 		}
 	}()
-	units, err := cutModel(r.model, o.stages*o.chunks)
+	units, err := cutModel(r.model, m.stages*m.chunks)
 	if err != nil {
 		return nil, err
 	}
-	stage := w % o.stages
+	stage := w % m.stages
 	pp, err := j.comm.Split(ctx, p.replicaID, stage)
 	if err != nil {
 		return nil, err
@@ -79,7 +79,7 @@ func newPipe(ctx context.Context, j *job) (_ *pipe, err error) {
 			params = append(params, l.Params()...)
 		}
 		p.stageOf = append(p.stageOf, params)
-		if s%o.stages != stage {
+		if s%m.stages != stage {
 			continue
 		}
 		st, err := newMLPStage(layers, s == 0)
@@ -94,8 +94,8 @@ func newPipe(ctx context.Context, j *job) (_ *pipe, err error) {
 		}
 		mine = append(mine, st)
 	}
-	opts := parallel.PipelineOptions{Microbatches: o.microbatches}
-	if opts.Schedule, err = parallel.ParsePipelineSchedule(o.schedule); err != nil {
+	opts := parallel.PipelineOptions{Microbatches: m.microbatches}
+	if opts.Schedule, err = parallel.ParsePipelineSchedule(m.schedule); err != nil {
 		return nil, err
 	}
 	if p.replicas > 1 {
@@ -381,38 +381,43 @@ func (st *mlpStage) Loss(_ context.Context, _ int, out, targets, dOut []float32)
 	return loss, nil
 }
 
-// pipelineFlags adds -mode pipeline's flags.
-func pipelineFlags(fs *flag.FlagSet, o *options) {
-	fs.IntVar(&o.stages, "stages", 2, "pipeline: ranks per pipeline (P); -np must be a multiple, -np/P replicas sync gradients")
-	fs.IntVar(&o.microbatches, "microbatches", 4, "pipeline: micro-batches per replica's share of a global batch (M)")
-	fs.StringVar(&o.schedule, "schedule", "1f1b", "pipeline: gpipe, 1f1b or interleaved")
-	fs.IntVar(&o.chunks, "chunks", 0, "pipeline: stages per rank (v) for -schedule interleaved or gpipe (0: 2 for interleaved, else 1)")
+// pipelineMode is -mode pipeline's flags.
+type pipelineMode struct {
+	stages       int // P
+	microbatches int // M
+	chunks       int // v
+	schedule     string
 }
 
-// checkPipelineFlags checks them.
-func checkPipelineFlags(o *options) []error {
+func (m *pipelineMode) flags(fs *flag.FlagSet) {
+	fs.IntVar(&m.stages, "stages", 2, "pipeline: ranks per pipeline (P); -np must be a multiple, -np/P replicas sync gradients")
+	fs.IntVar(&m.microbatches, "microbatches", 4, "pipeline: micro-batches per replica's share of a global batch (M)")
+	fs.StringVar(&m.schedule, "schedule", "1f1b", "pipeline: gpipe, 1f1b or interleaved")
+	fs.IntVar(&m.chunks, "chunks", 0, "pipeline: stages per rank (v) for -schedule interleaved or gpipe (0: 2 for interleaved, else 1)")
+}
+
+func (m *pipelineMode) check(o *options) []error {
 	if o.mode != "pipeline" {
 		return nil
 	}
-	var errs []error
-	check := func(ok bool, format string, args ...any) {
-		if !ok {
-			errs = append(errs, fmt.Errorf(format, args...))
-		}
-	}
-	schedule, err := parallel.ParsePipelineSchedule(o.schedule)
-	check(err == nil, "-schedule %q: want gpipe, 1f1b or interleaved", o.schedule)
-	if o.chunks == 0 {
-		o.chunks = 1
+	var c checker
+	schedule, err := parallel.ParsePipelineSchedule(m.schedule)
+	c.check(err == nil, "-schedule %q: want gpipe, 1f1b or interleaved", m.schedule)
+	if m.chunks == 0 {
+		m.chunks = 1
 		if schedule == parallel.Interleaved1F1B {
-			o.chunks = 2
+			m.chunks = 2
 		}
 	}
-	check(o.stages >= 1, "-stages %d: want 1 or more", o.stages)
-	check(o.microbatches >= 1, "-microbatches %d: want 1 or more", o.microbatches)
-	check(o.chunks >= 1, "-chunks %d: want 1 or more", o.chunks)
-	check(o.chunks == 1 || schedule != parallel.OneFOneB, "-chunks %d: 1f1b holds one stage per rank (use -schedule interleaved)", o.chunks)
-	check(o.stages < 1 || o.np%o.stages == 0, "-np %d: want a multiple of -stages %d (the replicas of the pipeline)", o.np, o.stages)
-	check(o.checkpoint == "", "-checkpoint: %v", errPipelineCheckpoint)
-	return errs
+	c.check(m.stages >= 1, "-stages %d: want 1 or more", m.stages)
+	c.check(m.microbatches >= 1, "-microbatches %d: want 1 or more", m.microbatches)
+	c.check(m.chunks >= 1, "-chunks %d: want 1 or more", m.chunks)
+	c.check(m.chunks == 1 || schedule != parallel.OneFOneB, "-chunks %d: 1f1b holds one stage per rank (use -schedule interleaved)", m.chunks)
+	c.check(m.stages < 1 || o.np%m.stages == 0, "-np %d: want a multiple of -stages %d (the replicas of the pipeline)", o.np, m.stages)
+	c.check(o.checkpoint == "", "-checkpoint: %v", errPipelineCheckpoint)
+	return c
+}
+
+func (m *pipelineMode) newTrainer(ctx context.Context, j *job) (trainer, error) {
+	return newPipe(ctx, j, m)
 }

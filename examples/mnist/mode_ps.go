@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"strconv"
 	"strings"
@@ -36,12 +37,32 @@ type psTrainer struct {
 	count    []int64
 }
 
-func newPS(ctx context.Context, j *job) (*psTrainer, error) {
+// psMode is -mode ps's flags.
+type psMode struct {
+	servers     int
+	consistency string
+}
+
+func (m *psMode) flags(fs *flag.FlagSet) {
+	fs.IntVar(&m.servers, "servers", 1, "ps: how many of the -np ranks are servers (the first ones)")
+	fs.StringVar(&m.consistency, "consistency", "async", "ps: async, sync or ssp:K (bounded staleness K)")
+}
+
+func (m *psMode) check(o *options) []error {
+	var c checker
+	c.check(o.mode != "ps" || m.servers >= 1 && (!o.npSet || m.servers < o.np), "-servers %d: want 1 or more, leaving at least one worker of the -np ranks", m.servers)
+	c.check(o.mode != "ps" || o.checkpoint == "", "-checkpoint: -mode ps does not save checkpoints")
+	return c
+}
+
+func (m *psMode) newTrainer(ctx context.Context, j *job) (trainer, error) { return newPS(ctx, j, m) }
+
+func newPS(ctx context.Context, j *job, m *psMode) (*psTrainer, error) {
 	if j.comm == nil {
 		return nil, fmt.Errorf("-mode ps needs a communicator")
 	}
 	o := &j.opts
-	consistency, err := parseConsistency(o.consistency)
+	consistency, err := parseConsistency(m.consistency)
 	if err != nil {
 		return nil, err
 	}
@@ -49,9 +70,9 @@ func newPS(ctx context.Context, j *job) (*psTrainer, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := ps.Options{Servers: o.servers, Consistency: consistency, Optimizer: newOptimizer(o)}
-	t := &psTrainer{replica: r, comm: j.comm, workers: j.comm.Size() - o.servers, total: make([]float64, 1), count: make([]int64, 1)}
-	if j.comm.Rank() < o.servers {
+	opts := ps.Options{Servers: m.servers, Consistency: consistency, Optimizer: newOptimizer(o)}
+	t := &psTrainer{replica: r, comm: j.comm, workers: j.comm.Size() - m.servers, total: make([]float64, 1), count: make([]int64, 1)}
+	if j.comm.Rank() < m.servers {
 		t.server, err = ps.NewServer(ctx, j.comm, r.model.Params(), opts)
 		if err != nil {
 			return nil, err

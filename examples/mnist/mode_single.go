@@ -15,6 +15,11 @@ type single struct {
 	*replica
 }
 
+// singleMode is -mode single: no flags of its own.
+type singleMode struct{ noFlags }
+
+func (singleMode) newTrainer(_ context.Context, j *job) (trainer, error) { return newSingle(j) }
+
 func newSingle(j *job) (*single, error) {
 	if j.size() != 1 {
 		return nil, fmt.Errorf("-mode single runs as one process, not as one of %d ranks (use -mode ddp)", j.size())

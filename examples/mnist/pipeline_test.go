@@ -50,9 +50,10 @@ func TestPipelineLossCurveEqualsSingle(t *testing.T) {
 func TestPipelineOptions(t *testing.T) {
 	o, err := parseOptions([]string{"-mode", "pipeline", "-schedule", "interleaved"}, io.Discard)
 	require.NoError(t, err)
-	require.Equal(t, 2, o.chunks, "interleaved defaults to 2 stages per rank")
-	require.Equal(t, 2, o.stages)
-	require.Equal(t, 4, o.microbatches)
+	m := o.modes["pipeline"].(*pipelineMode)
+	require.Equal(t, 2, m.chunks, "interleaved defaults to 2 stages per rank")
+	require.Equal(t, 2, m.stages)
+	require.Equal(t, 4, m.microbatches)
 	for _, bad := range [][]string{
 		{"-mode", "pipeline", "-stages", "3"}, // -np 4
 		{"-mode", "pipeline", "-schedule", "zb"},

@@ -27,7 +27,7 @@ type replica struct {
 
 func newReplica(j *job) (*replica, error) {
 	o := &j.opts
-	model, err := nn.NewMLP(o.layerSizes(), o.seed)
+	model, err := nn.NewMLP(o.layers, o.seed)
 	if err != nil {
 		return nil, err
 	}

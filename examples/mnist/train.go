@@ -45,10 +45,10 @@ func (j *job) size() int {
 	return j.comm.Size()
 }
 
-// trainer is one -mode: how the ranks turn each global batch into an
-// optimizer step, and how they evaluate, save and restore the model. Each
-// mode lives in a file of its own (mode_*.go) and is chosen in newTrainer;
-// the loop around it (train) is the same for all.
+// trainer is what a -mode trains with: how the ranks turn each global
+// batch into an optimizer step, and how they evaluate, save and restore the
+// model. Each mode makes its own (modes.go); the loop around it (train) is
+// the same for all.
 type trainer interface {
 	// step trains on one global batch (indices into the training set) and
 	// returns this rank's part of the batch's summed loss.
@@ -67,22 +67,6 @@ type trainer interface {
 	save(ctx context.Context, path string, ck *checkpoint.Checkpoint) error
 	load(ctx context.Context, path string) (*checkpoint.Checkpoint, error)
 	close() error
-}
-
-func newTrainer(ctx context.Context, j *job) (trainer, error) {
-	switch j.opts.mode {
-	case "single":
-		return newSingle(j)
-	case "ddp":
-		return newDDP(ctx, j)
-	case "pipeline":
-		return newPipe(ctx, j)
-	case "ps":
-		return newPS(ctx, j)
-	case "fsdp":
-		return newFSDP(ctx, j)
-	}
-	return nil, fmt.Errorf("unknown mode %q", j.opts.mode)
 }
 
 // train runs the job: resume from a checkpoint if there is one, then the
@@ -125,7 +109,7 @@ func train(ctx context.Context, j *job) error {
 	}
 	if j.rank() == 0 {
 		fmt.Fprintf(j.log, "mnist: %s on %d rank(s), MLP %v, global batch %d, %d samples, %d epoch(s)\n",
-			o.mode, j.size(), o.layerSizes(), o.batch, n, o.epochs)
+			o.mode, j.size(), o.layers, o.batch, n, o.epochs)
 	}
 	start := time.Now()
 	for epoch := step / perEpoch; epoch < o.epochs; epoch++ {
@@ -200,7 +184,7 @@ func hashParams(params []*parallel.Param) string {
 // other's checkpoint.
 func checkpointMeta(o *options, samples int) map[string]string {
 	return map[string]string{
-		"model":     fmt.Sprint(o.layerSizes()),
+		"model":     fmt.Sprint(o.layers),
 		"batch":     strconv.Itoa(o.batch),
 		"seed":      strconv.FormatUint(o.seed, 10),
 		"samples":   strconv.Itoa(samples),

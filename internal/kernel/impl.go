@@ -10,6 +10,9 @@ type tables struct {
 	u64 [numOps]Kernel[uint64]
 	f32 [numOps]Kernel[float32]
 	f64 [numOps]Kernel[float64]
+	// divF32 and divF64 set dst[i] /= n: the last step of Avg.
+	divF32 func(dst []float32, n float32)
+	divF64 func(dst []float64, n float64)
 }
 
 func portableTables() tables {
@@ -22,6 +25,9 @@ func portableTables() tables {
 		u64: table[uint64](),
 		f32: table[float32](),
 		f64: table[float64](),
+
+		divF32: divGo[float32],
+		divF64: divGo[float64],
 	}
 }
 
@@ -80,6 +86,7 @@ func install(i impl) {
 	int32Kernels, uint32Kernels = t.i32, t.u32
 	int64Kernels, uint64Kernels = t.i64, t.u64
 	float32Kernels, float64Kernels = t.f32, t.f64
+	float32Div, float64Div = t.divF32, t.divF64
 	conv = portableConverters
 	if i.conv != nil {
 		conv = *i.conv

@@ -156,6 +156,41 @@ func BenchmarkKernel(b *testing.B) {
 	benchType[int32](b)
 	benchType[int64](b)
 	benchType[uint8](b)
+	benchDiv(b, portable.build().divF32, current.build().divF32)
+	benchDiv(b, portable.build().divF64, current.build().divF64)
+}
+
+// benchDiv measures Avg's division, dst[i] /= n, named
+// Kernel/Div-<type>/<variant>/<size>: portable (divGo, the plain loop) and
+// simd (DivFunc's).
+func benchDiv[T float32 | float64](b *testing.B, portableDiv, simdDiv func([]T, T)) {
+	variants := []struct {
+		name string
+		f    func([]T, T)
+	}{{"portable", portableDiv}}
+	if Implementation() != "portable" {
+		variants = append(variants, struct {
+			name string
+			f    func([]T, T)
+		}{"simd", simdDiv})
+	}
+	for _, v := range variants {
+		for _, sz := range benchSizes {
+			b.Run(fmt.Sprintf("Div-%s/%s/%s", TypeOf[T](), v.name, sz.name), func(b *testing.B) {
+				dst, _ := benchBufs[T](sz.bytes, Sum)
+				b.SetBytes(int64(sz.bytes))
+				b.ResetTimer()
+				// Dividing by 3 again and again would end in subnormals,
+				// whose speed differs: every other call divides by 1/3.
+				divisors := [2]T{3, 1.0 / 3}
+				i := 0
+				for b.Loop() {
+					v.f(dst, divisors[i&1])
+					i++
+				}
+			})
+		}
+	}
 }
 
 // BenchmarkConvert measures the conversions at 256 KiB of float32.

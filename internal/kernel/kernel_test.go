@@ -244,8 +244,54 @@ func TestKernelsMatchPortable(t *testing.T) {
 			checkImpl(t, r, i.name, &got.u64, &want.u64)
 			checkImpl(t, r, i.name, &got.i8, &want.i8)
 			checkImpl(t, r, i.name, &got.u8, &want.u8)
+			checkDiv(t, r, i.name, got.divF32, want.divF32)
+			checkDiv(t, r, i.name, got.divF64, want.divF64)
 		})
 	}
+}
+
+// checkDiv holds a division kernel to the portable one: the same bits for
+// every length and offset, for the divisors Avg uses (rank counts) and for
+// any divisor at all (zeros, infinities, NaNs, subnormals), with the
+// elements around dst left alone.
+func checkDiv[T float32 | float64](t *testing.T, r *rand.Rand, name string, got, want func([]T, T)) {
+	divisors := []T{1, 2, 3, 4, 5, 6, 7, 8, 12, 1000, 1 << 20}
+	for range 8 {
+		divisors = append(divisors, gen[T](r))
+	}
+	for _, n := range lengths() {
+		for _, div := range divisors {
+			off := r.IntN(8)
+			d := make([]T, off+n+guard)
+			fill(r, d)
+			lo, hi := off, off+n
+			w := append([]T(nil), d...)
+			g := append([]T(nil), d...)
+			want(w[lo:hi], div)
+			got(g[lo:hi], div)
+			where := fmt.Sprintf("%s Div-%T by %v n=%d off=%d", name, div, div, n, off)
+			sameSlices(t, g, w, "%s", where)
+			requireUntouched(t, g, d, lo, hi, where)
+		}
+	}
+}
+
+// DivFunc divides with the implementation in use, and by the int it is
+// given: 7/3 is float32(7)/float32(3), correctly rounded.
+func TestDivFuncDispatch(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 3))
+	want := current.build()
+	x := make([]float32, 1001)
+	fill(r, x)
+	g, w := append([]float32(nil), x...), append([]float32(nil), x...)
+	DivFunc[float32]()(g, 3)
+	want.divF32(w, 3)
+	require.Equal(t, Bytes(w), Bytes(g))
+	y := []float64{7, 1, math.Copysign(0, -1), math.Inf(1)}
+	DivFunc[float64]()(y, 3)
+	require.Equal(t, []float64{7.0 / 3, 1.0 / 3, math.Copysign(0, -1), math.Inf(1)}, y)
+	require.True(t, math.Signbit(y[2]))
+	require.Nil(t, DivFunc[int32]())
 }
 
 // TestDispatch checks that For hands out the kernels of the implementation in use.

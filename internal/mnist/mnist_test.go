@@ -89,3 +89,13 @@ func TestFindDataErrorNamesTheCommand(t *testing.T) {
 func TestEscapeModulePath(t *testing.T) {
 	require.Equal(t, "github.com/petar/!go!m!n!i!s!t", escapeModulePath(ModulePath))
 }
+
+func TestMLPSizes(t *testing.T) {
+	sizes, err := MLPSizes("10, 20,30")
+	require.NoError(t, err)
+	require.Equal(t, []int{Pixels, 10, 20, 30, Classes}, sizes)
+	for _, bad := range []string{"", "10,x", "0", "10,,20", "-3"} {
+		_, err := MLPSizes(bad)
+		require.Error(t, err, "%q", bad)
+	}
+}

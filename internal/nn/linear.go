@@ -51,7 +51,9 @@ func (l *Linear) Forward(x []float32, batch int) ([]float32, error) {
 	if err := checkBatch("forward", l.Weight.Name, x, batch, l.in); err != nil {
 		return nil, err
 	}
-	if err := l.checkParams(); err != nil {
+	// Forward reads only the values: a sharded training API may leave the
+	// gradients unbound (nil) until backward.
+	if err := l.checkData(); err != nil {
 		return nil, err
 	}
 	l.x, l.batch = x, batch
@@ -101,14 +103,22 @@ func (l *Linear) Backward(dy []float32, inputGrad bool, ready func(*parallel.Par
 // checkParams guards against a training API having re-pointed Data or Grad
 // to slices of the wrong length.
 func (l *Linear) checkParams() error {
-	if err := checkParam(l.Weight, l.out*l.in); err != nil {
+	if err := checkParam(l.Weight, l.out*l.in, true); err != nil {
 		return err
 	}
-	return checkParam(l.Bias, l.out)
+	return checkParam(l.Bias, l.out, true)
 }
 
-func checkParam(p *parallel.Param, n int) error {
-	if len(p.Data) != n || len(p.Grad) != n {
+// checkData is checkParams for the values alone.
+func (l *Linear) checkData() error {
+	if err := checkParam(l.Weight, l.out*l.in, false); err != nil {
+		return err
+	}
+	return checkParam(l.Bias, l.out, false)
+}
+
+func checkParam(p *parallel.Param, n int, grad bool) error {
+	if len(p.Data) != n || grad && len(p.Grad) != n {
 		return fmt.Errorf("nn: parameter %s has %d values and %d gradients, want %d", p.Name, len(p.Data), len(p.Grad), n)
 	}
 	return nil

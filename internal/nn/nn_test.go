@@ -297,12 +297,31 @@ func TestBadShapesAreErrors(t *testing.T) {
 	require.NoError(t, err)
 	_, err = m.Backward(make([]float32, 3), nil)
 	require.ErrorContains(t, err, "backward")
-	// A training API that re-points a gradient to the wrong length is caught.
+	// A training API that re-points a gradient to the wrong length is
+	// caught by backward, which writes it; forward reads only the values.
+	x := []float32{1, 2, 3, -1, 0.5, 4}
+	want, err := m.Forward(x, 2)
+	require.NoError(t, err)
+	want = append([]float32(nil), want...)
 	m.Params()[0].Grad = make([]float32, 5)
+	_, err = m.Forward(x, 2)
+	require.NoError(t, err)
 	_, err = m.Backward(make([]float32, 4), nil)
-	require.ErrorContains(t, err, "fc0.weight")
-	_, err = m.Forward(make([]float32, 6), 2)
 	require.ErrorContains(t, err, "fc0.weight has 12 values and 5 gradients")
+	// Gradients unbound (nil), as sharded training leaves them in forward:
+	// the same output; backward refuses.
+	for _, p := range m.Params() {
+		p.Grad = nil
+	}
+	got, err := m.Forward(x, 2)
+	require.NoError(t, err)
+	require.Equal(t, want, got)
+	_, err = m.Backward(make([]float32, 4), nil)
+	require.ErrorContains(t, err, "gradients, want")
+	// Values of the wrong length are caught by forward too.
+	m.Params()[1].Data = make([]float32, 3)
+	_, err = m.Forward(x, 2)
+	require.ErrorContains(t, err, "fc0.bias has 3 values and 0 gradients, want 4")
 	r, err := NewReLU(2)
 	require.NoError(t, err)
 	_, err = NewSequential(m.Layers[0], r)

@@ -3,6 +3,7 @@ package fed
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"math"
 	"math/big"
 	"math/rand/v2"
@@ -17,6 +18,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ringo-ml/ringo/internal/testlog"
 	"github.com/ringo-ml/ringo/transport"
 )
 
@@ -316,8 +318,8 @@ func TestRestartOverTLSAndQUIC(t *testing.T) {
 // never become clients; a client with the wrong token gives up with
 // ErrAuth instead of retrying.
 func TestStrangersRefused(t *testing.T) {
-	var logs logSink
-	srv := startServer(t, ServerConfig{Weights: exactWeights(4), Rounds: 1, Logger: logs.logger()})
+	var logs testlog.Buffer
+	srv := startServer(t, ServerConfig{Weights: exactWeights(4), Rounds: 1, Logger: logs.Logger(slog.LevelDebug)})
 	ctx := testContext(t)
 
 	c, err := transport.DialTCP(ctx, srv.Addr())
@@ -388,7 +390,7 @@ func TestWrongServerCertificate(t *testing.T) {
 // is exactly theirs.
 func TestBadUpdatesDropped(t *testing.T) {
 	const d = 9
-	var logs logSink
+	var logs testlog.Buffer
 	honest := []int{0, 1}
 	examples := []int{4, 4}
 	const bad = 7
@@ -396,7 +398,7 @@ func TestBadUpdatesDropped(t *testing.T) {
 		Weights:  exactWeights(d),
 		Rounds:   1,
 		Strategy: &FedAvg{MinFitClients: 2, MinAvailableClients: 2 + bad},
-		Logger:   logs.logger(),
+		Logger:   logs.Logger(slog.LevelDebug),
 	})
 	runClients(t, srv, []string{"c00", "c01"}, ClientConfig{}, func(name string) FitFunc {
 		i, _ := strconv.Atoi(name[1:])
@@ -467,14 +469,14 @@ func TestBadUpdatesDropped(t *testing.T) {
 // 2's aggregate holds its round-2 answer, not the stale one.
 func TestLateResultRefused(t *testing.T) {
 	const d = 8
-	var logs logSink
+	var logs testlog.Buffer
 	examples := []int{2, 2, 4}
 	srv := startServer(t, ServerConfig{
 		Weights:      exactWeights(d),
 		Rounds:       2,
 		Strategy:     &FedAvg{MinFitClients: 2, MinAvailableClients: 3},
 		RoundTimeout: testTimeout,
-		Logger:       logs.logger(),
+		Logger:       logs.Logger(slog.LevelDebug),
 	})
 	runClients(t, srv, []string{"c00", "c01"}, ClientConfig{}, func(name string) FitFunc {
 		i, _ := strconv.Atoi(name[1:])

@@ -41,6 +41,11 @@ func (s *Server) Run(ctx context.Context) error {
 		s.publish(RoundSummary{Round: 0, Metrics: metrics})
 	}
 	for s.round < s.cfg.Rounds {
+		// A round whose clients are all ready can finish without ever
+		// blocking on ctx: a cancelled Run must not start another.
+		if ctx.Err() != nil {
+			return s.stopped(ctx, ctx.Err())
+		}
 		if err := s.runRound(ctx, s.round+1); err != nil {
 			return s.stopped(ctx, err)
 		}

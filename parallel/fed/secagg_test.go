@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ecdh"
 	"encoding/binary"
+	"log/slog"
 	"math"
 	"math/rand/v2"
 	"runtime"
@@ -17,6 +18,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ringo-ml/ringo/internal/testlog"
 	"github.com/ringo-ml/ringo/transport"
 )
 
@@ -501,14 +503,14 @@ func TestSecureDropouts(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			var logs logSink
+			var logs testlog.Buffer
 			srv := startServer(t, ServerConfig{
 				Weights:      exactWeights(d),
 				Rounds:       1,
 				Strategy:     &firstWithAll{FedAvg: FedAvg{MinFitClients: 4}, all: 5},
 				Secure:       &SecureAggregation{},
 				RoundTimeout: 2 * time.Second,
-				Logger:       logs.logger(),
+				Logger:       logs.Logger(slog.LevelDebug),
 			})
 			runClients(t, srv, names(4), ClientConfig{}, func(name string) FitFunc {
 				i, _ := strconv.Atoi(name[1:])

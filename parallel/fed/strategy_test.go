@@ -3,6 +3,7 @@ package fed
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ringo-ml/ringo/internal/testlog"
 	"github.com/ringo-ml/ringo/parallel"
 )
 
@@ -193,8 +195,8 @@ func TestServerLifecycle(t *testing.T) {
 // TestRequireSecure: a client that requires secure aggregation refuses a
 // round in the clear, and the server drops it with its reason.
 func TestRequireSecure(t *testing.T) {
-	var logs logSink
-	srv := startServer(t, ServerConfig{Weights: exactWeights(3), Rounds: 1, MaxAttempts: 1, Strategy: &FedAvg{MinFitClients: 2}, Logger: logs.logger()})
+	var logs testlog.Buffer
+	srv := startServer(t, ServerConfig{Weights: exactWeights(3), Rounds: 1, MaxAttempts: 1, Strategy: &FedAvg{MinFitClients: 2}, Logger: logs.Logger(slog.LevelDebug)})
 	runClients(t, srv, names(2), ClientConfig{RequireSecure: true}, func(string) FitFunc { return exactFit(0, 1) })
 	require.ErrorIs(t, srv.Run(testContext(t)), ErrRoundFailed)
 	assert.Contains(t, logs.String(), "requires secure aggregation")

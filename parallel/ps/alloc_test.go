@@ -6,6 +6,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/internal/nn"
+	"github.com/ringo-ml/ringo/parallel/internal/testmodel"
 	"github.com/ringo-ml/ringo/parallel/ps"
 )
 
@@ -19,7 +20,7 @@ func TestSteadyStateStepAllocatesNothing(t *testing.T) {
 		t.Run(c.String(), func(t *testing.T) {
 			const S, W = 2, 2
 			j := startJob(t, S, W, ps.Options{Consistency: c, Optimizer: &nn.SGD{LR: 0.125, Momentum: 0.5}, ChunkBytes: 400},
-				func(int) *model { return newModel(headSizes, false) })
+				func(int) *testmodel.Model { return testmodel.New(testmodel.HeadSizes(), false) })
 			start := make([]chan struct{}, W)
 			done := make(chan error, W)
 			stop := make(chan struct{})

@@ -4,12 +4,8 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"os"
-	"os/exec"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,30 +14,28 @@ import (
 
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/internal/nn"
+	"github.com/ringo-ml/ringo/internal/testjob"
 	"github.com/ringo-ml/ringo/parallel"
 	"github.com/ringo-ml/ringo/parallel/ps"
 )
 
-// childEnv makes the test binary, re-executed, a rank of a parameter-server
-// job: "sync" (workers train until they fail) or "async-allow" (Async with
-// AllowWorkerLoss; workers pause after 5 steps until a line on stdin, then
-// take 20 more and close).
-const childEnv = "RINGO_PS_TEST_CHILD"
+// childRoles are what this test binary does when a test starts it again as
+// a rank of a parameter-server job (testjob.Start): "sync" (workers train
+// until they fail) or "async-allow" (Async with AllowWorkerLoss; workers
+// pause after 5 steps until a line on stdin, then take 20 more and close).
+var childRoles = map[string]func() int{"sync": childRole("sync"), "async-allow": childRole("async-allow")}
 
+// childServers is how many of the job's ranks serve.
 const childServers = 2
 
-// runChild runs this process as a rank if it was started as one (and then
-// exits); it reports false otherwise.
-func runChild() bool {
-	mode := os.Getenv(childEnv)
-	if mode == "" {
-		return false
+// childRole runs child in mode and exits 3 if it fails.
+func childRole(mode string) func() int {
+	return func() int {
+		if err := child(mode); err != nil {
+			return 3
+		}
+		return 0
 	}
-	if err := child(mode); err != nil {
-		os.Exit(3)
-	}
-	os.Exit(0)
-	return true
 }
 
 // failed prints the ERROR line the tests wait for the moment a call fails
@@ -111,72 +105,27 @@ func child(mode string) error {
 	}
 }
 
-// proc is one rank's process.
-type proc struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	lines chan string // stdout, line by line; closed at exit
-	log   *lockedBuffer
-}
-
 // startJobProcs starts n ranks of mode and waits until every worker says
 // "training".
-func startJobProcs(t *testing.T, n int, mode string) []*proc {
+func startJobProcs(t *testing.T, n int, mode string) *testjob.Job {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
-	procs := make([]*proc, n)
-	for r := range n {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), childEnv+"="+mode, "RINGO_TOKEN=ps-kill-test", "RINGO_TIMEOUT=60s",
-			"RINGO_RANK="+strconv.Itoa(r), "RINGO_WORLD_SIZE="+strconv.Itoa(n), "RINGO_ADDR="+addr, "GOMAXPROCS=1")
-		p := &proc{cmd: cmd, lines: make(chan string, 100), log: &lockedBuffer{}}
-		cmd.Stderr = p.log
-		stdout, err := cmd.StdoutPipe()
-		require.NoError(t, err)
-		p.stdin, err = cmd.StdinPipe()
-		require.NoError(t, err)
-		require.NoError(t, cmd.Start())
-		go func() {
-			sc := bufio.NewScanner(stdout)
-			for sc.Scan() {
-				p.lines <- sc.Text()
-			}
-			close(p.lines)
-		}()
-		procs[r] = p
-	}
-	t.Cleanup(func() {
-		for _, p := range procs {
-			_ = p.cmd.Process.Kill()
-			_ = p.cmd.Wait()
+	job := testjob.Start(t, testjob.Config{Ranks: n, Role: mode, Env: func(int) []string { return []string{"GOMAXPROCS=1"} }})
+	job.AwaitFirst(t, 60*time.Second, func(r int) string {
+		if r < childServers {
+			return ""
 		}
+		return "training"
 	})
-	deadline := time.After(60 * time.Second)
-	for r := childServers; r < n; r++ {
-		select {
-		case line := <-procs[r].lines:
-			require.Equal(t, "training", line, "rank %d: %s", r, procs[r].log)
-		case <-deadline:
-			t.Fatalf("rank %d did not start training within 60 s: %s", r, procs[r].log)
-		}
-	}
-	return procs
+	return job
 }
 
-// next returns p's next stdout line, or fails the test after wait.
-func (p *proc) next(t *testing.T, r int, wait time.Duration) string {
+// requireServing checks that every server has said it serves.
+func requireServing(t *testing.T, job *testjob.Job) {
 	t.Helper()
-	select {
-	case line, ok := <-p.lines:
-		require.True(t, ok, "rank %d exited without a word: %s", r, p.log)
-		return line
-	case <-time.After(wait):
-		t.Fatalf("rank %d said nothing for %v: %s", r, wait, p.log)
+	for r := range childServers {
+		line, _ := job.Rank(r).Next(t, time.Second)
+		require.Equal(t, "serving", line)
 	}
-	return ""
 }
 
 // A server process killed with SIGKILL makes every worker fail within 2 s,
@@ -185,13 +134,12 @@ func TestKilledServerProcessFailsEveryWorkerWithin2s(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts 5 processes")
 	}
-	procs := startJobProcs(t, 5, "sync")
+	job := startJobProcs(t, 5, "sync")
 	const victim = 1
-	killed := time.Now()
-	require.NoError(t, procs[victim].cmd.Process.Signal(syscall.SIGKILL))
-	for r := childServers; r < len(procs); r++ {
-		line := procs[r].next(t, r, 30*time.Second)
-		took := time.Since(killed)
+	killed := job.Rank(victim).Kill(t)
+	for r := childServers; r < job.Ranks(); r++ {
+		line, at := job.Rank(r).Next(t, 30*time.Second)
+		took := at.Sub(killed)
 		t.Logf("worker rank %d failed %v after the kill: %s", r, took.Round(time.Millisecond), line)
 		assert.Less(t, took, failBound, "rank %d", r)
 		assert.True(t, strings.HasPrefix(line, "ERROR: "), "rank %d: %s", r, line)
@@ -206,19 +154,16 @@ func TestKilledWorkerProcessFailsEveryServerUnderSync(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts 5 processes")
 	}
-	procs := startJobProcs(t, 5, "sync")
+	job := startJobProcs(t, 5, "sync")
 	const victim = 3 // worker 1
-	for r := range childServers {
-		require.Equal(t, "serving", procs[r].next(t, r, time.Second))
-	}
-	killed := time.Now()
-	require.NoError(t, procs[victim].cmd.Process.Signal(syscall.SIGKILL))
-	for r, p := range procs {
+	requireServing(t, job)
+	killed := job.Rank(victim).Kill(t)
+	for r := range job.Ranks() {
 		if r == victim {
 			continue
 		}
-		line := p.next(t, r, 30*time.Second)
-		took := time.Since(killed)
+		line, at := job.Rank(r).Next(t, 30*time.Second)
+		took := at.Sub(killed)
 		t.Logf("rank %d failed %v after the kill: %s", r, took.Round(time.Millisecond), line)
 		assert.Less(t, took, failBound, "rank %d", r)
 		assert.True(t, strings.HasPrefix(line, "ERROR: "), "rank %d: %s", r, line)
@@ -233,30 +178,31 @@ func TestKilledWorkerProcessIsSurvivableWithAllowWorkerLoss(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts 5 processes")
 	}
-	procs := startJobProcs(t, 5, "async-allow")
+	job := startJobProcs(t, 5, "async-allow")
 	const victim = 3
-	for r := range childServers {
-		require.Equal(t, "serving", procs[r].next(t, r, time.Second))
-	}
-	require.NoError(t, procs[victim].cmd.Process.Signal(syscall.SIGKILL))
-	for r := childServers; r < len(procs); r++ {
+	requireServing(t, job)
+	job.Rank(victim).Kill(t)
+	for r := childServers; r < job.Ranks(); r++ {
 		if r != victim {
-			_, err := io.WriteString(procs[r].stdin, "go\n")
+			_, err := io.WriteString(job.Rank(r).Stdin(), "go\n")
 			require.NoError(t, err)
 		}
 	}
-	for r, p := range procs {
+	for r := range job.Ranks() {
 		if r == victim {
 			continue
 		}
+		rank := job.Rank(r)
 		want := "DONE clock=25"
 		if r < childServers {
 			want = "SERVED lost=[1]"
 		}
-		assert.Equal(t, want, p.next(t, r, 30*time.Second), "rank %d: %s", r, p.log)
-		require.NoError(t, p.cmd.Wait(), "rank %d", r)
+		line, _ := rank.Next(t, 30*time.Second)
+		assert.Equal(t, want, line, "rank %d: %s", r, rank.Output())
+		_, err := rank.Exit(t, 30*time.Second)
+		require.NoError(t, err, "rank %d", r)
 		if r < childServers {
-			assert.Contains(t, p.log.String(), "lost a worker", "rank %d logs the loss", r)
+			assert.Contains(t, rank.Output(), "lost a worker", "rank %d logs the loss", r)
 		}
 	}
 }

@@ -11,7 +11,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/internal/nn"
+	"github.com/ringo-ml/ringo/internal/testjob"
 	"github.com/ringo-ml/ringo/parallel"
+	"github.com/ringo-ml/ringo/parallel/internal/testmodel"
 	"github.com/ringo-ml/ringo/parallel/ps"
 )
 
@@ -33,7 +35,7 @@ func TestBoundedStalenessHoldsFastWorkersWithinSClocks(t *testing.T) {
 		t.Run(fmt.Sprintf("s=%d", s), func(t *testing.T) {
 			const S, W, slowPushes = 2, 3, 4
 			j := startJob(t, S, W, ps.Options{Consistency: ps.BoundedStaleness(s), Optimizer: &nn.SGD{LR: 0.125}, ChunkBytes: 400},
-				func(int) *model { return newModel(headSizes, false) })
+				func(int) *testmodel.Model { return testmodel.New(testmodel.HeadSizes(), false) })
 			var slowIssued atomic.Int64
 			gate := make(chan struct{})
 			records := make(chan pullRecord, 100)
@@ -43,7 +45,7 @@ func TestBoundedStalenessHoldsFastWorkersWithinSClocks(t *testing.T) {
 				w := j.workers[0]
 				for k := range slowPushes {
 					<-gate
-					j.models[0].backward(k*perWorker, perWorker, 1)
+					j.models[0].Backward(k*perWorker, perWorker, 1, nil)
 					slowIssued.Add(1)
 					if err := w.Push(ctx).Wait(); err != nil {
 						errs <- err
@@ -61,7 +63,7 @@ func TestBoundedStalenessHoldsFastWorkersWithinSClocks(t *testing.T) {
 							return
 						}
 						records <- pullRecord{worker: f, clock: c, slowIssued: int(slowIssued.Load()), reported: w.Status().Clocks[0]}
-						m.backward((c*W+f)*perWorker, perWorker, 1)
+						m.Backward((c*W+f)*perWorker, perWorker, 1, nil)
 						if err := w.Push(ctx).Wait(); err != nil {
 							errs <- err
 							return
@@ -117,24 +119,24 @@ func TestBoundedStalenessHoldsFastWorkersWithinSClocks(t *testing.T) {
 func TestAsyncAppliesEveryPushOnArrival(t *testing.T) {
 	const S, W = 2, 2
 	opt := &nn.SGD{LR: 0.125}
-	j := startJob(t, S, W, ps.Options{Consistency: ps.Async, Optimizer: opt, ChunkBytes: 400}, func(int) *model { return newModel(headSizes, false) })
+	j := startJob(t, S, W, ps.Options{Consistency: ps.Async, Optimizer: opt, ChunkBytes: 400}, func(int) *testmodel.Model { return testmodel.New(testmodel.HeadSizes(), false) })
 	// Worker 0 alone: three steps; its values are what one process
 	// applying the same gradients computes.
-	ref := newModel(headSizes, false)
+	ref := testmodel.New(testmodel.HeadSizes(), false)
 	m := j.models[0]
 	for step := range 3 {
-		m.backward(step*perWorker, perWorker, 1)
-		ref.backward(step*perWorker, perWorker, 1)
+		m.Backward(step*perWorker, perWorker, 1, nil)
+		ref.Backward(step*perWorker, perWorker, 1, nil)
 		require.NoError(t, j.workers[0].PushPull(ctx).Wait())
-		for _, p := range ref.params {
+		for _, p := range ref.Params {
 			require.NoError(t, opt.Update(step+1, p.Data, p.Grad, nil))
 		}
-		require.NoError(t, sameBits(m.params, ref.params), "step %d", step)
+		require.NoError(t, testmodel.SameBits(m.Params, ref.Params), "step %d", step)
 	}
 	assert.Equal(t, 3, j.servers[0].Status().Updates)
 	// Worker 1, still at clock 0, pulls those values too.
 	require.NoError(t, j.workers[1].Pull(ctx).Wait())
-	require.NoError(t, sameBits(j.models[1].params, ref.params))
+	require.NoError(t, testmodel.SameBits(j.models[1].Params, ref.Params))
 	assert.Equal(t, []int{3, 0}, j.workers[1].Status().Clocks)
 	for srv, err := range j.finish() {
 		require.NoError(t, err, "server %d", srv)
@@ -182,7 +184,7 @@ func TestAsyncTrainingConverges(t *testing.T) {
 	// others' first pushes).
 	before := loss(newRegression())
 	servers := make([]*ps.Server, S)
-	requireAllOK(t, each(S+W, func(r int) error {
+	testjob.RequireAllOK(t, testjob.Each(S+W, func(r int) error {
 		if r < S {
 			srv, err := ps.NewServer(ctx, comms[r], newRegression(), opts)
 			if err != nil {

@@ -1,10 +1,8 @@
 package ps_test
 
 import (
-	"bytes"
 	"errors"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,7 +11,10 @@ import (
 
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/internal/nn"
+	"github.com/ringo-ml/ringo/internal/testjob"
+	"github.com/ringo-ml/ringo/internal/testlog"
 	"github.com/ringo-ml/ringo/parallel"
+	"github.com/ringo-ml/ringo/parallel/internal/testmodel"
 	"github.com/ringo-ml/ringo/parallel/ps"
 )
 
@@ -25,7 +26,7 @@ const failBound = 2 * time.Second
 // train runs steps of PushPull on worker w.
 func (j *job) train(w, from, steps int) error {
 	for step := from; step < from+steps; step++ {
-		j.models[w].backward((step*len(j.workers)+w)*perWorker, perWorker, 1)
+		j.models[w].Backward((step*len(j.workers)+w)*perWorker, perWorker, 1, nil)
 		if err := j.workers[w].PushPull(ctx).Wait(); err != nil {
 			return err
 		}
@@ -39,8 +40,8 @@ func (j *job) train(w, from, steps int) error {
 func TestSyncWorkerLostFailsEveryServerAndWorkerNamingIt(t *testing.T) {
 	const S, W, victim = 2, 3, 1
 	j := startJob(t, S, W, ps.Options{Consistency: ps.Sync, Optimizer: &nn.SGD{LR: 0.125}},
-		func(int) *model { return newModel(headSizes, false) })
-	requireAllOK(t, each(W, func(w int) error { return j.train(w, 0, 2) }))
+		func(int) *testmodel.Model { return testmodel.New(testmodel.HeadSizes(), false) })
+	testjob.RequireAllOK(t, testjob.Each(W, func(w int) error { return j.train(w, 0, 2) }))
 	// Step 3: the others push and wait for the victim, which crashes.
 	errs := make(chan error, W)
 	for w := range W {
@@ -80,24 +81,6 @@ func TestSyncWorkerLostFailsEveryServerAndWorkerNamingIt(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a log sink safe for concurrent writers.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // Under Async and BoundedStaleness with AllowWorkerLoss, a lost worker is
 // logged and reported in Status, and the others train on: under SSP the
 // lost worker's clock no longer holds them back. Serve ends cleanly when
@@ -106,16 +89,16 @@ func TestWorkerLossIsSurvivableWithAllowWorkerLoss(t *testing.T) {
 	for _, c := range []ps.Consistency{ps.Async, ps.BoundedStaleness(1)} {
 		t.Run(c.String(), func(t *testing.T) {
 			const S, W, victim = 2, 3, 1
-			logs := &lockedBuffer{}
+			var logs testlog.Buffer
 			j := startJob(t, S, W, ps.Options{Consistency: c, Optimizer: &nn.SGD{LR: 0.125}, AllowWorkerLoss: true,
-				Logger: slog.New(slog.NewTextHandler(logs, nil))}, func(int) *model { return newModel(headSizes, false) })
-			requireAllOK(t, each(W, func(w int) error { return j.train(w, 0, 2) }))
+				Logger: logs.Logger(slog.LevelInfo)}, func(int) *testmodel.Model { return testmodel.New(testmodel.HeadSizes(), false) })
+			testjob.RequireAllOK(t, testjob.Each(W, func(w int) error { return j.train(w, 0, 2) }))
 			j.workers[victim].Crash(errors.New("test: worker crashed"))
 			require.Eventually(t, func() bool {
 				return len(j.servers[0].Status().Lost) == 1 && len(j.servers[1].Status().Lost) == 1
 			}, testTimeout, time.Millisecond)
 			// The survivors go 10 steps past the victim's clock (2).
-			requireAllOK(t, each(W, func(w int) error {
+			testjob.RequireAllOK(t, testjob.Each(W, func(w int) error {
 				if w == victim {
 					return nil
 				}
@@ -138,8 +121,8 @@ func TestWorkerLossIsSurvivableWithAllowWorkerLoss(t *testing.T) {
 func TestAsyncWorkerLostFailsWithoutAllowWorkerLoss(t *testing.T) {
 	const S, W, victim = 1, 2, 0
 	j := startJob(t, S, W, ps.Options{Consistency: ps.Async, Optimizer: &nn.SGD{LR: 0.125}},
-		func(int) *model { return newModel(headSizes, false) })
-	requireAllOK(t, each(W, func(w int) error { return j.train(w, 0, 2) }))
+		func(int) *testmodel.Model { return testmodel.New(testmodel.HeadSizes(), false) })
+	testjob.RequireAllOK(t, testjob.Each(W, func(w int) error { return j.train(w, 0, 2) }))
 	j.workers[victim].Crash(errors.New("test: worker crashed"))
 	err := <-j.serve
 	var we *ps.WorkerError
@@ -158,11 +141,11 @@ func TestAsyncWorkerLostFailsWithoutAllowWorkerLoss(t *testing.T) {
 func TestLostServerFailsEveryWorkerNamingIt(t *testing.T) {
 	const S, W = 3, 3
 	j := startJob(t, S, W, ps.Options{Consistency: ps.Sync, Optimizer: &nn.SGD{LR: 0.125}},
-		func(int) *model { return newModel(headSizes, false) })
-	requireAllOK(t, each(W, func(w int) error { return j.train(w, 0, 2) }))
+		func(int) *testmodel.Model { return testmodel.New(testmodel.HeadSizes(), false) })
+	testjob.RequireAllOK(t, testjob.Each(W, func(w int) error { return j.train(w, 0, 2) }))
 	stopped := time.Now()
 	require.NoError(t, j.servers[1].Close())
-	for w, err := range each(W, func(w int) error { return j.train(w, 2, 1) }) {
+	for w, err := range testjob.Each(W, func(w int) error { return j.train(w, 2, 1) }) {
 		assert.Less(t, time.Since(stopped), failBound)
 		var se *ps.ServerError
 		require.ErrorAs(t, err, &se, "worker %d", w)
@@ -206,26 +189,26 @@ func TestSetupErrorsFailEveryRank(t *testing.T) {
 			return o
 		}, want: collective.ErrMismatch, culprit: 2, says: "Options.Consistency differs"},
 		{name: "other parameter", params: func(r int) []*parallel.Param {
-			m := newModel(headSizes, false)
+			m := testmodel.New(testmodel.HeadSizes(), false)
 			if r == 1 {
-				m.params[3].Data = m.params[3].Data[:0]
-				m.params[3].Grad = m.params[3].Grad[:0]
+				m.Params[3].Data = m.Params[3].Data[:0]
+				m.Params[3].Grad = m.Params[3].Grad[:0]
 			}
-			return m.params
+			return m.Params
 		}, want: collective.ErrMismatch, culprit: 1, says: `parameter #3 is "head1.b" (0 values); rank 0's is "head1.b" (1 values)`},
 		{name: "gradients missing", params: func(r int) []*parallel.Param {
-			m := newModel(headSizes, false)
+			m := testmodel.New(testmodel.HeadSizes(), false)
 			if r == 2 {
-				m.params[0].Grad = nil
+				m.Params[0].Grad = nil
 			}
-			return m.params
+			return m.Params
 		}, want: collective.ErrInvalid, culprit: 2, says: `"head0.w" has 1 values but 0 gradients`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			comms := local(t, 3)
-			errs := each(3, func(r int) error {
-				opts, params, server := good, newModel(headSizes, false).params, r < 1
+			errs := testjob.Each(3, func(r int) error {
+				opts, params, server := good, testmodel.New(testmodel.HeadSizes(), false).Params, r < 1
 				if tc.opts != nil {
 					opts = tc.opts(r)
 				}
@@ -258,7 +241,7 @@ func TestSetupErrorsFailEveryRank(t *testing.T) {
 
 // Calls on a closed worker fail with ErrClosed; Close is idempotent.
 func TestClosedWorkerRefusesCalls(t *testing.T) {
-	j := startJob(t, 1, 1, ps.Options{Consistency: ps.Sync, Optimizer: &nn.SGD{LR: 1}}, func(int) *model { return newModel(headSizes, false) })
+	j := startJob(t, 1, 1, ps.Options{Consistency: ps.Sync, Optimizer: &nn.SGD{LR: 1}}, func(int) *testmodel.Model { return testmodel.New(testmodel.HeadSizes(), false) })
 	require.NoError(t, j.workers[0].Close())
 	require.NoError(t, j.workers[0].Close())
 	require.ErrorIs(t, j.workers[0].Push(ctx).Wait(), ps.ErrClosed)

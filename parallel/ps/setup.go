@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/rankdesc"
 	"github.com/ringo-ml/ringo/parallel"
 )
 
@@ -71,17 +72,9 @@ func setup(ctx context.Context, world *collective.Comm, params []*parallel.Param
 	if localErr != nil {
 		verdict = invalid
 	}
-	// Rank 0's description: its length, then its bytes.
 	desc := describe(opts, params)
-	n := []int64{int64(len(desc))}
-	if err := collective.Broadcast(ctx, world, n, 0); err != nil {
-		return nil, fmt.Errorf("ps: setup: %w", err)
-	}
-	theirs := desc
-	if world.Rank() != 0 {
-		theirs = make([]byte, n[0])
-	}
-	if err := collective.Broadcast(ctx, world, theirs, 0); err != nil {
+	theirs := desc // rank 0's, once broadcast
+	if err := rankdesc.Broadcast(ctx, world, &theirs); err != nil {
 		return nil, fmt.Errorf("ps: setup: %w", err)
 	}
 	if verdict == agreed && string(theirs) != string(desc) {

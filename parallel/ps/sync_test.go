@@ -8,7 +8,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/internal/nn"
+	"github.com/ringo-ml/ringo/internal/testjob"
 	"github.com/ringo-ml/ringo/parallel"
+	"github.com/ringo-ml/ringo/parallel/internal/testmodel"
 	"github.com/ringo-ml/ringo/parallel/ps"
 )
 
@@ -29,21 +31,21 @@ var optimizers = []struct {
 func trainDP(t *testing.T, W, steps int, newOpt func() nn.Optimizer) []*parallel.Param {
 	t.Helper()
 	comms := local(t, W)
-	models := make([]*model, W)
-	requireAllOK(t, each(W, func(r int) error {
-		m := newModel(headSizes, r != 0)
+	models := make([]*testmodel.Model, W)
+	testjob.RequireAllOK(t, testjob.Each(W, func(r int) error {
+		m := testmodel.New(testmodel.HeadSizes(), r != 0)
 		models[r] = m
-		dp, err := parallel.NewDataParallel(ctx, comms[r], m.params, parallel.DataParallelOptions{})
+		dp, err := parallel.NewDataParallel(ctx, comms[r], m.Params, parallel.DataParallelOptions{})
 		if err != nil {
 			return err
 		}
 		defer dp.Close()
-		opt, err := nn.NewParamOptimizer(newOpt(), m.params)
+		opt, err := nn.NewParamOptimizer(newOpt(), m.Params)
 		if err != nil {
 			return err
 		}
 		for step := range steps {
-			m.backward((step*W+r)*perWorker, perWorker, 1)
+			m.Backward((step*W+r)*perWorker, perWorker, 1, nil)
 			if err := dp.Sync(ctx); err != nil {
 				return err
 			}
@@ -54,20 +56,20 @@ func trainDP(t *testing.T, W, steps int, newOpt func() nn.Optimizer) []*parallel
 		return nil
 	}))
 	for r := 1; r < W; r++ {
-		require.NoError(t, sameBits(models[r].params, models[0].params), "DataParallel rank %d", r)
+		require.NoError(t, testmodel.SameBits(models[r].Params, models[0].Params), "DataParallel rank %d", r)
 	}
-	return models[0].params
+	return models[0].Params
 }
 
 // trainPS trains the same way with S servers and W workers under Sync.
 func trainPS(t *testing.T, S, W, steps, chunkBytes int, newOpt func() nn.Optimizer, push func(*ps.Worker) error) *job {
 	t.Helper()
-	j := startJob(t, S, W, ps.Options{Consistency: ps.Sync, Optimizer: newOpt(), ChunkBytes: chunkBytes}, func(w int) *model {
-		return newModel(headSizes, w != 0) // the first worker's values must reach everyone
+	j := startJob(t, S, W, ps.Options{Consistency: ps.Sync, Optimizer: newOpt(), ChunkBytes: chunkBytes}, func(w int) *testmodel.Model {
+		return testmodel.New(testmodel.HeadSizes(), w != 0) // the first worker's values must reach everyone
 	})
-	requireAllOK(t, each(W, func(w int) error {
+	testjob.RequireAllOK(t, testjob.Each(W, func(w int) error {
 		for step := range steps {
-			j.models[w].backward((step*W+w)*perWorker, perWorker, 1)
+			j.models[w].Backward((step*W+w)*perWorker, perWorker, 1, nil)
 			if err := push(j.workers[w]); err != nil {
 				return err
 			}
@@ -100,7 +102,7 @@ func TestSyncEqualsDataParallelBitwise(t *testing.T) {
 					t.Run(fmt.Sprintf("%s/S=%d/W=%d/%d/chunk=%d", opt.name, S, W, i, chunk), func(t *testing.T) {
 						j := trainPS(t, S, W, steps, chunk, opt.new, push)
 						for w, m := range j.models {
-							require.NoError(t, sameBits(m.params, want), "worker %d", w)
+							require.NoError(t, testmodel.SameBits(m.Params, want), "worker %d", w)
 						}
 						for w, wk := range j.workers {
 							assert.Equal(t, steps, wk.Clock())
@@ -126,7 +128,7 @@ func TestSyncEqualsDataParallelBitwise(t *testing.T) {
 			}
 		}
 		// The training moved the parameters: the comparison is not vacuous.
-		require.Error(t, sameBits(trainDP(t, 2, steps, opt.new), newModel(headSizes, false).params))
+		require.Error(t, testmodel.SameBits(trainDP(t, 2, steps, opt.new), testmodel.New(testmodel.HeadSizes(), false).Params))
 	}
 }
 
@@ -143,7 +145,7 @@ func repeat(v, n int) []int {
 func TestServersHoldTheirSlices(t *testing.T) {
 	const S, W = 3, 2
 	j := trainPS(t, S, W, 3, 40, optimizers[0].new, func(w *ps.Worker) error { return w.PushPull(ctx).Wait() })
-	want := j.models[0].params
+	want := j.models[0].Params
 	for s, srv := range j.servers {
 		var vals []float32
 		n := 0
@@ -163,7 +165,7 @@ func TestServersHoldTheirSlices(t *testing.T) {
 }
 
 func TestLayoutBalancesAndCoversEveryElementOnce(t *testing.T) {
-	params := newModel(headSizes, false).params // 1048 elements
+	params := testmodel.New(testmodel.HeadSizes(), false).Params // 1048 elements
 	total := 0
 	for _, p := range params {
 		total += len(p.Data)

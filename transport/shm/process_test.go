@@ -1,41 +1,35 @@
 package shm_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ringo-ml/ringo/internal/testjob"
 	"github.com/ringo-ml/ringo/transport"
 	"github.com/ringo-ml/ringo/transport/shm"
 )
 
-const (
-	childEnv = "RINGO_SHM_TEST_CHILD"
-	addrEnv  = "RINGO_SHM_TEST_ADDR"
-)
+// addrEnv tells the "echo" child (testjob.Start) where rank 0's control
+// mesh listens.
+const addrEnv = "RINGO_SHM_TEST_ADDR"
 
-// runChild runs this test binary's body as rank 1 of a pair when it was
-// started so (by TestKilledPeerIsSeenAtOnce), and reports whether it was.
-func runChild() bool {
-	if os.Getenv(childEnv) == "" {
-		return false
-	}
+// childRoles are what this test binary does when a test starts it again.
+var childRoles = map[string]func() int{"echo": echoChild}
+
+// echoChild runs child as rank 1 of a pair.
+func echoChild() int {
 	if err := child(os.Getenv(addrEnv)); err != nil {
 		fmt.Fprintln(os.Stderr, "child:", err)
-		os.Exit(1)
+		return 1
 	}
-	os.Exit(0)
-	return true
+	return 0
 }
 
 // child connects to rank 0 at addr, says "ready" and echoes what it reads
@@ -78,21 +72,14 @@ func TestKilledPeerIsSeenAtOnce(t *testing.T) {
 	c := shm.Over(0, m, shm.Options{})
 	defer c.Close()
 
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=1", addrEnv+"="+m.Endpoint().Addr)
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	require.NoError(t, cmd.Start())
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	echo := testjob.Start(t, testjob.Config{Ranks: 1, Role: "echo",
+		Env: func(int) []string { return []string{addrEnv + "=" + m.Endpoint().Addr} }}).Rank(0)
 
 	s, err := c.Connect(ctx, 1, 1)
-	require.NoError(t, err, stderr.String())
+	require.NoError(t, err, echo.Output())
 	defer s.Close()
-	line, err := bufio.NewReader(out).ReadString('\n')
-	require.NoError(t, err, stderr.String())
-	require.Equal(t, "ready\n", line)
+	line, _ := echo.Next(t, testTimeout)
+	require.Equal(t, "ready", line)
 	_, err = s.Write([]byte("echo"))
 	require.NoError(t, err)
 	got := make([]byte, 4)
@@ -105,8 +92,7 @@ func TestKilledPeerIsSeenAtOnce(t *testing.T) {
 		_, err := s.Read(got)
 		read <- err
 	}()
-	killed := time.Now()
-	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+	killed := echo.Kill(t)
 	select {
 	case err := <-read:
 		require.ErrorIs(t, err, io.EOF)
@@ -118,5 +104,5 @@ func TestKilledPeerIsSeenAtOnce(t *testing.T) {
 	_, err = s.Write([]byte("x"))
 	require.Error(t, err)
 	assert.Equal(t, before, segments(t))
-	assert.Empty(t, segments(t, cmd.Process.Pid), "the killed process's")
+	assert.Empty(t, segments(t, echo.Pid()), "the killed process's")
 }

@@ -16,14 +16,13 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/ringo-ml/ringo/internal/testjob"
 	"github.com/ringo-ml/ringo/transport"
 	"github.com/ringo-ml/ringo/transport/shm"
 )
 
 func TestMain(m *testing.M) {
-	if runChild() {
-		return
-	}
+	testjob.RunRank(childRoles)
 	goleak.VerifyTestMain(m)
 }
 

@@ -98,11 +98,14 @@ func AllToAll[T link.Elem](rank, size int, links []link.Link, send, recv []T) er
 // concatenation of blocks of counts[0], counts[1], ... elements, and send is
 // this rank's block.
 func AllGatherV[T link.Elem](rank, size int, links []link.Link, send []T, counts []int, recv []T) error {
-	offs := offsets(counts)
-	copy(recv[offs[rank]:offs[rank+1]], send)
+	from := walkFrom(counts, rank)
+	lo, hi := from.block()
+	copy(recv[lo:hi], send)
 	for k := 1; k < size; k++ {
-		to, from := (rank+k)%size, (rank-k+size)%size
-		if err := xfer.SendRecv(links[to], send, links[from], recv[offs[from]:offs[from+1]]); err != nil {
+		to := (rank + k) % size
+		from.prev() // rank-k
+		lo, hi := from.block()
+		if err := xfer.SendRecv(links[to], send, links[from.p], recv[lo:hi]); err != nil {
 			return err
 		}
 	}
@@ -113,22 +116,60 @@ func AllGatherV[T link.Elem](rank, size int, links []link.Link, send []T, counts
 // sendCounts[p] elements for each rank p in turn, recv receives
 // recvCounts[p] from each rank p in turn.
 func AllToAllV[T link.Elem](rank, size int, links []link.Link, send []T, sendCounts []int, recv []T, recvCounts []int) error {
-	so, ro := offsets(sendCounts), offsets(recvCounts)
-	copy(recv[ro[rank]:ro[rank+1]], send[so[rank]:so[rank+1]])
+	to, from := walkFrom(sendCounts, rank), walkFrom(recvCounts, rank)
+	slo, shi := to.block()
+	rlo, rhi := from.block()
+	copy(recv[rlo:rhi], send[slo:shi])
 	for k := 1; k < size; k++ {
-		to, from := (rank+k)%size, (rank-k+size)%size
-		if err := xfer.SendRecv(links[to], send[so[to]:so[to+1]], links[from], recv[ro[from]:ro[from+1]]); err != nil {
+		to.next()   // rank+k
+		from.prev() // rank-k
+		slo, shi := to.block()
+		rlo, rhi := from.block()
+		if err := xfer.SendRecv(links[to.p], send[slo:shi], links[from.p], recv[rlo:rhi]); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// offsets returns the prefix sums of counts: block p is [offs[p], offs[p+1]).
-func offsets(counts []int) []int {
-	offs := make([]int, len(counts)+1)
-	for i, c := range counts {
-		offs[i+1] = offs[i] + c
+// blockWalk steps through the blocks of a count list (block p is
+// counts[p] elements, after those of the blocks before it) in the order
+// the pairwise exchange visits them, rank+1, rank+2, ... (next) or rank-1,
+// rank-2, ... (prev), wrapping around, keeping the current block's offset
+// as it goes: the exchanges find every block in O(1) a step without a
+// table of offsets, so a call allocates nothing.
+type blockWalk struct {
+	counts []int
+	p      int // the current block
+	lo     int // its offset
+	total  int // the sum of the counts
+}
+
+func walkFrom(counts []int, p int) blockWalk {
+	w := blockWalk{counts: counts, p: p}
+	for q, n := range counts {
+		if q < p {
+			w.lo += n
+		}
+		w.total += n
 	}
-	return offs
+	return w
+}
+
+// block is the current block's [lo, hi).
+func (w *blockWalk) block() (lo, hi int) { return w.lo, w.lo + w.counts[w.p] }
+
+func (w *blockWalk) next() {
+	w.lo += w.counts[w.p]
+	if w.p++; w.p == len(w.counts) {
+		w.p, w.lo = 0, 0
+	}
+}
+
+func (w *blockWalk) prev() {
+	if w.p == 0 {
+		w.p, w.lo = len(w.counts), w.total
+	}
+	w.p--
+	w.lo -= w.counts[w.p]
 }

@@ -3,12 +3,12 @@ package direct
 import (
 	"errors"
 	"fmt"
-	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/internal/linktest"
+	"github.com/ringo-ml/ringo/internal/testjob"
 	"github.com/ringo-ml/ringo/internal/xfer"
 )
 
@@ -45,16 +45,7 @@ func byteBlock(from, to, n int) []uint8 {
 func onRanks(t *testing.T, ends [][]*linktest.Chan, name string, fn func(rank int) error) {
 	t.Helper()
 	n := len(ends)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for r := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[r] = fn(r)
-		}()
-	}
-	wg.Wait()
+	errs := testjob.Each(n, fn)
 	for r := range n {
 		require.NoError(t, errs[r], "%s: rank %d", name, r)
 		for p, e := range ends[r] {
@@ -282,9 +273,34 @@ func TestVCollectives(t *testing.T) {
 	}
 }
 
-func TestOffsets(t *testing.T) {
-	require.Equal(t, []int{0}, offsets(nil))
-	require.Equal(t, []int{0, 3, 3, 4}, offsets([]int{3, 0, 1}))
+// offsets returns the prefix sums of counts: block p is [offs[p], offs[p+1]).
+func offsets(counts []int) []int {
+	offs := make([]int, len(counts)+1)
+	for i, c := range counts {
+		offs[i+1] = offs[i] + c
+	}
+	return offs
+}
+
+// A walk from any block, either way, finds every block where the prefix
+// sums put it, wrapping around, over counts with zeros at either end.
+func TestBlockWalk(t *testing.T) {
+	for _, counts := range [][]int{{5}, {0}, {3, 0, 1}, {0, 2, 0, 7, 0}, {1, 1, 1, 1, 1, 1}} {
+		offs := offsets(counts)
+		n := len(counts)
+		for start := range n {
+			fwd, bwd := walkFrom(counts, start), walkFrom(counts, start)
+			for k := range 2*n + 1 {
+				p, q := (start+k)%n, ((start-k)%n+n)%n
+				lo, hi := fwd.block()
+				require.Equal(t, [3]int{p, offs[p], offs[p+1]}, [3]int{fwd.p, lo, hi}, "counts %v from %d, %d steps forward", counts, start, k)
+				lo, hi = bwd.block()
+				require.Equal(t, [3]int{q, offs[q], offs[q+1]}, [3]int{bwd.p, lo, hi}, "counts %v from %d, %d steps back", counts, start, k)
+				fwd.next()
+				bwd.prev()
+			}
+		}
+	}
 }
 
 // The element type reaches the wire as its bytes: int64 blocks arrive whole.

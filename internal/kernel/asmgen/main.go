@@ -10,6 +10,12 @@
 // a with a vector of b. The AVX-512 functions run a zmm loop first and then
 // the same ymm and one-element loops as the AVX2 ones; every function ends
 // with VZEROUPPER. Simple one-instruction ops take b as a memory operand.
+//
+// It also writes the division that ends Avg, dst[i] /= n for float32 and
+// float64, on the same skeleton: VDIVPS and VDIVPD round each lane as the
+// scalar division does (IEEE 754, under the same MXCSR), so the results
+// are the portable loop's bit for bit. Division it stays: multiplying by
+// 1/n would round twice and change bits.
 package main
 
 import (
@@ -246,6 +252,79 @@ var kernels = []kernel{
 	{op: "Max", t: u8, levels: both, inst: "VPMAXUB"},
 }
 
+// divKernel is the in-place division of a float type by a broadcast
+// scalar.
+type divKernel struct {
+	t     elem
+	bcast string // VBROADCASTSS, VBROADCASTSD: the divisor into every lane
+	div   string // VDIVPS, VDIVPD
+	mov   string // VMOVSS, VMOVSD: one element, for the tail
+	scal  string // VDIVSS, VDIVSD
+}
+
+var divKernels = []divKernel{
+	{f32, "VBROADCASTSS", "VDIVPS", "VMOVSS", "VDIVSS"},
+	{f64, "VBROADCASTSD", "VDIVPD", "VMOVSD", "VDIVSD"},
+}
+
+// regDivisor holds the divisor in every lane.
+const regDivisor = 15
+
+func divName(k divKernel, l level) string { return "div" + k.t.name + l.name }
+
+// divLoop emits a loop that divides `vecs` vectors of class w in place per
+// iteration.
+func (a *asm) divLoop(k divKernel, w string, vecs int, label, next string) {
+	vbytes := map[string]int{"Y": 32, "Z": 64}[w]
+	step := vecs * vbytes / k.t.size
+	a.ins("CMPQ CX, $%d", step)
+	a.ins("JB %s", next)
+	a.label(label)
+	for v := 0; v < vecs; v++ {
+		a.ins("VMOVUPS %d(DI), %s", v*vbytes, r(w, regA+v))
+	}
+	for v := 0; v < vecs; v++ {
+		a.ins("%s %s, %s, %s", k.div, r(w, regDivisor), r(w, regA+v), r(w, regA+v))
+	}
+	for v := 0; v < vecs; v++ {
+		a.ins("VMOVUPS %s, %d(DI)", r(w, regA+v), v*vbytes)
+	}
+	a.ins("ADDQ $%d, DI", vecs*vbytes)
+	a.ins("SUBQ $%d, CX", step)
+	a.ins("CMPQ CX, $%d", step)
+	a.ins("JAE %s", label)
+}
+
+func (a *asm) divFunction(k divKernel, l level) {
+	name := divName(k, l)
+	fmt.Fprintf(a, "// func %s(dst []%s, n %s)\n", name, k.t.goType, k.t.goType)
+	fmt.Fprintf(a, "TEXT ·%s(SB), NOSPLIT, $0-%d\n", name, 24+k.t.size)
+	a.ins("MOVQ dst_base+0(FP), DI")
+	a.ins("MOVQ dst_len+8(FP), CX")
+	a.ins("%s n+24(FP), %s", k.bcast, r(l.reg, regDivisor))
+	if l == avx512 {
+		a.divLoop(k, "Z", unroll, "loopZ4", "tailY4")
+		a.label("tailY4")
+	}
+	a.divLoop(k, "Y", unroll, "loopY4", "tailY1")
+	a.label("tailY1")
+	a.divLoop(k, "Y", 1, "loopY1", "tail1")
+	a.label("tail1")
+	a.ins("TESTQ CX, CX")
+	a.ins("JZ done")
+	a.label("loop1")
+	a.ins("%s (DI), X%d", k.mov, regA)
+	a.ins("%s X%d, X%d, X%d", k.scal, regDivisor, regA, regA)
+	a.ins("%s X%d, (DI)", k.mov, regA)
+	a.ins("ADDQ $%d, DI", k.t.size)
+	a.ins("DECQ CX")
+	a.ins("JNZ loop1")
+	a.label("done")
+	a.ins("VZEROUPPER")
+	a.ins("RET")
+	a.WriteString("\n")
+}
+
 func funcName(k kernel, l level) string {
 	return strings.ToLower(k.op) + "To" + k.t.name + l.name
 }
@@ -399,6 +478,9 @@ func main() {
 				}
 			}
 		}
+		for _, k := range divKernels {
+			s.divFunction(k, l)
+		}
 	}
 
 	var g bytes.Buffer
@@ -413,6 +495,9 @@ func main() {
 				}
 			}
 		}
+		for _, k := range divKernels {
+			fmt.Fprintf(&g, "//go:noescape\nfunc %s(dst []%s, n %s)\n\n", divName(k, l), k.t.goType, k.t.goType)
+		}
 	}
 	for _, l := range []level{avx2, avx512} {
 		fmt.Fprintf(&g, "// fill%s replaces the entries of t that have %s kernels.\n", l.name, l.name)
@@ -423,6 +508,9 @@ func main() {
 					fmt.Fprintf(&g, "\tt.%s[%s] = asmKernel(%s)\n", k.t.field, k.op, funcName(k, l))
 				}
 			}
+		}
+		for _, k := range divKernels {
+			fmt.Fprintf(&g, "\tt.div%s = %s\n", k.t.name, divName(k, l))
 		}
 		g.WriteString("}\n\n")
 	}

@@ -1,16 +1,10 @@
 package pipeproc
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
-	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/testjob"
 	"github.com/ringo-ml/ringo/parallel"
 )
 
@@ -26,13 +21,10 @@ const (
 	stages   = 2
 	replicas = 2
 	victim   = 2 // stage 0 of replica 1
-	childEnv = "PIPEPROC_CHILD"
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv(childEnv) != "" {
-		os.Exit(child())
-	}
+	testjob.RunRank(map[string]func() int{"train": child})
 	os.Exit(m.Run())
 }
 
@@ -47,80 +39,33 @@ func TestKilledStageStopsEveryRank(t *testing.T) {
 		t.Skip("starts 4 processes")
 	}
 	n := stages * replicas
-	addr := freeAddr(t)
-	type rank struct {
-		cmd   *exec.Cmd
-		out   *lockedBuffer
-		ready chan struct{}
-		done  chan time.Time
-	}
-	ranks := make([]*rank, n)
-	for w := range n {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), childEnv+"=1", "RANK_ADDR="+addr, "RANK_ID="+strconv.Itoa(w))
-		stdout, err := cmd.StdoutPipe()
-		require.NoError(t, err)
-		r := &rank{cmd: cmd, out: &lockedBuffer{}, ready: make(chan struct{}), done: make(chan time.Time, 1)}
-		cmd.Stderr = r.out
-		require.NoError(t, cmd.Start())
-		go func() {
-			sc := bufio.NewScanner(stdout)
-			var once sync.Once
-			for sc.Scan() {
-				r.out.Write(append(sc.Bytes(), '\n'))
-				want := "stepping"
-				if w == victim {
-					want = "stuck in forward"
-				}
-				if strings.Contains(sc.Text(), want) {
-					once.Do(func() { close(r.ready) })
-				}
-			}
-			_ = cmd.Wait()
-			r.done <- time.Now()
-		}()
-		ranks[w] = r
-	}
-	t.Cleanup(func() {
-		for _, r := range ranks {
-			_ = r.cmd.Process.Kill()
-		}
-	})
-	deadline := time.After(60 * time.Second)
-	for w, r := range ranks {
-		select {
-		case <-r.ready:
-		case <-deadline:
-			t.Fatalf("rank %d did not start training: %s", w, r.out.String())
-		}
-	}
+	job := testjob.Start(t, testjob.Config{Ranks: n, Role: "train"})
+	job.AwaitFirst(t, 60*time.Second, func(int) string { return "stepping" })
+	stuck, _ := job.Rank(victim).Next(t, 60*time.Second)
+	require.Equal(t, "stuck in forward", stuck)
 	// The victim is in its forward now; the others wait for it in their steps.
-	killed := time.Now()
-	require.NoError(t, ranks[victim].cmd.Process.Signal(syscall.SIGKILL))
-	for w, r := range ranks {
+	killed := job.Rank(victim).Kill(t)
+	for w := range n {
 		if w == victim {
 			continue
 		}
-		select {
-		case at := <-r.done:
-			took := at.Sub(killed)
-			out := r.out.String()
-			t.Logf("rank %d (stage %d, replica %d) stopped %v after the kill: %s", w, w%stages, w/stages, took.Round(time.Millisecond), lastLine(out))
-			assert.Less(t, took, 4*time.Second, "2 s is the bound; 4 s leaves margin for a loaded 2-core machine")
-			assert.Equal(t, 3, r.cmd.ProcessState.ExitCode(), "rank %d: %s", w, out)
-			assert.Contains(t, out, "STEP FAILED", "rank %d", w)
-			assert.Contains(t, out, "communicator aborted", "rank %d", w)
-			// Each rank names the victim as its communicators number it: in
-			// its pipeline, stage 0 is rank 0; in its data-parallel group,
-			// replica 1 is rank 1.
-			switch {
-			case w/stages == victim/stages: // the victim's pipeline
-				assert.Contains(t, out, "rank 0", "rank %d must name the lost stage", w)
-			case w%stages == victim%stages: // the victim's data-parallel group
-				assert.Contains(t, out, "rank 1", "rank %d must name the lost replica", w)
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("rank %d still running 30 s after rank %d was killed: %s", w, victim, r.out.String())
+		r := job.Rank(w)
+		at, _ := r.Exit(t, 30*time.Second)
+		took := at.Sub(killed)
+		out := r.Output()
+		t.Logf("rank %d (stage %d, replica %d) stopped %v after the kill: %s", w, w%stages, w/stages, took.Round(time.Millisecond), lastLine(out))
+		assert.Less(t, took, 4*time.Second, "2 s is the bound; 4 s leaves margin for a loaded 2-core machine")
+		assert.Equal(t, 3, r.ExitCode(), "rank %d: %s", w, out)
+		assert.Contains(t, out, "STEP FAILED", "rank %d", w)
+		assert.Contains(t, out, "communicator aborted", "rank %d", w)
+		// Each rank names the victim as its communicators number it: in
+		// its pipeline, stage 0 is rank 0; in its data-parallel group,
+		// replica 1 is rank 1.
+		switch {
+		case w/stages == victim/stages: // the victim's pipeline
+			assert.Contains(t, out, "rank 0", "rank %d must name the lost stage", w)
+		case w%stages == victim%stages: // the victim's data-parallel group
+			assert.Contains(t, out, "rank 1", "rank %d must name the lost replica", w)
 		}
 	}
 }
@@ -130,14 +75,13 @@ func TestKilledStageStopsEveryRank(t *testing.T) {
 // first forward, saying so, to be killed there.
 func child() int {
 	ctx := context.Background()
-	w, _ := strconv.Atoi(os.Getenv("RANK_ID"))
-	n := stages * replicas
-	world, err := collective.New(ctx, collective.Config{Rank: w, Size: n, Addr: os.Getenv("RANK_ADDR"), Token: "pipeline-kill-test", Timeout: time.Minute})
+	world, err := collective.Init(ctx)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "forming the job:", err)
 		return 1
 	}
 	defer world.Close()
+	w := world.Rank()
 	stage, replica := w%stages, w/stages
 	pp, err := world.Split(ctx, replica, stage)
 	if err != nil {
@@ -259,32 +203,6 @@ func (a *affine) Loss(_ context.Context, _ int, out, targets, dOut []float32) (f
 		dOut[i] = d
 	}
 	return loss, nil
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
-	return addr
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func lastLine(s string) string {
