@@ -82,6 +82,10 @@ const (
 	codeRefused qgo.ApplicationErrorCode = 1
 )
 
+// streamClosed is the STOP_SENDING code of a closed link that stopped
+// reading what its peer still writes.
+const streamClosed qgo.StreamErrorCode = 0
+
 func config() *qgo.Config {
 	return &qgo.Config{
 		HandshakeIdleTimeout:           handshakeTimeout,
@@ -569,6 +573,11 @@ func (s *Stream) mapError(err error) error {
 	if errors.As(err, &ae) && ae.Remote && ae.ErrorCode == codeClosed {
 		return io.EOF // the peer closed its link
 	}
+	var se *qgo.StreamError
+	if errors.As(err, &se) && se.Remote && se.ErrorCode == streamClosed {
+		// The peer closed its link and stopped reading (see linger).
+		return fmt.Errorf("quic: the peer closed its link: %w", io.ErrClosedPipe)
+	}
 	return err
 }
 
@@ -639,6 +648,11 @@ func (s *Stream) linger() {
 			break // the peer's FIN, its connection close, or the timeout
 		}
 	}
+	// A peer still writing after lingerTimeout must learn that nobody
+	// reads (STOP_SENDING), as a TCP peer does from a reset: on a
+	// connection a Dialer keeps for other links, it would otherwise block
+	// for flow control until the connection's idle timeout.
+	s.Stream.CancelRead(streamClosed)
 }
 
 // Done is closed once a closed link has released its connection.
