@@ -95,6 +95,10 @@ type Comm struct {
 	// noticed is closed once onFail has told the peers why the
 	// communicator failed (or given up trying).
 	noticed chan struct{}
+	// built is closed once newComm has made every link: a link that fails
+	// at once (its peer gave up already) runs onFail on its reader, which
+	// must not read the links while they are being made.
+	built chan struct{}
 }
 
 // newComm wires a communicator over streams to every peer (nil at rank).
@@ -112,7 +116,9 @@ func newComm(rank, size int, streams []transport.Stream, cfg Config, w world) *C
 		slow:    time.NewTimer(time.Hour),
 		slowAt:  cfg.slowWarning(),
 		noticed: make(chan struct{}),
+		built:   make(chan struct{}),
 	}
+	defer close(c.built)
 	c.algo, _ = parseAlgorithm(cfg.Algorithm) // New and Local have checked them
 	place := w.placement()
 	c.topo = newTopology(rank, size, w.rank, place.host)
@@ -442,6 +448,7 @@ func (c *Comm) explain(err error) error {
 // connections abortGrace later so that nothing stays blocked on them.
 func (c *Comm) onFail(err error) {
 	defer close(c.noticed)
+	<-c.built
 	err = c.explain(err)
 	c.log.Warn("ringo: communicator aborted", "err", err)
 	c.logStatus("ringo: at the abort")
