@@ -309,7 +309,7 @@ func (c *Comm) p2pLink(ctx context.Context, send bool, peer int, ch *p2pChan, ex
 	}()
 	s, err := c.world.conn.connect(cctx, channelOf(c.world.channel, "p2p", uint64(from), uint64(to)), c.world.rank(peer))
 	if err != nil {
-		return nil, err
+		return nil, c.connectError(ctx, cctx, peer, gone, err)
 	}
 	opt := c.linkOptions()
 	opt.OnSlow = func(peer int, what string) {
@@ -324,4 +324,33 @@ func (c *Comm) p2pLink(ctx context.Context, send bool, peer int, ch *p2pChan, ex
 	}
 	ch.link = l
 	return l, nil
+}
+
+// connectError says why a point-to-point link to peer could not be made
+// (err): the caller gave up (ctx); the peer's collective link stopped or the
+// timeout came (cctx's cause); or the peer is gone without a word yet. A
+// dial refused or cut means the peer's communicator has closed, and its
+// abort notice or goodbye on the collective link says why: it is waited
+// for (at most closeGrace; gone is that link's Dead) and reported instead
+// of the refused dial.
+func (c *Comm) connectError(ctx, cctx context.Context, peer int, gone <-chan struct{}, err error) error {
+	if ctx.Err() != nil {
+		return err
+	}
+	if cause := context.Cause(cctx); cause != nil {
+		return cause
+	}
+	t := time.NewTimer(closeGrace)
+	defer t.Stop()
+	select {
+	case <-c.fail.Done():
+		return c.fail.Err() // the peer's reason, with which the communicator failed
+	case <-gone:
+		if err := c.fail.Err(); err != nil {
+			return err
+		}
+		return &transport.PeerError{Peer: peer, Err: fmt.Errorf("%w: %w", transport.ErrPeerClosed, err)}
+	case <-t.C:
+		return &transport.PeerError{Peer: peer, Err: fmt.Errorf("%w: %w", ErrPeerLost, err)}
+	}
 }

@@ -1,6 +1,7 @@
 package collective_test
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -237,6 +238,43 @@ func TestSendRecvSteadyStateAllocatesNothing(t *testing.T) {
 				return collective.Recv(ctx, c, in, 0, 5)
 			}), "Send and Recv")
 			require.Equal(t, out, in)
+		})
+	}
+}
+
+// A Recv (or Send) whose first message to a peer has to connect, after
+// that peer aborted and closed its communicator (its listener is gone, a
+// dial is refused), fails with the peer's reason, not with the refused
+// connection; after a plain Close, with an error that names the peer and
+// matches ErrAborted. Over mem, TCP and shared memory, both directions (the
+// higher rank dials, the lower one waits for the dial), several rounds.
+func TestPointToPointAfterThePeerLeftSaysWhy(t *testing.T) {
+	for _, tr := range []string{"mem", "tcp", "shm"} {
+		t.Run(tr, func(t *testing.T) {
+			for round := range 6 {
+				aborted := round%2 == 0
+				comms := formComms(t, tr, 2, collective.Config{Timeout: time.Minute})
+				leaver, stayer := round/2%2, 1-round/2%2
+				reason := fmt.Sprintf("round %d went wrong", round)
+				if aborted {
+					comms[leaver].Abort(errors.New(reason))
+				}
+				require.NoError(t, comms[leaver].Close())
+				buf := make([]float32, 4)
+				var err error
+				if round/4 == 0 {
+					err = collective.Recv(ctx, comms[stayer], buf, leaver, 0)
+				} else {
+					err = collective.Send(ctx, comms[stayer], buf, leaver, 0)
+				}
+				require.ErrorIs(t, err, collective.ErrAborted, "round %d", round)
+				if aborted {
+					require.ErrorContains(t, err, fmt.Sprintf("rank %d called Abort: %s", leaver, reason), "round %d", round)
+				} else {
+					require.ErrorContains(t, err, fmt.Sprintf("rank %d closed its communicator", leaver), "round %d", round)
+				}
+				closeAll(comms)
+			}
 		})
 	}
 }
