@@ -3,11 +3,14 @@ package collective_test
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/transport"
 )
 
 // A rank that aborts and closes its communicator at once, while its peers
@@ -71,4 +74,46 @@ func abortThenClose(t *testing.T, comms []*collective.Comm, count, round int) {
 		require.ErrorContains(t, errs[r], "rank 0 called Abort: "+reason, "rank %d, round %d", r, round)
 	}
 	closeAll(comms)
+}
+
+// Abort with a cause that wraps another communicator's abort (a peer of a
+// sub-communicator gave up, and this rank gives up the parent because of
+// it) tells the parent's peers that this rank called Abort, with the
+// cause's text: not the other communicator's reason as if it were the
+// parent's, whose rank numbers mean other ranks there. The cause's
+// sentinels still match; on this rank, the error is no remote abort.
+func TestAbortWithAnotherCommunicatorsAbortIsThisRanksAbort(t *testing.T) {
+	const n = 3
+	parents := local(t, n, collective.Config{})
+	subs := make([]*collective.Comm, n) // by parent rank
+	requireAllOK(t, each(parents, func(r int, c *collective.Comm) error {
+		var err error
+		subs[r], err = c.Split(ctx, 0, -r) // sub rank n-1-r
+		return err
+	}))
+	t.Cleanup(func() { closeAll(subs) })
+	// Sub rank 0 is parent rank 2: its reason's "rank 0" is not parent
+	// rank 0, which passes the sub's failure on to the parent.
+	subs[2].Abort(errors.New("disk full"))
+	subErr := collective.Barrier(ctx, subs[0])
+	var subAbort *transport.RemoteAbortError
+	require.ErrorAs(t, subErr, &subAbort)
+	require.Equal(t, "rank 0 called Abort: disk full", subAbort.Reason)
+
+	parents[0].Abort(fmt.Errorf("the pipeline's stage failed: %w", subErr))
+	errs := each(parents[1:], func(_ int, c *collective.Comm) error { return collective.Barrier(ctx, c) })
+	for i, err := range errs {
+		r := i + 1
+		require.ErrorIs(t, err, collective.ErrAborted, "rank %d", r)
+		require.ErrorContains(t, err, "rank 0 called Abort: the pipeline's stage failed: ", "rank %d", r)
+		var ra *transport.RemoteAbortError
+		require.ErrorAs(t, err, &ra, "rank %d", r)
+		assert.Equal(t, 0, ra.Peer, "rank %d", r)
+		assert.True(t, strings.HasPrefix(ra.Reason, "rank 0 called Abort: the pipeline's stage failed: "), "rank %d: %q", r, ra.Reason)
+		assert.Contains(t, ra.Reason, ": rank 0 called Abort: disk full", "rank %d: the cause's text", r)
+	}
+	own := parents[0].Err()
+	require.ErrorIs(t, own, collective.ErrAborted)
+	require.ErrorContains(t, own, "rank 0 called Abort: the pipeline's stage failed: ")
+	assert.False(t, errors.As(own, new(*transport.RemoteAbortError)), "rank 0's own abort is no remote one: %v", own)
 }
