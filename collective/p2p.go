@@ -23,6 +23,12 @@ import (
 // ErrMismatch. Send returns once buf is handed to the connection, which may
 // be before or after the peer's Recv starts (as MPI_Send): a rank that
 // sends and receives with the same peer at once should use SendAsync.
+//
+// A Send whose bytes the connection took returns nil, also when the peer
+// receives the message and closes its communicator at once. An error means
+// the connection did not take the whole message: the peer did not get it
+// (or, over a network, may have, if the connection broke after the last
+// write; the communicator is aborted either way).
 func Send[T Elem](ctx context.Context, c *Comm, buf []T, peer, tag int) error {
 	return c.p2pCall(ctx, true, peer, signature[T](kindSendRecv, 0, len(buf), tag), kernel.Bytes(buf))
 }

@@ -356,7 +356,7 @@ func (l *Link) FlushAll() error { return l.Flush(l.queued) }
 
 // settleWait bounds how long an interrupted Flush waits for the write of
 // its last frame, which the sender had begun, to end.
-const settleWait = time.Second
+const settleWait = 100 * time.Millisecond
 
 // settled reports whether every frame up to ticket has been written,
 // waiting for that if only the last of them is left and being written.
