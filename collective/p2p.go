@@ -26,9 +26,9 @@ import (
 //
 // A Send whose bytes the connection took returns nil, also when the peer
 // receives the message and closes its communicator at once. An error means
-// the connection did not take the whole message: the peer did not get it
-// (or, over a network, may have, if the connection broke after the last
-// write; the communicator is aborted either way).
+// the connection had not taken the whole message when the call ended (the
+// communicator failed, the call was given up or timed out, or the peer
+// left): the peer may or may not get it, and the communicator is aborted.
 func Send[T Elem](ctx context.Context, c *Comm, buf []T, peer, tag int) error {
 	return c.p2pCall(ctx, true, peer, signature[T](kindSendRecv, 0, len(buf), tag), kernel.Bytes(buf))
 }
