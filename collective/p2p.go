@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ringo-ml/ringo/internal/kernel"
@@ -63,9 +64,12 @@ type p2pLinks struct {
 type p2pChan struct {
 	turn turnstile
 	// The rest belongs to the call whose turn it is.
-	link         *transport.Link // made on first use
-	seq          uint64          // messages so far
-	expire, slow *time.Timer     // made on first use, reset by every call
+	link *transport.Link // made on first use
+	// delivered says a Recv on the channel has completed: the peer has its
+	// end of the link (see peerGone). Never set on a sending channel.
+	delivered    atomic.Bool
+	seq          uint64      // messages so far
+	expire, slow *time.Timer // made on first use, reset by every call
 }
 
 // timers arms the channel's timers for one call: the communicator's timeout
@@ -131,14 +135,23 @@ func (p *p2pLinks) close() {
 	p.mu.Unlock()
 }
 
-// peerGone interrupts the point-to-point calls on the links to peer, whose
-// collective link has stopped (it closed its communicator, or was lost):
-// the peer will never match them. It is the collective link's OnDead.
+// peerGone interrupts the Send on the link to peer, whose collective link
+// has stopped (it closed its communicator, or was lost): the peer will
+// never receive it. It is the collective link's OnDead.
+//
+// A Recv on a link that has delivered a message is left to that link: the
+// peer has its end, so the messages it sent before it closed are read
+// before its goodbye there (or the end of the connection), and a Recv of
+// one of them succeeds. Before the first message, the peer may never have
+// taken its end (the dialer's stream waits for it to be accepted), and
+// nothing would end the Recv: it is interrupted. (A first message sent
+// just before the peer closed can thus be lost to a Recv that has not
+// read it when the goodbye on the collective link comes.)
 func (p *p2pLinks) peerGone(peer int, _ error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, ch := range []*p2pChan{p.out[peer], p.in[peer]} {
-		if ch.link != nil {
+		if ch.link != nil && !ch.delivered.Load() {
 			ch.link.Interrupt(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
 		}
 	}
@@ -260,11 +273,12 @@ func (c *Comm) p2pCall(ctx context.Context, send bool, peer int, sig transport.S
 		return fail(err, "")
 	}
 	l.BeginOp(ctx, transport.Header{Comm: c.id, Seq: ch.seq, Sig: sig}, expire, slow)
-	// A peer whose collective link has stopped will never match this call:
+	// A peer whose collective link has stopped will never match this call
+	// (but see peerGone: a Recv may still find the peer's last messages):
 	// checked after BeginOp, which clears an earlier interrupt, so that a
-	// stop from now on interrupts the call (peerGone) and one before is seen
-	// here.
-	if cl := c.links[peer]; cl != nil {
+	// stop from now on interrupts the call (peerGone) and one before is
+	// seen here.
+	if cl := c.links[peer]; cl != nil && !ch.delivered.Load() {
 		select {
 		case <-cl.Dead():
 			l.Interrupt(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
@@ -278,6 +292,9 @@ func (c *Comm) p2pCall(ctx context.Context, send bool, peer int, sig transport.S
 	}
 	l.End()
 	if err == nil {
+		if !send && !ch.delivered.Load() {
+			ch.delivered.Store(true)
+		}
 		return nil
 	}
 	err = fail(err, "")
