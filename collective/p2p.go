@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ringo-ml/ringo/internal/kernel"
@@ -64,12 +63,9 @@ type p2pLinks struct {
 type p2pChan struct {
 	turn turnstile
 	// The rest belongs to the call whose turn it is.
-	link *transport.Link // made on first use
-	// delivered says a Recv on the channel has completed: the peer has its
-	// end of the link (see peerGone). Never set on a sending channel.
-	delivered    atomic.Bool
-	seq          uint64      // messages so far
-	expire, slow *time.Timer // made on first use, reset by every call
+	link         *transport.Link // made on first use
+	seq          uint64          // messages so far
+	expire, slow *time.Timer     // made on first use, reset by every call
 }
 
 // timers arms the channel's timers for one call: the communicator's timeout
@@ -135,24 +131,40 @@ func (p *p2pLinks) close() {
 	p.mu.Unlock()
 }
 
-// peerGone interrupts the Send on the link to peer, whose collective link
-// has stopped (it closed its communicator, or was lost): the peer will
-// never receive it. It is the collective link's OnDead.
+// peerGone interrupts the point-to-point calls on the links to peer, whose
+// collective link has stopped (it closed its communicator, or was lost):
+// the peer will never match them. It is the collective link's OnDead.
 //
-// A Recv on a link that has delivered a message is left to that link: the
-// peer has its end, so the messages it sent before it closed are read
-// before its goodbye there (or the end of the connection), and a Recv of
-// one of them succeeds. Before the first message, the peer may never have
-// taken its end (the dialer's stream waits for it to be accepted), and
-// nothing would end the Recv: it is interrupted. (A first message sent
-// just before the peer closed can thus be lost to a Recv that has not
-// read it when the goodbye on the collective link comes.)
+// A Send is interrupted at once. A Recv is left to its own link once that
+// has heard from the peer: the peer has its end, so the messages it sent
+// before it left are read before its goodbye there (or the end of the
+// connection), and a Recv of one of them succeeds. A link that has heard
+// nothing may be a stream the peer never took (the dialer's stream waits
+// in the peer's listener until the peer connects too), which nothing would
+// end: see awaitPeerEnd.
 func (p *p2pLinks) peerGone(peer int, _ error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for _, ch := range []*p2pChan{p.out[peer], p.in[peer]} {
-		if ch.link != nil && !ch.delivered.Load() {
-			ch.link.Interrupt(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
+	if l := p.out[peer].link; l != nil {
+		l.Interrupt(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
+	}
+	if l := p.in[peer].link; l != nil && !l.Heard() {
+		go awaitPeerEnd(l, peer)
+	}
+}
+
+// awaitPeerEnd interrupts the receives of l, whose peer has left, unless l
+// hears from the peer or ends within closeGrace: a peer that had its end
+// says goodbye on it as it leaves (its first message, if it sent one, comes
+// before), while a stream the peer never took says nothing.
+func awaitPeerEnd(l *transport.Link, peer int) {
+	t := time.NewTimer(closeGrace)
+	defer t.Stop()
+	select {
+	case <-l.Dead():
+	case <-t.C:
+		if !l.Heard() {
+			l.Interrupt(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
 		}
 	}
 }
@@ -278,10 +290,14 @@ func (c *Comm) p2pCall(ctx context.Context, send bool, peer int, sig transport.S
 	// checked after BeginOp, which clears an earlier interrupt, so that a
 	// stop from now on interrupts the call (peerGone) and one before is
 	// seen here.
-	if cl := c.links[peer]; cl != nil && !ch.delivered.Load() {
+	if cl := c.links[peer]; cl != nil {
 		select {
 		case <-cl.Dead():
-			l.Interrupt(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
+			if send {
+				l.Interrupt(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
+			} else if !l.Heard() {
+				go awaitPeerEnd(l, peer)
+			}
 		default:
 		}
 	}
@@ -292,9 +308,6 @@ func (c *Comm) p2pCall(ctx context.Context, send bool, peer int, sig transport.S
 	}
 	l.End()
 	if err == nil {
-		if !send && !ch.delivered.Load() {
-			ch.delivered.Store(true)
-		}
 		return nil
 	}
 	err = fail(err, "")
@@ -322,12 +335,33 @@ func (c *Comm) p2pLink(ctx context.Context, send bool, peer int, ch *p2pChan, ex
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
-		select {
-		case <-expire:
-			cancel(fmt.Errorf("%w: rank %d did not come to connect within %v", ErrTimeout, peer, c.timeout))
-		case <-gone:
-			cancel(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
-		case <-stop:
+		// A Recv gives a peer that left closeGrace more: its last Send may
+		// have made the connection this rank is taking (see awaitPeerEnd).
+		var grace <-chan time.Time
+		gone := gone
+		for {
+			select {
+			case <-expire:
+				cancel(fmt.Errorf("%w: rank %d did not come to connect within %v", ErrTimeout, peer, c.timeout))
+				return
+			case <-gone:
+				if send {
+					cancel(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
+					return
+				}
+				gone = nil
+				t := time.NewTimer(closeGrace)
+				defer t.Stop()
+				grace = t.C
+			case <-grace:
+				cancel(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
+				return
+			case <-c.fail.Done(): // the peer's abort, say: nobody waits for anything now
+				cancel(c.Err())
+				return
+			case <-stop:
+				return
+			}
 		}
 	}()
 	s, err := c.world.conn.connect(cctx, channelOf(c.world.channel, "p2p", uint64(from), uint64(to)), c.world.rank(peer))

@@ -322,3 +322,40 @@ func TestSendSucceedsWhenThePeerClosesRightAfterItsRecv(t *testing.T) {
 		}
 	}
 }
+
+// A Recv gets the message its peer sent just before it closed its
+// communicator, once an earlier message has come on that link (the peer
+// has its end: its goodbye there comes after the message). Over mem, TCP
+// and shared memory, several rounds.
+func TestRecvGetsTheLastMessageOfAPeerThatClosed(t *testing.T) {
+	for _, tr := range []string{"mem", "tcp", "shm"} {
+		t.Run(tr, func(t *testing.T) {
+			for round := range 8 {
+				comms := formComms(t, tr, 2, collective.Config{Timeout: time.Minute})
+				sender, receiver := round%2, 1-round%2
+				first, last := []int32{int32(round)}, []int32{int32(round), 7, 8}
+				gotFirst, gotLast := make([]int32, 1), make([]int32, 3)
+				errs := each(comms, func(r int, c *collective.Comm) error {
+					if r == sender {
+						if err := collective.Send(ctx, c, first, receiver, 2); err != nil {
+							return err
+						}
+						if err := collective.Send(ctx, c, last, receiver, 3); err != nil {
+							return err
+						}
+						return c.Close()
+					}
+					if err := collective.Recv(ctx, c, gotFirst, sender, 2); err != nil {
+						return err
+					}
+					// The sender may have closed by now.
+					return collective.Recv(ctx, c, gotLast, sender, 3)
+				})
+				requireAllOK(t, errs)
+				require.Equal(t, first, gotFirst, "round %d", round)
+				require.Equal(t, last, gotLast, "round %d", round)
+				closeAll(comms)
+			}
+		})
+	}
+}

@@ -53,6 +53,7 @@ type Link struct {
 
 	hbHdr     Header       // the heartbeat frame, kept here so writing it allocates nothing
 	lastHeard atomic.Int64 // unix nanoseconds of the last frame from the peer
+	heard     atomic.Bool  // a frame has come from the peer
 	lastSeq   atomic.Uint64
 
 	sendq   chan outFrame // the send side's data frames and the receive side's probes
@@ -188,6 +189,11 @@ func NewLinkWith(peer int, conn *Conn, fail *Failure, log *slog.Logger, opt Link
 func (l *Link) LastHeard() (time.Time, uint64) {
 	return time.Unix(0, l.lastHeard.Load()), l.lastSeq.Load()
 }
+
+// Heard reports whether any frame has come from the peer: then the peer
+// has its end of the connection, and its goodbye or the end of the
+// connection will come here too when it leaves.
+func (l *Link) Heard() bool { return l.heard.Load() }
 
 // Peer is the rank at the other end.
 func (l *Link) Peer() int { return l.peer }
@@ -758,6 +764,9 @@ func (l *Link) reader() {
 		}
 		now = time.Now()
 		l.lastHeard.Store(now.UnixNano())
+		if !l.heard.Load() {
+			l.heard.Store(true)
+		}
 		switch h.Type {
 		case Heartbeat:
 			continue
