@@ -653,6 +653,15 @@ func (s *Stream) linger() {
 	// connection a Dialer keeps for other links, it would otherwise block
 	// for flow control until the connection's idle timeout.
 	s.Stream.CancelRead(streamClosed)
+	// Its failed write makes it read what this side wrote last (an abort
+	// notice, say): closing the connection at once (the deferred unref)
+	// would discard that. A few round trips let it.
+	t := time.NewTimer(min(max(4*s.conn.ConnectionStats().SmoothedRTT, 100*time.Millisecond), lingerTimeout))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.conn.Context().Done():
+	}
 }
 
 // Done is closed once a closed link has released its connection.
