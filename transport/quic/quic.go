@@ -42,6 +42,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -643,10 +644,12 @@ func (s *Stream) linger() {
 	defer s.readMu.Unlock()
 	_ = s.Stream.SetReadDeadline(time.Now().Add(lingerTimeout))
 	var scratch [4096]byte
-	for {
-		if _, err := s.Stream.Read(scratch[:]); err != nil {
-			break // the peer's FIN, its connection close, or the timeout
-		}
+	var err error
+	for err == nil {
+		_, err = s.Stream.Read(scratch[:]) // until the peer's FIN, its connection close, or the timeout
+	}
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return
 	}
 	// A peer still writing after lingerTimeout must learn that nobody
 	// reads (STOP_SENDING), as a TCP peer does from a reset: on a
