@@ -28,10 +28,16 @@ const probeAfter = 100 * time.Millisecond
 const closeGrace = 2 * time.Second
 
 // abortGrace is how long an aborted communicator keeps its connections open
-// after sending its abort notices, so that a notice is read before the EOF
-// of a connection closed right behind it. Calls return at once regardless;
-// Close closes at once.
+// after sending its abort notices, unless Close closes them first: a peer
+// reads a notice before the end of a connection closed right behind it
+// (transport.Link reads what is left before it reports a loss), but a
+// network connection closed with bytes unread may drop what it had not
+// yet sent.
 const abortGrace = time.Second
+
+// noticeWait bounds how long an abort notice waits for the frame being
+// written on its connection (the notice goes after it).
+const noticeWait = 200 * time.Millisecond
 
 // Comm is one rank's membership of a communicator.
 type Comm struct {
@@ -86,6 +92,13 @@ type Comm struct {
 	closeOnce  sync.Once
 	abortClose *time.Timer // closes the connections abortGrace after an abort
 	abortMu    sync.Mutex
+	// noticed is closed once onFail has told the peers why the
+	// communicator failed (or given up trying).
+	noticed chan struct{}
+	// built is closed once newComm has made every link: a link that fails
+	// at once (its peer gave up already) runs onFail on its reader, which
+	// must not read the links while they are being made.
+	built chan struct{}
 }
 
 // newComm wires a communicator over streams to every peer (nil at rank).
@@ -102,7 +115,10 @@ func newComm(rank, size int, streams []transport.Stream, cfg Config, w world) *C
 		timer:   time.NewTimer(time.Hour),
 		slow:    time.NewTimer(time.Hour),
 		slowAt:  cfg.slowWarning(),
+		noticed: make(chan struct{}),
+		built:   make(chan struct{}),
 	}
+	defer close(c.built)
 	c.algo, _ = parseAlgorithm(cfg.Algorithm) // New and Local have checked them
 	place := w.placement()
 	c.topo = newTopology(rank, size, w.rank, place.host)
@@ -180,13 +196,46 @@ func (c *Comm) Err() error {
 	return nil
 }
 
+// aborted returns the error of a failed communicator (nil if it has not
+// failed) once the peers have been told why: a caller that exits on the
+// error leaves the notices with the connections.
+func (c *Comm) aborted() error {
+	if c.fail.Err() == nil {
+		return nil
+	}
+	<-c.noticed
+	return c.Err()
+}
+
 // Abort fails the communicator on every rank with cause: every pending and
-// later call returns an error matching ErrAborted.
+// later call returns an error matching ErrAborted. The peers get this
+// rank's description of cause and the sentinels it matches (errors.Is),
+// also when cause is the failure of another communicator, whose reason and
+// rank numbers are not this one's.
 func (c *Comm) Abort(cause error) {
 	if cause == nil {
 		cause = errors.New("no reason given")
 	}
-	c.fail.Fail(fmt.Errorf("rank %d called Abort: %w", c.rank, cause))
+	c.fail.Fail(fmt.Errorf("rank %d called Abort: %w", c.rank, foreign{cause}))
+}
+
+// foreign is an error from outside the communicator that becomes the cause
+// of its failure (Abort's cause, the cause of a cancelled context): it says
+// what err says and matches what err matches, but it does not give up the
+// transport's errors err may hold. Those describe another communicator's
+// failure, and taken for this one's they would be passed on as this
+// communicator's reason, or name ranks of the other one as ranks of this.
+type foreign struct{ err error }
+
+func (f foreign) Error() string        { return f.err.Error() }
+func (f foreign) Is(target error) bool { return errors.Is(f.err, target) }
+
+func (f foreign) As(target any) bool {
+	switch target.(type) {
+	case **transport.RemoteAbortError, **transport.MismatchError, **transport.PeerError:
+		return false
+	}
+	return errors.As(f.err, target)
 }
 
 // Close ends the communicator: it says goodbye to the peers, closes every
@@ -205,6 +254,9 @@ func (c *Comm) Close() error {
 		defer c.turn.pass()
 		c.p2p.close()
 		graceful := c.fail.Err() == nil
+		if !graceful {
+			<-c.noticed // the notices go before the connections close
+		}
 		c.abortMu.Lock()
 		if c.abortClose != nil {
 			c.abortClose.Stop()
@@ -245,7 +297,7 @@ func (c *Comm) begin(ctx context.Context, sig transport.Signature) error {
 		c.turn.pass()
 		return fmt.Errorf("ringo: %s on rank %d: %w", describe(sig), c.rank, ErrClosed)
 	}
-	if err := c.Err(); err != nil {
+	if err := c.aborted(); err != nil {
 		c.turn.pass()
 		return fmt.Errorf("ringo: %s on rank %d: %w", describe(sig), c.rank, err)
 	}
@@ -284,17 +336,18 @@ func (c *Comm) begin(ctx context.Context, sig transport.Signature) error {
 func (c *Comm) abandoned(ctx context.Context, sig transport.Signature, op uint64, when string) error {
 	call := fmt.Sprintf("%s at op #%d%s", describe(sig), op, when)
 	c.fail.Fail(fmt.Errorf("rank %d abandoned %s: %w", c.rank, call, ctxError(ctx)))
-	return fmt.Errorf("ringo: %s op #%d on rank %d: %w", describe(sig), op, c.rank, c.Err())
+	return fmt.Errorf("ringo: %s op #%d on rank %d: %w", describe(sig), op, c.rank, c.aborted())
 }
 
 // ctxError is the error of a done context: its Err, which the abort's class
-// (abortcode.go) and errors.Is go by, and its cause when it has its own.
+// (abortcode.go) and errors.Is go by, and its cause when it has its own
+// (foreign: it may be another communicator's failure).
 func ctxError(ctx context.Context) error {
 	err, cause := ctx.Err(), context.Cause(ctx)
 	if cause == nil || cause == err {
 		return err
 	}
-	return fmt.Errorf("%w: %w", err, cause)
+	return fmt.Errorf("%w: %w", err, foreign{cause})
 }
 
 // slowWait logs a call that has waited SlowWarning on one peer: the first
@@ -341,7 +394,7 @@ func (c *Comm) end(err error) error {
 // aborting the communicator with a cause that names this rank and the call.
 func (c *Comm) opError(err error) error {
 	c.failCall(err, fmt.Sprintf("%s at op #%d", describe(c.cur), c.seq))
-	return fmt.Errorf("ringo: %s op #%d on rank %d: %w", describe(c.cur), c.seq, c.rank, c.Err())
+	return fmt.Errorf("ringo: %s op #%d on rank %d: %w", describe(c.cur), c.seq, c.rank, c.aborted())
 }
 
 // failCall aborts the communicator after a call (named by call, e.g.
@@ -391,9 +444,11 @@ func (c *Comm) explain(err error) error {
 }
 
 // onFail runs once, when the communicator fails: it tells every peer why
-// (best effort, never waiting behind a stuck write) and closes the
-// connections so that nothing stays blocked on them.
+// (best effort, never waiting long behind a stuck write) and closes the
+// connections abortGrace later so that nothing stays blocked on them.
 func (c *Comm) onFail(err error) {
+	defer close(c.noticed)
+	<-c.built
 	err = c.explain(err)
 	c.log.Warn("ringo: communicator aborted", "err", err)
 	c.logStatus("ringo: at the abort")
@@ -401,17 +456,18 @@ func (c *Comm) onFail(err error) {
 	reason := append([]byte{abortCode(err)}, err.Error()...)
 	var remote *transport.RemoteAbortError
 	if errors.As(err, &remote) {
-		// Pass the original reason on unchanged: it already names its rank.
+		// A peer's notice (Abort and ctxError keep other communicators'
+		// out of reach): pass its reason on unchanged, it names its rank.
 		reason = append([]byte{remote.Code}, remote.Reason...)
 	}
 	links := c.allLinks()
-	var wg sync.WaitGroup // in parallel: at most 200 ms in all, not per link
+	var wg sync.WaitGroup // in parallel: at most noticeWait in all, not per link
 	for _, l := range links {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			h := hdr
-			l.Conn().TryWriteControl(&h, reason, 200*time.Millisecond)
+			l.Notify(&h, reason, noticeWait)
 		}()
 	}
 	wg.Wait()

@@ -23,6 +23,12 @@ import (
 // ErrMismatch. Send returns once buf is handed to the connection, which may
 // be before or after the peer's Recv starts (as MPI_Send): a rank that
 // sends and receives with the same peer at once should use SendAsync.
+//
+// A Send whose bytes the connection took returns nil, also when the peer
+// receives the message and closes its communicator at once. An error means
+// the connection had not taken the whole message when the call ended (the
+// communicator failed, the call was given up or timed out, or the peer
+// left): the peer may or may not get it, and the communicator is aborted.
 func Send[T Elem](ctx context.Context, c *Comm, buf []T, peer, tag int) error {
 	return c.p2pCall(ctx, true, peer, signature[T](kindSendRecv, 0, len(buf), tag), kernel.Bytes(buf))
 }
@@ -128,12 +134,37 @@ func (p *p2pLinks) close() {
 // peerGone interrupts the point-to-point calls on the links to peer, whose
 // collective link has stopped (it closed its communicator, or was lost):
 // the peer will never match them. It is the collective link's OnDead.
+//
+// A Send is interrupted at once. A Recv is left to its own link once that
+// has heard from the peer: the peer has its end, so the messages it sent
+// before it left are read before its goodbye there (or the end of the
+// connection), and a Recv of one of them succeeds. A link that has heard
+// nothing may be a stream the peer never took (the dialer's stream waits
+// in the peer's listener until the peer connects too), which nothing would
+// end: see awaitPeerEnd.
 func (p *p2pLinks) peerGone(peer int, _ error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for _, ch := range []*p2pChan{p.out[peer], p.in[peer]} {
-		if ch.link != nil {
-			ch.link.Interrupt(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
+	if l := p.out[peer].link; l != nil {
+		l.Interrupt(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
+	}
+	if l := p.in[peer].link; l != nil && !l.Heard() {
+		go awaitPeerEnd(l, peer)
+	}
+}
+
+// awaitPeerEnd interrupts the receives of l, whose peer has left, unless l
+// hears from the peer or ends within closeGrace: a peer that had its end
+// says goodbye on it as it leaves (its first message, if it sent one, comes
+// before), while a stream the peer never took says nothing.
+func awaitPeerEnd(l *transport.Link, peer int) {
+	t := time.NewTimer(closeGrace)
+	defer t.Stop()
+	select {
+	case <-l.Dead():
+	case <-t.C:
+		if !l.Heard() {
+			l.Interrupt(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
 		}
 	}
 }
@@ -231,7 +262,7 @@ func (c *Comm) p2pCall(ctx context.Context, send bool, peer int, sig transport.S
 			err = ctxError(ctx) // the caller gave up: that is why it failed
 		}
 		c.failCall(err, fmt.Sprintf("%s, message #%d%s", name(), msg, when))
-		return fmt.Errorf("ringo: %s, message #%d, on rank %d: %w", name(), msg, c.rank, c.Err())
+		return fmt.Errorf("ringo: %s, message #%d, on rank %d: %w", name(), msg, c.rank, c.aborted())
 	}
 	if err := ch.turn.wait(ctx, t); err != nil {
 		// At once, not behind the calls ahead of it: the abort ends them too.
@@ -241,8 +272,8 @@ func (c *Comm) p2pCall(ctx context.Context, send bool, peer int, sig transport.S
 	switch {
 	case c.closed.Load():
 		return fmt.Errorf("ringo: %s on rank %d: %w", name(), c.rank, ErrClosed)
-	case c.Err() != nil:
-		return fmt.Errorf("ringo: %s on rank %d: %w", name(), c.rank, c.Err())
+	case c.fail.Err() != nil:
+		return fmt.Errorf("ringo: %s on rank %d: %w", name(), c.rank, c.aborted())
 	case ctx.Err() != nil:
 		return fail(ctx.Err(), "")
 	}
@@ -254,14 +285,19 @@ func (c *Comm) p2pCall(ctx context.Context, send bool, peer int, sig transport.S
 		return fail(err, "")
 	}
 	l.BeginOp(ctx, transport.Header{Comm: c.id, Seq: ch.seq, Sig: sig}, expire, slow)
-	// A peer whose collective link has stopped will never match this call:
+	// A peer whose collective link has stopped will never match this call
+	// (but see peerGone: a Recv may still find the peer's last messages):
 	// checked after BeginOp, which clears an earlier interrupt, so that a
-	// stop from now on interrupts the call (peerGone) and one before is seen
-	// here.
+	// stop from now on interrupts the call (peerGone) and one before is
+	// seen here.
 	if cl := c.links[peer]; cl != nil {
 		select {
 		case <-cl.Dead():
-			l.Interrupt(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
+			if send {
+				l.Interrupt(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
+			} else if !l.Heard() {
+				go awaitPeerEnd(l, peer)
+			}
 		default:
 		}
 	}
@@ -299,17 +335,38 @@ func (c *Comm) p2pLink(ctx context.Context, send bool, peer int, ch *p2pChan, ex
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
-		select {
-		case <-expire:
-			cancel(fmt.Errorf("%w: rank %d did not come to connect within %v", ErrTimeout, peer, c.timeout))
-		case <-gone:
-			cancel(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
-		case <-stop:
+		// A Recv gives a peer that left closeGrace more: its last Send may
+		// have made the connection this rank is taking (see awaitPeerEnd).
+		var grace <-chan time.Time
+		gone := gone
+		for {
+			select {
+			case <-expire:
+				cancel(fmt.Errorf("%w: rank %d did not come to connect within %v", ErrTimeout, peer, c.timeout))
+				return
+			case <-gone:
+				if send {
+					cancel(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
+					return
+				}
+				gone = nil
+				t := time.NewTimer(closeGrace)
+				defer t.Stop()
+				grace = t.C
+			case <-grace:
+				cancel(&transport.PeerError{Peer: peer, Err: transport.ErrPeerClosed})
+				return
+			case <-c.fail.Done(): // the peer's abort, say: nobody waits for anything now
+				cancel(c.Err())
+				return
+			case <-stop:
+				return
+			}
 		}
 	}()
 	s, err := c.world.conn.connect(cctx, channelOf(c.world.channel, "p2p", uint64(from), uint64(to)), c.world.rank(peer))
 	if err != nil {
-		return nil, err
+		return nil, c.connectError(ctx, cctx, peer, gone, err)
 	}
 	opt := c.linkOptions()
 	opt.OnSlow = func(peer int, what string) {
@@ -324,4 +381,33 @@ func (c *Comm) p2pLink(ctx context.Context, send bool, peer int, ch *p2pChan, ex
 	}
 	ch.link = l
 	return l, nil
+}
+
+// connectError says why a point-to-point link to peer could not be made
+// (err): the caller gave up (ctx); the peer's collective link stopped or the
+// timeout came (cctx's cause); or the peer is gone without a word yet. A
+// dial refused or cut means the peer's communicator has closed, and its
+// abort notice or goodbye on the collective link says why: it is waited
+// for (at most closeGrace; gone is that link's Dead) and reported instead
+// of the refused dial.
+func (c *Comm) connectError(ctx, cctx context.Context, peer int, gone <-chan struct{}, err error) error {
+	if ctx.Err() != nil {
+		return err
+	}
+	if cause := context.Cause(cctx); cause != nil {
+		return cause
+	}
+	t := time.NewTimer(closeGrace)
+	defer t.Stop()
+	select {
+	case <-c.fail.Done():
+		return c.fail.Err() // the peer's reason, with which the communicator failed
+	case <-gone:
+		if err := c.fail.Err(); err != nil {
+			return err
+		}
+		return &transport.PeerError{Peer: peer, Err: fmt.Errorf("%w: %w", transport.ErrPeerClosed, err)}
+	case <-t.C:
+		return &transport.PeerError{Peer: peer, Err: fmt.Errorf("%w: %w", ErrPeerLost, err)}
+	}
 }

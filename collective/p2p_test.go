@@ -1,6 +1,7 @@
 package collective_test
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -237,6 +238,124 @@ func TestSendRecvSteadyStateAllocatesNothing(t *testing.T) {
 				return collective.Recv(ctx, c, in, 0, 5)
 			}), "Send and Recv")
 			require.Equal(t, out, in)
+		})
+	}
+}
+
+// A Recv (or Send) whose first message to a peer has to connect, after
+// that peer aborted and closed its communicator (its listener is gone, a
+// dial is refused), fails with the peer's reason, not with the refused
+// connection; after a plain Close, with an error that names the peer and
+// matches ErrAborted. Over mem, TCP and shared memory, both directions (the
+// higher rank dials, the lower one waits for the dial), several rounds.
+func TestPointToPointAfterThePeerLeftSaysWhy(t *testing.T) {
+	for _, tr := range []string{"mem", "tcp", "shm"} {
+		t.Run(tr, func(t *testing.T) {
+			for round := range 6 {
+				aborted := round%2 == 0
+				comms := formComms(t, tr, 2, collective.Config{Timeout: time.Minute})
+				leaver, stayer := round/2%2, 1-round/2%2
+				reason := fmt.Sprintf("round %d went wrong", round)
+				if aborted {
+					comms[leaver].Abort(errors.New(reason))
+				}
+				require.NoError(t, comms[leaver].Close())
+				buf := make([]float32, 4)
+				var err error
+				if round/4 == 0 {
+					err = collective.Recv(ctx, comms[stayer], buf, leaver, 0)
+				} else {
+					err = collective.Send(ctx, comms[stayer], buf, leaver, 0)
+				}
+				require.ErrorIs(t, err, collective.ErrAborted, "round %d", round)
+				if aborted {
+					require.ErrorContains(t, err, fmt.Sprintf("rank %d called Abort: %s", leaver, reason), "round %d", round)
+				} else {
+					require.ErrorContains(t, err, fmt.Sprintf("rank %d closed its communicator", leaver), "round %d", round)
+				}
+				closeAll(comms)
+			}
+		})
+	}
+}
+
+// A Send whose message the peer received returns nil even when the peer
+// closes its communicator right after its Recv: the message was
+// delivered. Over mem, TCP and shared memory, small and large messages
+// (a large one's last bytes are still being written when the peer has
+// them), several rounds, first messages (which connect) and later ones.
+func TestSendSucceedsWhenThePeerClosesRightAfterItsRecv(t *testing.T) {
+	for _, tr := range []string{"mem", "tcp", "shm"} {
+		for _, count := range []int{3, 1 << 18} {
+			t.Run(fmt.Sprintf("%s/count=%d", tr, count), func(t *testing.T) {
+				for round := range 6 {
+					comms := formComms(t, tr, 2, collective.Config{Timeout: time.Minute})
+					sender, receiver := round%2, 1-round%2
+					out := make([]float32, count)
+					for i := range out {
+						out[i] = float32(round*7 + i%13)
+					}
+					in := make([]float32, count)
+					msgs := 1 + round/2 // later messages reuse the link
+					errs := each(comms, func(r int, c *collective.Comm) error {
+						for range msgs {
+							if r == sender {
+								if err := collective.Send(ctx, c, out, receiver, 1); err != nil {
+									return err
+								}
+								continue
+							}
+							if err := collective.Recv(ctx, c, in, sender, 1); err != nil {
+								return err
+							}
+						}
+						if r == receiver {
+							return c.Close()
+						}
+						return nil
+					})
+					requireAllOK(t, errs)
+					require.Equal(t, out, in, "round %d", round)
+					closeAll(comms)
+				}
+			})
+		}
+	}
+}
+
+// A Recv gets the message its peer sent just before it closed its
+// communicator, once an earlier message has come on that link (the peer
+// has its end: its goodbye there comes after the message). Over mem, TCP
+// and shared memory, several rounds.
+func TestRecvGetsTheLastMessageOfAPeerThatClosed(t *testing.T) {
+	for _, tr := range []string{"mem", "tcp", "shm"} {
+		t.Run(tr, func(t *testing.T) {
+			for round := range 8 {
+				comms := formComms(t, tr, 2, collective.Config{Timeout: time.Minute})
+				sender, receiver := round%2, 1-round%2
+				first, last := []int32{int32(round)}, []int32{int32(round), 7, 8}
+				gotFirst, gotLast := make([]int32, 1), make([]int32, 3)
+				errs := each(comms, func(r int, c *collective.Comm) error {
+					if r == sender {
+						if err := collective.Send(ctx, c, first, receiver, 2); err != nil {
+							return err
+						}
+						if err := collective.Send(ctx, c, last, receiver, 3); err != nil {
+							return err
+						}
+						return c.Close()
+					}
+					if err := collective.Recv(ctx, c, gotFirst, sender, 2); err != nil {
+						return err
+					}
+					// The sender may have closed by now.
+					return collective.Recv(ctx, c, gotLast, sender, 3)
+				})
+				requireAllOK(t, errs)
+				require.Equal(t, first, gotFirst, "round %d", round)
+				require.Equal(t, last, gotLast, "round %d", round)
+				closeAll(comms)
+			}
 		})
 	}
 }

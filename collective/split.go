@@ -3,11 +3,15 @@ package collective
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"slices"
+	"time"
 
 	"github.com/ringo-ml/ringo/ring"
+	"github.com/ringo-ml/ringo/transport"
 )
 
 // Undefined is the color of a rank that takes part in Split without
@@ -146,10 +150,101 @@ func (c *Comm) split(ctx context.Context, call string, color, key int, list uint
 			})
 		}
 	}
+	if h := splitConnecting; h != nil {
+		h(c)
+	}
 	streams, err := connectMesh(ctx, w, rank, len(members))
+	if err == nil {
+		err = confirm(ctx, streams)
+	}
+	if err != nil && ctx.Err() == nil {
+		// A peer closed its end: it gave up, and the abort of the parent
+		// that says why (or the loss of the peer) is on its way. Its
+		// reason, not this rank's view of it, is what every rank reports.
+		t := time.NewTimer(closeGrace)
+		select {
+		case <-ctx.Done():
+			err = fmt.Errorf("%w (%w)", context.Cause(ctx), err)
+		case <-t.C:
+		}
+		t.Stop()
+	}
 	if err != nil {
-		return nil, fmt.Errorf("ringo: %s on rank %d: %w", call, c.rank, err)
+		// The other members are connecting too, and would wait for this
+		// rank until their timeout: the failure aborts the parent, which
+		// every rank watches (above), so that all of them fail at once and
+		// say why. Split was a call on the parent, in its order: giving
+		// it up is abandoning a call (see begin).
+		c.failCall(err, fmt.Sprintf("%s at op #%d while connecting the new communicator", call, seq))
+		return nil, fmt.Errorf("ringo: %s on rank %d: %w", call, c.rank, c.aborted())
 	}
 	w.conn.retain()
 	return newComm(rank, len(members), streams, c.cfg, w), nil
 }
+
+// confirmByte is what every member of a new communicator sends every
+// other member once connected (see confirm).
+const confirmByte = 'S'
+
+// confirm exchanges one byte with every other member over the new
+// streams, and closes them all if that fails (ctx done: this rank or the
+// parent gave up). A member that dialed a peer has a stream as soon as the
+// peer's listener took it, whether or not the peer will ever use it (a
+// peer that gave up while connecting never does): only the peer's byte
+// says the peer has its streams too. Without it, this rank's new
+// communicator would wait on that peer until its timeout; with it, this
+// rank waits until the peer's byte or the abort of the parent, which the
+// peer's failure causes (split).
+func confirm(ctx context.Context, streams []transport.Stream) error {
+	stop := context.AfterFunc(ctx, func() {
+		for _, s := range streams {
+			if s != nil {
+				_ = s.SetDeadline(time.Now()) // ends the reads and writes below
+			}
+		}
+	})
+	errs := make(chan error, len(streams))
+	n := 0
+	for _, s := range streams {
+		if s == nil {
+			continue
+		}
+		n++
+		go func() {
+			wrote := make(chan error, 1)
+			go func() { // at once: a pipe has no buffer, and the peer writes first too
+				_, err := s.Write([]byte{confirmByte})
+				wrote <- err
+			}()
+			var b [1]byte
+			_, err := io.ReadFull(s, b[:])
+			if err == nil && b[0] != confirmByte {
+				err = fmt.Errorf("%w: a new communicator's peer sent %#x, not its confirmation", transport.ErrProtocol, b[0])
+			}
+			if err != nil {
+				_ = s.SetDeadline(time.Now()) // the write too
+			}
+			errs <- errors.Join(err, <-wrote)
+		}()
+	}
+	var err error
+	for range n {
+		err = errors.Join(err, <-errs)
+	}
+	if !stop() { // ctx is done: its deadlines are on the streams
+		err = context.Cause(ctx)
+	}
+	if err != nil {
+		for _, s := range streams {
+			if s != nil {
+				_ = s.Close()
+			}
+		}
+		return fmt.Errorf("confirming the new communicator's connections: %w", err)
+	}
+	return nil
+}
+
+// splitConnecting, when set (by tests), is called by split on the rank's
+// goroutine just before it connects the new communicator.
+var splitConnecting func(parent *Comm)

@@ -1,11 +1,13 @@
 package collective_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -285,5 +287,67 @@ func TestSplitOverSecureTransports(t *testing.T) {
 				return nil
 			}))
 		})
+	}
+}
+
+// A rank whose Split is cancelled while it connects the new communicator
+// aborts the parent: the other members, connecting too, fail at once (not
+// at their timeout) with an error that says which rank gave up and where,
+// and so does the parent's next call on the ranks of other colors. Over mem, TCP and shared memory, a
+// few rounds each; the hook cancels rank 0 once every rank is connecting.
+func TestSplitCancelledWhileConnectingAbortsTheParent(t *testing.T) {
+	for _, tr := range []string{"mem", "tcp", "shm"} {
+		t.Run(tr, func(t *testing.T) {
+			for round := range 3 {
+				splitCancelledWhileConnecting(t, tr, round)
+			}
+		})
+	}
+}
+
+func splitCancelledWhileConnecting(t *testing.T, tr string, round int) {
+	const n = 4
+	const timeout = time.Minute
+	comms := formComms(t, tr, n, collective.Config{Timeout: timeout})
+	defer closeAll(comms)
+	ctx0, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var arrived sync.WaitGroup
+	arrived.Add(n)
+	collective.SetSplitConnecting(func(parent *collective.Comm) {
+		arrived.Done()
+		if parent.Rank() == 0 {
+			arrived.Wait()
+			cancel()
+		}
+	})
+	t.Cleanup(func() { collective.SetSplitConnecting(nil) })
+	start := time.Now()
+	errs := each(comms, func(r int, c *collective.Comm) error {
+		cx := ctx
+		if r == 0 {
+			cx = ctx0
+		}
+		sub, err := c.Split(cx, r%2, r) // ranks 0 and 2; 1 and 3
+		if sub != nil {
+			_ = sub.Close()
+		}
+		return err
+	})
+	collective.SetSplitConnecting(nil)
+	require.Less(t, time.Since(start), timeout/2, "round %d: the ranks waited for their timeout", round)
+	require.ErrorIs(t, errs[0], context.Canceled, "round %d", round)
+	const why = "rank 0 abandoned Split at op #1 while connecting the new communicator"
+	for r, err := range errs {
+		if r%2 == 1 {
+			// Another color: its communicator is independent of rank 0's
+			// and may have been made before the abort; the parent's next
+			// call fails.
+			if err == nil {
+				err = collective.Barrier(ctx, comms[r])
+			}
+		}
+		require.ErrorIs(t, err, collective.ErrAborted, "rank %d, round %d", r, round)
+		require.ErrorContains(t, err, why, "rank %d, round %d", r, round)
 	}
 }

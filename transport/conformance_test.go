@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -141,8 +142,75 @@ func TestConformance(t *testing.T) {
 			t.Run("concurrent frames", func(t *testing.T) { testConcurrentFrames(t, tr.pair) })
 			t.Run("close", func(t *testing.T) { testClose(t, tr.pair) })
 			t.Run("token", func(t *testing.T) { testToken(t, tr.pair) })
+			for _, size := range []int{1 << 10, 4 << 20} {
+				t.Run(fmt.Sprintf("abort notice behind a frame of %d bytes", size), func(t *testing.T) {
+					testAbortNoticeBehindAFrame(t, tr.pair, size)
+				})
+			}
 		})
 	}
+}
+
+// testAbortNoticeBehindAFrame: a rank sends a data frame its peer has not
+// asked for (the peer's reader has its header and waits for a receive to
+// be posted), aborts with a reason and closes the connection at once; the
+// peer then writes until a write fails. The peer's communicator fails with
+// the reason, not with the failed write: its reader reads past the frame
+// to the notice before it reports the connection lost. A small frame and
+// the notice fit every transport's buffers; a large one does not fit a
+// pipe's (it has none) or the shared-memory ring, and the notice goes
+// beside the stream there. (A large frame over a network stream that did
+// not fit the kernel's buffers would lose the notice: it is not tested.)
+func testAbortNoticeBehindAFrame(t *testing.T, pair pairMaker, size int) {
+	a, b := pair(t)
+	_, beside := a.(transport.NoticeStream)
+	if size > 1<<20 && !beside {
+		t.Skip("a network stream: the frame is left to the kernel's buffers")
+	}
+	wrote := make(chan struct{})
+	b = watchFirstWrite(b, wrote)
+	survivorFail, aborterFail := transport.NewFailure(nil), transport.NewFailure(nil)
+	survivor := transport.NewLink(1, transport.NewConn(a), survivorFail, nil) // its peer is rank 1
+	aborter := transport.NewLink(0, transport.NewConn(b), aborterFail, nil)
+	t.Cleanup(func() {
+		survivor.Shutdown(false, 0)
+		aborter.Shutdown(false, 0)
+	})
+	hdr := transport.Header{Comm: 3, Seq: 1, Sig: transport.Signature{Kind: 1, DType: 1, Count: uint64(size)}}
+	survivor.Begin(context.Background(), hdr, time.After(confTimeout)) // a Flush stuck on a peer gone does not hang the test
+	aborter.Begin(context.Background(), hdr, nil)
+
+	_, err := aborter.Send(payload(size, 1))
+	require.NoError(t, err)
+	select {
+	case <-wrote: // the frame's header, at least, is in the stream
+	case <-time.After(confTimeout):
+		t.Fatal("the frame was not written")
+	}
+	reason := "rank 1 called Abort: the checkpoint failed"
+	aborter.Notify(&transport.Header{Type: transport.Abort, Comm: 3}, append([]byte{4}, reason...), 50*time.Millisecond)
+	aborter.Shutdown(false, 0)
+
+	deadline := time.Now().Add(confTimeout)
+	for survivorFail.Err() == nil && time.Now().Before(deadline) {
+		tk, err := survivor.Send(payload(100, 2))
+		if err == nil {
+			err = survivor.Flush(tk)
+		}
+		if err != nil {
+			break
+		}
+	}
+	select {
+	case <-survivorFail.Done():
+	case <-time.After(confTimeout):
+		t.Fatal("the survivor's communicator did not fail")
+	}
+	var ra *transport.RemoteAbortError
+	require.ErrorAs(t, survivorFail.Err(), &ra)
+	assert.Equal(t, 1, ra.Peer)
+	assert.Equal(t, byte(4), ra.Code)
+	assert.Equal(t, reason, ra.Reason)
 }
 
 // testFrames sends frames of 0 B, 1 B and 1 MiB both ways.
@@ -378,3 +446,33 @@ func TestPeerFingerprint(t *testing.T) {
 	_, ok = transport.PeerFingerprint(m)
 	assert.False(t, ok)
 }
+
+// watchFirstWrite returns s, closing wrote once its first Write has
+// returned. It keeps s's notices beside the stream, if it has them.
+func watchFirstWrite(s transport.Stream, wrote chan struct{}) transport.Stream {
+	w := &firstWrite{Stream: s, wrote: wrote}
+	if ns, ok := s.(transport.NoticeStream); ok {
+		return firstWriteNotices{w, ns}
+	}
+	return w
+}
+
+type firstWrite struct {
+	transport.Stream
+	wrote chan struct{}
+	once  sync.Once
+}
+
+func (w *firstWrite) Write(p []byte) (int, error) {
+	n, err := w.Stream.Write(p)
+	w.once.Do(func() { close(w.wrote) })
+	return n, err
+}
+
+type firstWriteNotices struct {
+	*firstWrite
+	ns transport.NoticeStream
+}
+
+func (w firstWriteNotices) Notify(p []byte) error  { return w.ns.Notify(p) }
+func (w firstWriteNotices) Notices() <-chan []byte { return w.ns.Notices() }

@@ -32,6 +32,8 @@ type Conn struct {
 	// says so.
 	try    tryWriter
 	canTry bool
+	// notes is s if it can carry a notice beside its bytes, else nil.
+	notes NoticeStream
 
 	wmu  sync.Mutex
 	whdr [HeaderSize]byte
@@ -52,7 +54,17 @@ func NewConn(s Stream) *Conn {
 	}
 	c := &Conn{s: s, r: bufio.NewReaderSize(s, size)}
 	c.try, c.canTry = s.(tryWriter)
+	c.notes, _ = s.(NoticeStream)
 	return c
+}
+
+// notices delivers the peer's notice beside the stream (nil: the stream
+// carries none, and a receive from it never completes).
+func (c *Conn) notices() <-chan []byte {
+	if c.notes == nil {
+		return nil
+	}
+	return c.notes.Notices()
 }
 
 // tryWriter is a Stream that can write without waiting when it has room
@@ -133,6 +145,12 @@ func (c *Conn) ReadHeader(h *Header) error {
 // ReadPayload reads exactly len(dst) payload bytes into dst.
 func (c *Conn) ReadPayload(dst []byte) error {
 	_, err := io.ReadFull(c.r, dst)
+	return err
+}
+
+// discardPayload reads past a payload of n bytes.
+func (c *Conn) discardPayload(n int) error {
+	_, err := c.r.Discard(n)
 	return err
 }
 

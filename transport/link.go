@@ -53,6 +53,7 @@ type Link struct {
 
 	hbHdr     Header       // the heartbeat frame, kept here so writing it allocates nothing
 	lastHeard atomic.Int64 // unix nanoseconds of the last frame from the peer
+	heard     atomic.Bool  // a frame has come from the peer
 	lastSeq   atomic.Uint64
 
 	sendq   chan outFrame // the send side's data frames and the receive side's probes
@@ -73,6 +74,19 @@ type Link struct {
 	beat       *time.Timer // the sender's heartbeat timer
 	closing    atomic.Bool
 	peerBye    atomic.Bool
+
+	// broken is closed by lose when a write fails: the connection is gone,
+	// but what the peer wrote before may still be readable and say why
+	// (its abort notice), and a failed write must not speak first. The
+	// reader reads on until the end (discarding data nobody asked for, by
+	// drainBy at the latest) and only then reports the loss: the peer's
+	// notice or bye if one came, else brokenErr.
+	broken     chan struct{}
+	brokenOnce sync.Once
+	brokenErr  error
+	drainBy    atomic.Int64 // unix nanoseconds; 0 until broken
+	// writing says the sender is writing a data frame (the one after sent).
+	writing atomic.Bool
 
 	// cur is the operation in progress (or the last one), for the reader to
 	// check frames nobody has posted a receive for yet; begun wakes it.
@@ -160,6 +174,7 @@ func NewLinkWith(peer int, conn *Conn, fail *Failure, log *slog.Logger, opt Link
 		readerDone: make(chan struct{}),
 		senderDone: make(chan struct{}),
 		begun:      make(chan struct{}, 1),
+		broken:     make(chan struct{}),
 		ctx:        context.Background(),
 		halt:       make(chan struct{}),
 	}
@@ -174,6 +189,11 @@ func NewLinkWith(peer int, conn *Conn, fail *Failure, log *slog.Logger, opt Link
 func (l *Link) LastHeard() (time.Time, uint64) {
 	return time.Unix(0, l.lastHeard.Load()), l.lastSeq.Load()
 }
+
+// Heard reports whether any frame has come from the peer: then the peer
+// has its end of the connection, and its goodbye or the end of the
+// connection will come here too when it leaves.
+func (l *Link) Heard() bool { return l.heard.Load() }
 
 // Peer is the rank at the other end.
 func (l *Link) Peer() int { return l.peer }
@@ -309,6 +329,12 @@ func (l *Link) Send(src []byte) (uint64, error) {
 }
 
 // Flush waits until every frame up to ticket has been written.
+//
+// An interrupt does not undo a frame the connection has taken: a Flush
+// interrupted while the sender writes its last frame returns what that
+// write returns (waiting for it at most settleWait). A peer that has read
+// a message and closed its communicator at once thus does not turn the
+// Send of that message into an error.
 func (l *Link) Flush(ticket uint64) error {
 	for l.sent.Load() < ticket {
 		select {
@@ -316,6 +342,9 @@ func (l *Link) Flush(ticket uint64) error {
 		case <-l.sendSlow:
 			l.slowed(&l.sendSlow, "send")
 		case <-l.halt:
+			if l.settled(ticket) {
+				return nil
+			}
 			return l.haltError()
 		case <-l.fail.Done():
 			return l.fail.Err()
@@ -330,6 +359,36 @@ func (l *Link) Flush(ticket uint64) error {
 
 // FlushAll waits until every queued frame has been written.
 func (l *Link) FlushAll() error { return l.Flush(l.queued) }
+
+// settleWait bounds how long an interrupted Flush waits for the write of
+// its last frame, which the sender had begun, to end.
+const settleWait = 100 * time.Millisecond
+
+// settled reports whether every frame up to ticket has been written,
+// waiting for that if only the last of them is left and being written.
+func (l *Link) settled(ticket uint64) bool {
+	if l.sent.Load() >= ticket {
+		return true
+	}
+	if l.sent.Load()+1 != ticket || !l.writing.Load() {
+		return false
+	}
+	t := time.NewTimer(settleWait)
+	defer t.Stop()
+	for l.sent.Load() < ticket {
+		if !l.writing.Load() { // written (sent is up first) or failed
+			return l.sent.Load() >= ticket
+		}
+		select {
+		case <-l.sentSig:
+		case <-l.fail.Done():
+			return l.sent.Load() >= ticket
+		case <-t.C:
+			return false
+		}
+	}
+	return true
+}
 
 // Post asks for the next data frame from the peer to be received into dst; the
 // frame must carry exactly len(dst) bytes and the current operation's header.
@@ -560,9 +619,7 @@ func (l *Link) sender() {
 			continue
 		case <-beat:
 			if err := l.conn.WriteFrame(&l.hbHdr, nil); err != nil {
-				if !l.closing.Load() {
-					l.fail.Fail(&PeerError{Peer: l.peer, Err: fmt.Errorf("%w: write: %w", ErrPeerLost, err)})
-				}
+				l.lose(err)
 				return
 			}
 			l.beat.Reset(every)
@@ -605,20 +662,26 @@ func (l *Link) writeNow(h *Header, src []byte) (bool, error) {
 	ok, err := l.conn.tryWriteLocked(h, src)
 	l.conn.wmu.Unlock()
 	if err != nil {
-		err = &PeerError{Peer: l.peer, Err: fmt.Errorf("%w: write: %w", ErrPeerLost, err)}
-		l.fail.Fail(err)
-		return false, l.fail.Err()
+		// The reader says why the stream broke, once it has read what is
+		// left of it (bounded by drainWait).
+		l.lose(err)
+		<-l.dead
+		return false, l.deadError()
 	}
 	return ok, nil
 }
 
 func (l *Link) write(f *outFrame) bool {
+	data := f.hdr.Type == Data
+	if data {
+		l.writing.Store(true)
+	}
 	err := l.conn.WriteFrame(&f.hdr, f.payload)
 	f.payload = nil
 	if err != nil {
-		if !l.closing.Load() {
-			l.fail.Fail(&PeerError{Peer: l.peer, Err: fmt.Errorf("%w: write: %w", ErrPeerLost, err)})
-		}
+		l.writing.Store(false)
+		l.signalSent() // a Flush waiting for this write's outcome looks again
+		l.lose(err)
 		return false
 	}
 	switch f.hdr.Type {
@@ -629,11 +692,68 @@ func (l *Link) write(f *outFrame) bool {
 		return true
 	}
 	l.sent.Add(1)
+	l.writing.Store(false)
+	l.signalSent()
+	return true
+}
+
+func (l *Link) signalSent() {
 	select {
 	case l.sentSig <- struct{}{}:
 	default:
 	}
-	return true
+}
+
+// drainWait bounds how long the reader reads on after a write found the
+// connection broken (see broken): what the peer wrote before it went is
+// already buffered, so this only matters where a broken connection does
+// not end the reads at once.
+const drainWait = time.Second
+
+// lose is how a failed write (err) on the connection is reported: by the
+// reader, once it has read what the peer wrote before (see broken). Not
+// after Shutdown, which closed the connection itself.
+func (l *Link) lose(err error) {
+	if l.closing.Load() {
+		return
+	}
+	l.brokenOnce.Do(func() {
+		l.brokenErr = &PeerError{Peer: l.peer, Err: fmt.Errorf("%w: write: %w", ErrPeerLost, err)}
+		by := time.Now().Add(drainWait)
+		l.drainBy.Store(by.UnixNano())
+		_ = l.conn.SetReadDeadline(by) // also for a read in progress
+		close(l.broken)
+	})
+	// A reader that had already stopped without failing the communicator
+	// (the peer said bye) cannot report it: its reason does.
+	select {
+	case <-l.dead:
+		l.fail.Fail(l.deadErr)
+	default:
+	}
+}
+
+func (l *Link) isBroken() bool {
+	select {
+	case <-l.broken:
+		return true
+	default:
+		return false
+	}
+}
+
+// Notify tells the peer why the communicator failed: h is an Abort header
+// and payload its class byte and reason (cut to the control limit). On a
+// NoticeStream the notice goes beside the stream at once, for a peer that
+// is not reading it; it also goes as a frame, after the frame being
+// written, which is given up to wait to end (Conn.TryWriteControl). Notify
+// reports whether either way took it.
+func (l *Link) Notify(h *Header, payload []byte, wait time.Duration) bool {
+	beside := false
+	if l.conn.notes != nil {
+		beside = l.conn.notes.Notify(payload) == nil
+	}
+	return l.conn.TryWriteControl(h, payload, wait) || beside
 }
 
 func (l *Link) reader() {
@@ -645,15 +765,16 @@ func (l *Link) reader() {
 	// frame, where each costs tens of nanoseconds).
 	now := time.Now()
 	for {
-		if hb > 0 {
-			_ = l.conn.SetReadDeadline(now.Add(hb))
-		}
+		l.setReadDeadline(now)
 		if err := l.conn.ReadHeader(&h); err != nil {
-			l.die(l.readError(err), !l.closing.Load())
+			l.die(l.lossError(l.readError(err)), !l.closing.Load())
 			return
 		}
 		now = time.Now()
 		l.lastHeard.Store(now.UnixNano())
+		if !l.heard.Load() {
+			l.heard.Store(true)
+		}
 		switch h.Type {
 		case Heartbeat:
 			continue
@@ -672,10 +793,21 @@ func (l *Link) reader() {
 		case Data:
 			l.payloadMu.Lock() // released once the payload is in (or refused)
 			in, waited, err := l.awaitPost(&h)
+			if err == errBroken {
+				// Nobody asked for this frame, and now nobody will: read
+				// past it for what follows (an abort notice?).
+				l.payloadMu.Unlock()
+				if err := l.conn.discardPayload(int(h.Len)); err != nil {
+					l.die(l.lossError(l.readError(err)), !l.closing.Load())
+					return
+				}
+				continue
+			}
 			if err != nil {
 				l.payloadMu.Unlock()
 				var mm *MismatchError
-				l.die(err, errors.As(err, &mm))
+				var ra *RemoteAbortError
+				l.die(err, errors.As(err, &mm) || errors.As(err, &ra))
 				return
 			}
 			if !sameFrame(&h, &in.want) {
@@ -686,13 +818,13 @@ func (l *Link) reader() {
 			if hb > 0 && waited {
 				// Waiting for the post was this rank's time, not the peer's.
 				now = time.Now()
-				_ = l.conn.SetReadDeadline(now.Add(hb))
+				l.setReadDeadline(now)
 			}
 			err = l.conn.ReadPayload(in.dst)
 			l.payloadMu.Unlock()
 			l.lastSeq.Store(h.Seq)
 			if err != nil {
-				l.die(l.readError(err), !l.closing.Load())
+				l.die(l.lossError(l.readError(err)), !l.closing.Load())
 				return
 			}
 			select {
@@ -713,14 +845,10 @@ func (l *Link) reader() {
 		case Abort:
 			reason := make([]byte, h.Len)
 			if err := l.conn.ReadPayload(reason); err != nil {
-				l.die(l.readError(err), !l.closing.Load())
+				l.die(l.lossError(l.readError(err)), !l.closing.Load())
 				return
 			}
-			e := &RemoteAbortError{Peer: l.peer}
-			if len(reason) > 0 {
-				e.Code, e.Reason = reason[0], string(reason[1:])
-			}
-			l.die(e, true)
+			l.die(remoteAbort(l.peer, reason), true)
 			return
 		case Bye:
 			l.peerBye.Store(true)
@@ -737,6 +865,11 @@ func (l *Link) reader() {
 // that may never come is posted.
 //
 // waited reports whether it had to wait for the receive to be posted.
+//
+// While it waits, a notice beside the stream (NoticeStream) ends the wait
+// with the peer's RemoteAbortError: the peer cannot write an abort frame
+// behind this one while nobody reads it. Once a write has found the
+// connection broken, it returns errBroken instead of waiting.
 func (l *Link) awaitPost(h *Header) (in inFrame, waited bool, err error) {
 	for ; ; waited = true {
 		// A failed link takes no more posts: their buffers belong to calls
@@ -762,6 +895,10 @@ func (l *Link) awaitPost(h *Header) (in inFrame, waited bool, err error) {
 			}
 			return in, true, nil
 		case <-l.begun:
+		case n := <-l.conn.notices():
+			return inFrame{}, true, remoteAbort(l.peer, n)
+		case <-l.broken:
+			return inFrame{}, true, errBroken
 		case <-l.stop:
 			return inFrame{}, true, ErrPeerClosed
 		case <-l.fail.Done():
@@ -770,15 +907,56 @@ func (l *Link) awaitPost(h *Header) (in inFrame, waited bool, err error) {
 	}
 }
 
+// errBroken says the frame awaitPost was given will never be asked for:
+// the connection is broken (a write failed).
+var errBroken = errors.New("transport: the connection is broken")
+
 func (l *Link) die(err error, failComm bool) {
 	if failComm {
 		l.fail.Fail(err) // first, so that whoever wakes on dead sees the failure
 	}
 	l.deadErr = err
 	close(l.dead)
+	if !failComm && l.isBroken() && !l.closing.Load() {
+		// A write failed: the end of the reads (a bye) is why. After dead
+		// is closed, so that either this or lose, which looks at dead
+		// after it closed broken, reports it.
+		l.fail.Fail(err)
+	}
 	if l.opt.OnDead != nil {
 		l.opt.OnDead(l.peer, err)
 	}
+}
+
+// setReadDeadline bounds the next read by the heartbeat (from now) and,
+// once a write found the connection broken, by the end of the drain.
+func (l *Link) setReadDeadline(now time.Time) {
+	var dl time.Time
+	if hb := l.opt.Heartbeat; hb > 0 {
+		dl = now.Add(hb)
+	}
+	if by := l.drainBy.Load(); by != 0 && (dl.IsZero() || by < dl.UnixNano()) {
+		dl = time.Unix(0, by)
+	}
+	if !dl.IsZero() {
+		_ = l.conn.SetReadDeadline(dl)
+	}
+}
+
+// lossError is how the reader reports the end of its reads (readErr, made
+// by readError): as the peer's notice if one came beside the stream (it
+// says why the stream ended), else as the failed write that found the
+// connection broken first, if one did.
+func (l *Link) lossError(readErr error) error {
+	select {
+	case n := <-l.conn.notices():
+		return remoteAbort(l.peer, n)
+	default:
+	}
+	if l.isBroken() {
+		return l.brokenErr
+	}
+	return readErr
 }
 
 func (l *Link) readError(err error) error {

@@ -864,3 +864,44 @@ func frameStreamSeeds() []frameStreamSeed {
 		{16, append(heartbeatCarrying(valid), valid...)},
 	}
 }
+
+// holdPayloadWrite is a Stream whose Write of a payload of size bytes
+// writes it through and then, before it returns, waits for release: the
+// peer has every byte while the writer's call is still in progress.
+type holdPayloadWrite struct {
+	Stream
+	size    int
+	written chan struct{}
+	release chan struct{}
+}
+
+func (h *holdPayloadWrite) Write(p []byte) (int, error) {
+	n, err := h.Stream.Write(p)
+	if len(p) == h.size {
+		close(h.written)
+		<-h.release
+	}
+	return n, err
+}
+
+// An interrupt (the peer closed its communicator right after it received
+// the frame) that comes while the frame's write is still returning does not
+// turn a delivered frame into a failed Flush: the peer has it.
+func TestLinkFlushOfADeliveredFrameSurvivesAnInterrupt(t *testing.T) {
+	noLeaks(t)
+	sa, sb := Pipe()
+	hold := &holdPayloadWrite{Stream: sa, size: 1000, written: make(chan struct{}), release: make(chan struct{})}
+	a, b := newLinkPairOver(t, hold, sb)
+	beginBoth(a, b, linkHdr)
+	tk, err := a.l.Send(pattern(1000, 4))
+	require.NoError(t, err)
+	flushed := make(chan error, 1)
+	go func() { flushed <- a.l.Flush(tk) }()
+	dst := make([]byte, 1000)
+	require.NoError(t, postThenWait(b.l, dst))
+	assert.Equal(t, pattern(1000, 4), dst)
+	<-hold.written
+	a.l.Interrupt(&PeerError{Peer: rankB, Err: ErrPeerClosed})
+	close(hold.release)
+	require.NoError(t, recvErr(t, flushed, "Flush"))
+}

@@ -9,10 +9,24 @@ import (
 // Pipe returns the two ends of an in-process stream (the mem transport). It has
 // no internal buffering: a write completes as the reader copies it out, so a
 // payload is copied once, straight from the sender's buffer into the receiver's.
+// Each end is a NoticeStream: with no buffer, a frame the peer has not asked
+// for blocks the writer, and an abort's reason goes beside it.
 func Pipe() (Stream, Stream) {
 	a, b := net.Pipe()
-	return a, b
+	toA, toB := newNoticeBox(), newNoticeBox()
+	return &pipeStream{Conn: a, in: toA, out: toB}, &pipeStream{Conn: b, in: toB, out: toA}
 }
+
+// pipeStream is one end of a Pipe.
+type pipeStream struct {
+	net.Conn
+	in, out noticeBox // the peer's notice to this end; this end's to the peer
+}
+
+var _ NoticeStream = (*pipeStream)(nil)
+
+func (p *pipeStream) Notify(b []byte) error  { p.out.put(b); return nil }
+func (p *pipeStream) Notices() <-chan []byte { return p.in }
 
 // DialTCP connects to addr over TCP.
 func DialTCP(ctx context.Context, addr string) (net.Conn, error) {

@@ -39,7 +39,7 @@ func childRole(mode string) func() int {
 }
 
 // failed prints the ERROR line the tests wait for the moment a call fails
-// (before the deferred Closes, which linger so that peers read why).
+// (before the deferred Closes).
 func failed(err error) error {
 	fmt.Printf("ERROR: %v\n", err)
 	return err

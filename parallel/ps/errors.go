@@ -3,7 +3,6 @@ package ps
 import (
 	"errors"
 	"fmt"
-	"time"
 )
 
 // ErrClosed is returned by calls on a closed Worker or Server.
@@ -47,19 +46,3 @@ func (e *WorkerError) Error() string {
 }
 
 func (e *WorkerError) Unwrap() error { return e.Err }
-
-// flat is err's text without its chain, as the cause of aborting a pair:
-// a communicator's Abort passes on the reason of an abort that its cause
-// wraps, which here would be another pair's, whose rank numbers mean other
-// ranks.
-func flat(err error) error { return errors.New(err.Error()) }
-
-// abortLinger is how long a failed Server or Worker keeps its pairs open
-// in Close after aborting them, so that the abort's reason reaches every
-// peer before the connections close: collective's aborted communicators
-// keep theirs open as long, but a process that exits right after Close
-// would close them at once, and a peer whose write then fails reports only
-// a lost rank, not why.
-const abortLinger = time.Second
-
-func linger() { time.Sleep(abortLinger) }

@@ -65,7 +65,7 @@ func startJob(t testing.TB, S, W int, opts ps.Options, newModel func(w int) *tes
 		go func() { j.serve <- s.Serve(ctx) }()
 	}
 	t.Cleanup(func() {
-		// At once: a failed one lingers a second before closing.
+		// At once, in parallel.
 		testjob.Each(len(j.workers), func(w int) error { return j.workers[w].Close() })
 		testjob.Each(len(j.servers), func(s int) error { return j.servers[s].Close() })
 	})

@@ -152,11 +152,10 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 // Close stops the server (failing it if workers are still at work, which
-// makes them fail) and closes its pairs. After a failure it first keeps
-// the pairs open for abortLinger, so that every worker reads why the server
-// failed before the connections close (a worker that sees them close first
-// can only report the server lost). It is idempotent; it does not close
-// the world communicator.
+// makes them fail) and closes its pairs; the workers of a failed server
+// still read why it failed (a closed communicator's abort notice goes
+// before its connections close). It is idempotent; it does not close the
+// world communicator.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -171,9 +170,6 @@ func (s *Server) Close() error {
 		s.fail(s.named(ErrClosed))
 	}
 	s.wg.Wait()
-	if s.Status().Err != nil {
-		linger()
-	}
 	closeAll(s.pairs)
 	return nil
 }
@@ -530,9 +526,8 @@ func (s *Server) abortOnFailure() {
 	defer s.wg.Done()
 	select {
 	case <-s.failed:
-		cause := flat(s.err)
 		for _, c := range s.pairs {
-			c.Abort(cause)
+			c.Abort(s.err) // another pair's failure it wraps is passed on as this server's reason
 		}
 	case <-s.done:
 	}
@@ -581,15 +576,10 @@ func (s *Server) write(l *serverLink) {
 			s.mu.Lock()
 			header(kindBye)
 			s.mu.Unlock()
-			if send(l.hdrOut) {
-				// The pair's last call is a collective one: a rank may close
-				// its side as soon as a collective returns, while a peer
-				// closing during a point-to-point Send's last moments would
-				// interrupt it.
-				if err := collective.Barrier(bg, l.comm); err != nil {
-					s.log.Debug("ps: a worker's closing barrier failed", "worker", l.worker, "err", err)
-				}
-			}
+			// The bye is the pair's last message: the worker closes its
+			// side once it has it, which does not fail a Send the
+			// connection took.
+			send(l.hdrOut)
 			return
 		case <-s.failed:
 			return

@@ -184,8 +184,7 @@ func (w *Worker) Status() WorkerStatus {
 }
 
 // Close waits for the pushes and pulls in flight, tells the servers this
-// worker is done, and closes its pairs (after a failure, abortLinger later:
-// see Server.Close). It returns the error that failed the worker, if any.
+// worker is done, and closes its pairs (see Server.Close). It returns the error that failed the worker, if any.
 // It is idempotent; it does not close the world communicator.
 func (w *Worker) Close() error {
 	w.mu.Lock()
@@ -206,19 +205,6 @@ func (w *Worker) Close() error {
 		}
 	}
 	w.wg.Wait() // the readers end at the servers' byes, or on failure
-	if err != nil {
-		linger() // the servers read why (see Server.Close)
-	}
-	if err == nil {
-		// The servers end with a Barrier too (see Server.write): then no
-		// call of theirs is in flight when this side closes.
-		for _, c := range w.pairs {
-			if err := collective.Barrier(context.Background(), c); err != nil {
-				w.fail(w.named(err))
-				break
-			}
-		}
-	}
 	closeAll(w.pairs)
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -262,9 +248,8 @@ func (w *Worker) fail(err error) {
 	w.err = err
 	close(w.failed)
 	w.mu.Unlock()
-	cause := flat(err)
 	for _, c := range w.pairs {
-		c.Abort(cause)
+		c.Abort(err) // see Server.abortOnFailure
 	}
 	w.push.failAll(err)
 	w.pull.failAll(err)

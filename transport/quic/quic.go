@@ -42,6 +42,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -81,6 +82,10 @@ const (
 	codeClosed  qgo.ApplicationErrorCode = 0
 	codeRefused qgo.ApplicationErrorCode = 1
 )
+
+// streamClosed is the STOP_SENDING code of a closed link that stopped
+// reading what its peer still writes.
+const streamClosed qgo.StreamErrorCode = 0
 
 func config() *qgo.Config {
 	return &qgo.Config{
@@ -569,6 +574,11 @@ func (s *Stream) mapError(err error) error {
 	if errors.As(err, &ae) && ae.Remote && ae.ErrorCode == codeClosed {
 		return io.EOF // the peer closed its link
 	}
+	var se *qgo.StreamError
+	if errors.As(err, &se) && se.Remote && se.ErrorCode == streamClosed {
+		// The peer closed its link and stopped reading (see linger).
+		return fmt.Errorf("quic: the peer closed its link: %w", io.ErrClosedPipe)
+	}
 	return err
 }
 
@@ -634,10 +644,26 @@ func (s *Stream) linger() {
 	defer s.readMu.Unlock()
 	_ = s.Stream.SetReadDeadline(time.Now().Add(lingerTimeout))
 	var scratch [4096]byte
-	for {
-		if _, err := s.Stream.Read(scratch[:]); err != nil {
-			break // the peer's FIN, its connection close, or the timeout
-		}
+	var err error
+	for err == nil {
+		_, err = s.Stream.Read(scratch[:]) // until the peer's FIN, its connection close, or the timeout
+	}
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return
+	}
+	// A peer still writing after lingerTimeout must learn that nobody
+	// reads (STOP_SENDING), as a TCP peer does from a reset: on a
+	// connection a Dialer keeps for other links, it would otherwise block
+	// for flow control until the connection's idle timeout.
+	s.Stream.CancelRead(streamClosed)
+	// Its failed write makes it read what this side wrote last (an abort
+	// notice, say): closing the connection at once (the deferred unref)
+	// would discard that. A few round trips let it.
+	t := time.NewTimer(min(max(4*s.conn.ConnectionStats().SmoothedRTT, 100*time.Millisecond), lingerTimeout))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.conn.Context().Done():
 	}
 }
 

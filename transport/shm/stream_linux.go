@@ -1,6 +1,8 @@
 package shm
 
 import (
+	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -58,6 +60,9 @@ type Stream struct {
 	control transport.Stream
 	watched chan struct{} // closed when the watcher has returned
 	gone    atomic.Bool   // the control stream ended: the peer closed or exited
+	// notices holds the peer's notice (see Notify), put there by the
+	// watcher before it marks the peer gone.
+	notices chan []byte
 
 	// A side that sleeps parks on its nudge channel; the watcher sends on
 	// it when the peer rings (see sleep), and so do local events (Close, a
@@ -71,13 +76,14 @@ type Stream struct {
 	writeDeadline atomic.Int64
 }
 
-var _ transport.Stream = (*Stream)(nil)
+var _ transport.NoticeStream = (*Stream)(nil)
 
 // newStream starts a stream over the two segments; it owns them and
 // control from now on.
 func newStream(in, out *segment, control transport.Stream, opt Options) *Stream {
 	s := &Stream{
 		in: in, out: out, spin: opt.Spin, control: control, watched: make(chan struct{}),
+		notices:   make(chan []byte, 1),
 		nudgeRead: make(chan struct{}, 1), nudgeWrite: make(chan struct{}, 1),
 		readTimer: stoppedTimer(), writeTimer: stoppedTimer(),
 	}
@@ -96,24 +102,33 @@ func stoppedTimer() *time.Timer {
 // your writer.
 var bells = [...]byte{'r', 'w'}
 
+// noticeMark starts a notice on the control stream: a 2-byte length
+// (little-endian, at most maxNotice) and the notice.
+const noticeMark = 'n'
+
+// maxNotice bounds a notice: an abort frame's payload is no longer.
+const maxNotice = 4096
+
 // watch reads the control stream until it ends, passing the peer's bells
-// on to this side's sleepers. It ends because the peer closed its stream
-// or exited (the kernel closes a killed process's sockets), because this
-// side closed it, or on a byte that is no bell.
+// on to this side's sleepers and its notice to Notices. It ends because
+// the peer closed its stream or exited (the kernel closes a killed
+// process's sockets), because this side closed it, or on a byte that is
+// neither a bell nor a notice's mark.
 func (s *Stream) watch() {
 	defer close(s.watched)
-	var b [64]byte
+	r := bufio.NewReaderSize(s.control, 64)
 	for {
-		n, err := s.control.Read(b[:])
-		for _, c := range b[:n] {
-			switch c {
-			case bells[0]:
-				nudge(s.nudgeRead)
-			case bells[1]:
-				nudge(s.nudgeWrite)
-			default:
-				err = fmt.Errorf("%w: the peer sent %#x on the control stream", transport.ErrProtocol, c)
-			}
+		c, err := r.ReadByte()
+		switch {
+		case err != nil:
+		case c == bells[0]:
+			nudge(s.nudgeRead)
+		case c == bells[1]:
+			nudge(s.nudgeWrite)
+		case c == noticeMark:
+			err = s.readNotice(r)
+		default:
+			err = fmt.Errorf("%w: the peer sent %#x on the control stream", transport.ErrProtocol, c)
 		}
 		if err != nil {
 			break
@@ -122,6 +137,45 @@ func (s *Stream) watch() {
 	s.gone.Store(true)
 	s.nudgeBoth()
 }
+
+// readNotice reads a notice after its mark and keeps the first.
+func (s *Stream) readNotice(r *bufio.Reader) error {
+	var n [2]byte
+	if _, err := io.ReadFull(r, n[:]); err != nil {
+		return err
+	}
+	size := int(binary.LittleEndian.Uint16(n[:]))
+	if size > maxNotice {
+		return fmt.Errorf("%w: a notice of %d bytes on the control stream", transport.ErrProtocol, size)
+	}
+	p := make([]byte, size)
+	if _, err := io.ReadFull(r, p); err != nil {
+		return err
+	}
+	select {
+	case s.notices <- p:
+	default: // only the first counts
+	}
+	return nil
+}
+
+// Notify sends p (cut to 4096 bytes) to the peer on the control stream,
+// beside the ring, where a peer that is not reading the ring gets it (see
+// transport.NoticeStream). It waits only for the socket to take it.
+func (s *Stream) Notify(p []byte) error {
+	p = p[:min(len(p), maxNotice)]
+	msg := make([]byte, 3+len(p))
+	msg[0] = noticeMark
+	binary.LittleEndian.PutUint16(msg[1:], uint16(len(p)))
+	copy(msg[3:], p)
+	// One write: a bell rung meanwhile goes before or after it, not
+	// inside (the socket's writes are serialised).
+	_, err := s.control.Write(msg)
+	return err
+}
+
+// Notices delivers the peer's notice, also after the stream has ended.
+func (s *Stream) Notices() <-chan []byte { return s.notices }
 
 func (s *Stream) nudgeBoth() {
 	nudge(s.nudgeRead)
