@@ -471,7 +471,10 @@ func (l *Link) Wait() error {
 		case <-l.fail.Done():
 			return l.unlessReceived(l.fail.Err())
 		case <-l.ctx.Done():
-			return l.unlessReceived(context.Cause(l.ctx))
+			// The caller gave up: its call is abandoned even if the frame
+			// came in meanwhile, and the collective layer aborts the
+			// communicator on every rank, so no rank mistakes it for done.
+			return context.Cause(l.ctx)
 		case <-l.expire:
 			return l.unlessReceived(ErrTimeout)
 		}
@@ -481,7 +484,7 @@ func (l *Link) Wait() error {
 // unlessReceived is err, or nil if the receive completed after all: select
 // picks among ready cases at random, and a receive that is whole must not
 // be reported failed because a later frame (a mismatch, the peer's close)
-// was read before Wait looked.
+// was read before Wait looked. A cancelled ctx is not such a case: see Wait.
 func (l *Link) unlessReceived(err error) error {
 	select {
 	case <-l.recvd:
