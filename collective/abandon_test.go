@@ -310,7 +310,12 @@ func abandonMessageThenSendAgain(t *testing.T, comms []*collective.Comm, abandon
 	for r, res := range results {
 		for i, err := range []error{res.first, res.second} {
 			if i == 0 && r == peer && sent && err == nil {
-				require.Equal(t, []float32{1}, results[1].bufs[0], "rank 1 received another message than the one sent")
+				// A Send returns once its bytes are handed over (over TCP, to
+				// the kernel), so it may succeed although the Recv it met
+				// was abandoned; the Recv that took it holds it.
+				if results[1].first == nil {
+					require.Equal(t, []float32{1}, results[1].bufs[0], "rank 1 received another message than the one sent")
+				}
 				continue
 			}
 			require.Error(t, err, "rank %d call %d returned nil (received %v)", r, i+1, results[1].bufs)
